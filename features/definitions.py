@@ -1,0 +1,188 @@
+"""Feast declarations of the NBA platform: the customer entity, its feature views and the
+versioned feature services that training and serving read.
+
+Declarations only (STYLE.md 2). The offline sources are Parquet files that `nba features
+materialize` (or `nba data simulate`) writes under the staged repository's `data/` folder;
+paths are relative to the repository, so one declaration serves every work folder.
+Read features through a feature service name, never by importing this module (STYLE.md 3).
+"""
+
+from datetime import timedelta
+from typing import Any
+
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, RequestSource
+from feast.on_demand_feature_view import on_demand_feature_view
+from feast.types import Float64, Int64, String
+from feast.value_type import ValueType
+
+# Snapshots are monthly; a snapshot older than this is stale and not served.
+SNAPSHOT_TTL = timedelta(days=62)
+
+customer = Entity(
+    name="customer",
+    join_keys=["customer_id"],
+    value_type=ValueType.INT64,
+    description="A bank customer; the unit every decision is made for.",
+)
+
+
+def _source(name: str) -> FileSource:
+    return FileSource(
+        name=f"{name}_source",
+        path=f"data/{name}.parquet",
+        timestamp_field="event_timestamp",
+    )
+
+
+customer_profile = FeatureView(
+    name="customer_profile",
+    entities=[customer],
+    ttl=SNAPSHOT_TTL,
+    schema=[
+        Field(name="age", dtype=Int64),
+        Field(name="income", dtype=Float64),
+        Field(name="tenure_months", dtype=Int64),
+        Field(name="region", dtype=String),
+        Field(name="has_email", dtype=Int64),
+        Field(name="has_mobile_app", dtype=Int64),
+        Field(name="has_credit_card", dtype=Int64),
+        Field(name="has_mortgage", dtype=Int64),
+        Field(name="has_savings", dtype=Int64),
+        Field(name="has_personal_loan", dtype=Int64),
+        Field(name="num_products", dtype=Int64),
+        Field(name="travels_abroad", dtype=Int64),
+        Field(name="on_sick_leave", dtype=Int64),
+    ],
+    source=_source("profile"),
+    online=True,
+    description="Who the customer is and what they hold: drives suitability rules.",
+)
+
+customer_rfm = FeatureView(
+    name="customer_rfm",
+    entities=[customer],
+    ttl=SNAPSHOT_TTL,
+    schema=[
+        Field(name="recency_days", dtype=Float64),
+        Field(name="frequency", dtype=Int64),
+        Field(name="monetary", dtype=Float64),
+        Field(name="tenure_days", dtype=Float64),
+        Field(name="r_score", dtype=Int64),
+        Field(name="f_score", dtype=Int64),
+        Field(name="m_score", dtype=Int64),
+        Field(name="rfm_segment", dtype=String),
+    ],
+    source=_source("rfm"),
+    online=True,
+    description="Recency, frequency, monetary value, quintile scores and the named segment.",
+)
+
+customer_engagement = FeatureView(
+    name="customer_engagement",
+    entities=[customer],
+    ttl=SNAPSHOT_TTL,
+    schema=[
+        Field(name="logins_30d", dtype=Int64),
+        Field(name="app_sessions_30d", dtype=Int64),
+        Field(name="email_open_rate", dtype=Float64),
+        Field(name="contacts_90d", dtype=Int64),
+        Field(name="last_contact_epoch_s", dtype=Int64),
+    ],
+    source=_source("engagement"),
+    online=True,
+    description="How the customer uses the bank's channels and how often we contacted them.",
+)
+
+customer_risk = FeatureView(
+    name="customer_risk",
+    entities=[customer],
+    ttl=SNAPSHOT_TTL,
+    schema=[
+        Field(name="credit_score", dtype=Int64),
+        Field(name="debt_to_income", dtype=Float64),
+        Field(name="missed_payments_90d", dtype=Int64),
+        Field(name="overdraft_days_90d", dtype=Int64),
+        Field(name="collections_open", dtype=Int64),
+    ],
+    source=_source("risk"),
+    online=True,
+    description="Financial risk: gates sales offers and triggers collections actions.",
+)
+
+customer_consent = FeatureView(
+    name="customer_consent",
+    entities=[customer],
+    ttl=SNAPSHOT_TTL,
+    schema=[
+        Field(name="consent_email", dtype=Int64),
+        Field(name="consent_sms", dtype=Int64),
+        Field(name="consent_push", dtype=Int64),
+        Field(name="consent_call_centre", dtype=Int64),
+        Field(name="consent_web", dtype=Int64),
+    ],
+    source=_source("consent"),
+    online=True,
+    description="Consent per channel (GDPR: no consent, no action).",
+)
+
+# Known only when the decision is asked for.
+decision_request = RequestSource(
+    name="decision_request",
+    schema=[Field(name="request_ts", dtype=Int64)],  # epoch seconds of the decision
+)
+
+
+@on_demand_feature_view(
+    sources=[customer_engagement, decision_request],
+    schema=[
+        Field(name="days_since_last_contact", dtype=Float64),
+        Field(name="hour_of_day", dtype=Int64),
+        Field(name="is_weekend", dtype=Int64),
+    ],
+    mode="python",  # python mode: ~10x cheaper than pandas mode on the online path (PERFORMANCE.md)
+    description="Request-time features: time since the last contact, time of day, weekend.",
+)
+def request_context(inputs: dict[str, Any]) -> dict[str, Any]:
+    days, hours, weekend = [], [], []
+    for ts, last in zip(inputs["request_ts"], inputs["last_contact_epoch_s"], strict=True):
+        if ts is None or last is None:
+            days.append(None)
+            hours.append(None)
+            weekend.append(None)
+            continue
+        days.append((ts - last) / 86400.0)
+        hours.append(int((ts % 86400) // 3600))
+        # 1970-01-01 was a Thursday: day index 0 = Thursday, so 2 and 3 are Saturday and Sunday.
+        weekend.append(int((ts // 86400) % 7 in (2, 3)))
+    return {"days_since_last_contact": days, "hour_of_day": hours, "is_weekend": weekend}
+
+
+# Per-action propensity models: who the customer is, how they behave, whether we may contact them.
+propensity_v1 = FeatureService(
+    name="propensity_v1",
+    features=[customer_profile, customer_rfm, customer_engagement, customer_risk, customer_consent,
+              request_context],
+    description="Inputs of the per-action propensity and uplift models, version 1.",
+)
+
+# Churn: behaviour and risk, no consent (consent does not cause attrition).
+churn_v1 = FeatureService(
+    name="churn_v1",
+    features=[customer_profile, customer_rfm, customer_engagement, customer_risk],
+    description="Inputs of the churn (attrition) model, version 1.",
+)
+
+# CLV: value history and profile.
+clv_v1 = FeatureService(
+    name="clv_v1",
+    features=[customer_profile, customer_rfm, customer_engagement],
+    description="Inputs of the customer lifetime value model, version 1.",
+)
+
+# Everything the decision service reads for one customer in one online call.
+serving_v1 = FeatureService(
+    name="serving_v1",
+    features=[customer_profile, customer_rfm, customer_engagement, customer_risk, customer_consent,
+              request_context],
+    description="Features /decide reads: model inputs plus the fields rules and policies use.",
+)

@@ -1,0 +1,3 @@
+from nba.cli import main
+
+main()

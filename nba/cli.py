@@ -1,0 +1,267 @@
+"""The `nba` command line: one Typer app, thin commands over plain functions.
+
+Heavy libraries are imported inside the commands, so `nba --help` answers at once. Errors a
+user can cause (`NbaError`) print as one line on stderr with a non-zero exit code; `--debug`
+shows the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from nba.errors import NbaError
+
+app = typer.Typer(
+    name="nba",
+    help="Next-Best-Action platform: data, features, models, decisions, evaluation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Real data sets (Hillstrom, CDNOW), the bank simulator, RFM.", no_args_is_help=True)
+features_app = typer.Typer(help="The Feast feature store: apply, materialize, read.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(features_app, name="features")
+
+_state: dict[str, Any] = {"debug": False}
+
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Folder with hillstrom.csv.zip and CDNOW_master.txt.gz [env NBA_DATA_DIR]"),
+]
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+) -> None:
+    _state["debug"] = debug
+    from nba.settings import disable_telemetry
+
+    disable_telemetry()
+
+
+def _settings(**overrides: Any):
+    from pydantic import ValidationError
+
+    from nba.errors import ConfigError
+    from nba.settings import Settings
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(
+            f"setting '{field}' (env NBA_{field.upper()}): {first['msg']} (got {first.get('input')!r})"
+        ) from None
+
+
+def _echo(msg: str = "") -> None:
+    typer.echo(msg)
+
+
+def _parse_time(value: str | None, option: str) -> datetime | None:
+    """A date or timestamp option as an aware UTC datetime (naive values are taken as UTC)."""
+    if value is None:
+        return None
+    import pandas as pd
+
+    try:
+        ts = pd.Timestamp(value)
+    except ValueError:
+        raise NbaError(f"{option}: '{value}' is not a date or timestamp (expected e.g. 2025-06-30)") from None
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return ts.to_pydatetime()
+
+
+# --- data --------------------------------------------------------------------------
+
+
+@data_app.command("simulate")
+def data_simulate(
+    customers: Annotated[int, typer.Option(help="Number of customers to simulate.", min=1)] = 20_000,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same bank.")] = 7,
+    months: Annotated[int, typer.Option(help="Months of history (one feature snapshot per month).", min=2)] = 12,
+    out: Annotated[Path | None, typer.Option(help="Output folder [default: <work>/sim].")] = None,
+) -> None:
+    """Simulate the retail bank with known ground truth.
+
+    Writes customers, monthly feature snapshots, contacts and outcomes, and the true
+    acceptance probability and uplift of every customer-action pair, one Parquet per table.
+    """
+    from nba.data.simulator import simulate_to_dir
+
+    settings = _settings()
+    target = out or settings.sim_dir
+    manifest = simulate_to_dir(customers=customers, seed=seed, out_dir=target, months=months, progress=True)
+    _echo(f"simulated {customers:,} customers (seed {seed}, {months} months) into {target}")
+    for table, rows in manifest["rows"].items():
+        _echo(f"  {table:<15} {rows:>12,} rows")
+
+
+@data_app.command("load")
+def data_load(
+    data_dir: DataDirOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Write tidy Parquet tables here [default: <work>/real].")] = None,
+) -> None:
+    """Verify the checksums of the public data sets and write them as tidy Parquet tables."""
+    from nba.data.cdnow import load_cdnow
+    from nba.data.hillstrom import load_hillstrom
+    from nba.io import write_parquet
+
+    settings = _settings(data_dir=data_dir)
+    target = out or settings.work / "real"
+    hill = load_hillstrom(settings=settings)
+    cd = load_cdnow(settings=settings)
+    tables = {
+        "hillstrom_customers": hill.customers,
+        "hillstrom_experiment": hill.experiment,
+        "cdnow_transactions": cd,
+    }
+    for name, frame in tables.items():
+        write_parquet(frame, target / f"{name}.parquet")
+        _echo(f"  {name:<22} {len(frame):>8,} rows -> {target / (name + '.parquet')}")
+    arms = hill.experiment.groupby("arm")[["visit", "conversion", "spend"]].mean()
+    _echo("Hillstrom arm means (visit, conversion, spend):")
+    for arm, row in arms.iterrows():
+        _echo(f"  {arm:<14} {row['visit']:.4f} {row['conversion']:.4f} {row['spend']:.2f}")
+
+
+@data_app.command("rfm")
+def data_rfm(
+    cutoff: Annotated[str, typer.Option(help="Compute features as of this date (e.g. 1997-09-30).")],
+    data_dir: DataDirOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Write the RFM table to this Parquet file.")] = None,
+    lookback_days: Annotated[int, typer.Option(help="Frequency / monetary look-back window in days.", min=1)] = 365,
+) -> None:
+    """RFM scores (quintiles) and named segments of the CDNOW customers as of a cut-off date."""
+    from nba.data.cdnow import load_cdnow
+    from nba.data.rfm import rfm_from_transactions
+    from nba.io import write_parquet
+
+    settings = _settings(data_dir=data_dir)
+    at = _parse_time(cutoff, "--cutoff")
+    rfm = rfm_from_transactions(load_cdnow(settings=settings), at, lookback_days=lookback_days)
+    summary = rfm.groupby("rfm_segment").agg(
+        customers=("customer_id", "size"), recency_days=("recency_days", "mean"),
+        frequency=("frequency", "mean"), monetary=("monetary", "mean"))
+    _echo(f"CDNOW RFM as of {at:%Y-%m-%d}: {len(rfm):,} customers")
+    _echo(summary.round(2).to_string())
+    if out:
+        write_parquet(rfm, out)
+        _echo(f"written to {out}")
+
+
+# --- features ----------------------------------------------------------------------
+
+
+@features_app.command("apply")
+def features_apply(
+    sources: Annotated[
+        Path | None, typer.Option(help="Folder with the feature tables [default: <work>/sim, from `nba data simulate`].")
+    ] = None,
+) -> None:
+    """Register the feature repository (entities, views, feature services).
+
+    Stages the declarations of features/ with the active profile's feature_store.yaml into
+    <work>/feature_repo, publishes the offline sources there, and applies them.
+    """
+    from nba.features.store import apply
+
+    summary = apply(_settings(), sources)
+    _echo(f"applied feature repository {summary.repo}")
+    _echo(f"  entities:          {', '.join(summary.entities)}")
+    _echo(f"  feature views:     {', '.join(summary.feature_views)}")
+    _echo(f"  on-demand views:   {', '.join(summary.on_demand_feature_views)}")
+    _echo(f"  feature services:  {', '.join(summary.feature_services)}")
+    _echo(f"  offline sources:   {sum(summary.sources.values()):,} rows in {len(summary.sources)} tables")
+
+
+@features_app.command("materialize")
+def features_materialize(
+    start: Annotated[str | None, typer.Option(help="Start of the window [default: end minus the TTL].")] = None,
+    end: Annotated[str | None, typer.Option(help="End of the window [default: newest snapshot].")] = None,
+) -> None:
+    """Load the latest feature values into the online store."""
+    from nba.features.store import materialize
+
+    summary = materialize(_settings(), _parse_time(start, "--start"), _parse_time(end, "--end"))
+    _echo(
+        f"materialized {len(summary.feature_views)} feature views from {summary.start:%Y-%m-%d %H:%M} "
+        f"to {summary.end:%Y-%m-%d %H:%M} into the {summary.online_store} online store"
+    )
+
+
+@features_app.command("training-frame")
+def features_training_frame(
+    service: Annotated[str, typer.Option(help="Feature service, e.g. propensity_v1.")],
+    entities: Annotated[Path, typer.Option(help="CSV/Parquet with customer_id and event_timestamp columns.")],
+    out: Annotated[Path | None, typer.Option(help="Write the frame to this Parquet or CSV file.")] = None,
+) -> None:
+    """A point-in-time correct training frame (Feast get_historical_features)."""
+    from nba.features.store import read_entities, training_frame
+    from nba.io import atomic_path
+
+    frame = training_frame(_settings(), service, read_entities(entities))
+    if out is None:
+        _echo(frame.head(20).to_string())
+        _echo(f"[{len(frame):,} rows x {frame.shape[1]} columns]")
+        return
+    with atomic_path(out) as tmp:
+        if out.suffix.lower() == ".csv":
+            frame.to_csv(tmp, index=False)
+        else:
+            frame.to_parquet(tmp, index=False)
+    _echo(f"wrote {len(frame):,} rows x {frame.shape[1]} columns to {out}")
+
+
+@features_app.command("online")
+def features_online(
+    customer: Annotated[list[int], typer.Option(help="Customer id (repeat for several).")],
+    service: Annotated[str, typer.Option(help="Feature service.")] = "serving_v1",
+) -> None:
+    """Read online features for customers (as /decide will), printed as JSON."""
+    from nba.features.store import online_features
+
+    _echo(json.dumps(online_features(_settings(), service, customer), indent=2, default=str))
+
+
+# --- quickstart --------------------------------------------------------------------
+
+
+@app.command("quickstart")
+def quickstart(
+    customers: Annotated[int, typer.Option(help="Simulated customers.", min=100)] = 20_000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Run the main job end to end on embedded defaults.
+
+    Loads and verifies the real data sets (when NBA_DATA_DIR is set), simulates the bank,
+    applies and materialises the feature store, reads one customer online.
+    """
+    from nba.quickstart import run
+
+    run(_settings(data_dir=data_dir), customers=customers, seed=seed, echo=_echo)
+
+
+def main() -> None:
+    try:
+        app()
+    except NbaError as exc:
+        if _state["debug"]:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # an unexpected failure: one line, the traceback on request
+        if _state["debug"]:
+            raise
+        typer.echo(f"error: {type(exc).__name__}: {exc} (run `nba --debug ...` for the traceback)", err=True)
+        sys.exit(1)

@@ -1,0 +1,1 @@
+"""Feature store plumbing: staging the Feast repository, materialising, offline and online reads."""

@@ -1,0 +1,97 @@
+"""Settings: paths and the active profile, read from `NBA_*` environment variables.
+
+`Settings()` reads the environment and nothing else: no directory is made, no tracking URI
+set, no data read. `disable_telemetry()` is the one function with a side effect (it sets the
+opt-out variables of every library in this process) and the CLI calls it first.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Profile = Literal["local", "production"]
+
+# Opt-out switches of the libraries the platform drives. There is no network here, and
+# a user's platform should not phone home either.
+TELEMETRY_OFF: dict[str, str] = {
+    "DO_NOT_TRACK": "true",  # honoured by MLflow (needs "true") and Evidently
+    "FEAST_USAGE": "False",  # Feast usage statistics (older releases; harmless on 0.67)
+    "BENTOML_DO_NOT_TRACK": "True",  # BentoML usage analytics
+    "BENTOML_USAGE_STATS": "False",
+    "MLFLOW_DISABLE_TELEMETRY": "true",  # MLflow 3 usage telemetry
+    "EVIDENTLY_DISABLE_TELEMETRY": "1",  # Evidently UI / workspace telemetry
+    "HF_HUB_OFFLINE": "1",  # nothing fetches model weights from a hub
+}
+
+
+class Settings(BaseSettings):
+    """Where things live and which profile is active.
+
+    Every path is resolved against `home` (the project folder, default: the working
+    directory) unless it is absolute.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="NBA_", extra="forbid", frozen=True)
+
+    profile: Profile = Field("local", description="local (embedded stores) or production (Redis/Postgres)")
+    home: Path = Field(default_factory=Path.cwd, description="project folder holding features/, serving/ ...")
+    data_dir: Path | None = Field(
+        None, description="folder holding the public data sets (hillstrom.csv.zip, CDNOW_master.txt.gz)"
+    )
+    work_dir: Path = Field(Path("var"), description="git-ignored folder for everything generated")
+    feature_repo: Path = Field(Path("features"), description="the Feast declarations (definitions.py, yamls)")
+    mlflow_dir: Path = Field(Path("mlflow"), description="MLflow SQLite store and artifacts")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="production online store / policy state")
+    postgres_dsn: str = Field(
+        "postgresql://postgres@127.0.0.1:5432/test", description="production registry / tracking / tuning store"
+    )
+    seed: int = Field(7, description="default random seed for the simulator and the models")
+
+    def path(self, p: Path) -> Path:
+        return p if p.is_absolute() else (self.home / p)
+
+    @property
+    def work(self) -> Path:
+        return self.path(self.work_dir)
+
+    @property
+    def feature_repo_src(self) -> Path:
+        return self.path(self.feature_repo)
+
+    @property
+    def feast_repo(self) -> Path:
+        """The staged Feast repository (declarations + the profile's yaml + data files)."""
+        return self.work / "feature_repo"
+
+    @property
+    def sim_dir(self) -> Path:
+        return self.work / "sim"
+
+    @property
+    def mlflow_path(self) -> Path:
+        return self.path(self.mlflow_dir)
+
+    def real_data_dir(self) -> Path:
+        """The folder with the public data sets; an error naming the setting if unset."""
+        from nba.errors import DataFileError
+
+        if self.data_dir is None:
+            raise DataFileError(
+                "no data folder: set NBA_DATA_DIR (or pass --data-dir) to the folder holding "
+                "hillstrom.csv.zip and CDNOW_master.txt.gz"
+            )
+        d = self.path(self.data_dir)
+        if not d.is_dir():
+            raise DataFileError(f"data folder {d} (NBA_DATA_DIR) does not exist or is not a folder")
+        return d
+
+
+def disable_telemetry() -> None:
+    """Switch off every library's telemetry for this process (and its children)."""
+    for key, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(key, value)
