@@ -248,6 +248,8 @@ SIM_TRUTH = TableSchema(
         "true_p_treated": "float64",
         "true_p_control": "float64",
         "true_uplift": "float64",  # true_p_treated - true_p_control
+        EVENT_TS: "datetime64[ns, UTC]",  # the snapshot the truth holds at (the last one)
+        "eligible": "int64",  # 1 if the bank's rules allow the action then (simulator.ELIGIBILITY)
     },
 )
 
