@@ -186,3 +186,76 @@ serving_v1 = FeatureService(
               request_context],
     description="Features /decide reads: model inputs plus the fields rules and policies use.",
 )
+
+
+# --- Public data sets --------------------------------------------------------------
+# Models trained on real data read features through Feast too. Their entities have their
+# own join keys so the populations never mix with the bank's customers. `nba features
+# apply` publishes these sources when NBA_DATA_DIR is set.
+
+hillstrom_customer = Entity(
+    name="hillstrom_customer",
+    join_keys=["hillstrom_id"],
+    value_type=ValueType.INT64,
+    description="A customer of Kevin Hillstrom's 2008 e-mail experiment.",
+)
+
+hillstrom_profile = FeatureView(
+    name="hillstrom_profile",
+    entities=[hillstrom_customer],
+    ttl=timedelta(days=30),
+    schema=[
+        Field(name="recency", dtype=Int64),
+        Field(name="history_segment", dtype=String),
+        Field(name="history", dtype=Float64),
+        Field(name="mens", dtype=Int64),
+        Field(name="womens", dtype=Int64),
+        Field(name="zip_code", dtype=String),
+        Field(name="newbie", dtype=Int64),
+        Field(name="channel", dtype=String),
+    ],
+    source=_source("hillstrom_profile"),
+    online=False,
+    description="What was known of each customer before the mailing (no outcome columns).",
+)
+
+cdnow_customer = Entity(
+    name="cdnow_customer",
+    join_keys=["cdnow_id"],
+    value_type=ValueType.INT64,
+    description="A customer of the CDNOW 1997 Q1 cohort.",
+)
+
+cdnow_rfm = FeatureView(
+    name="cdnow_rfm",
+    entities=[cdnow_customer],
+    ttl=timedelta(days=45),
+    schema=[
+        Field(name="recency_days", dtype=Float64),
+        Field(name="frequency", dtype=Int64),
+        Field(name="monetary", dtype=Float64),
+        Field(name="tenure_days", dtype=Float64),
+        Field(name="total_spend", dtype=Float64),
+        Field(name="r_score", dtype=Int64),
+        Field(name="f_score", dtype=Int64),
+        Field(name="m_score", dtype=Int64),
+        Field(name="rfm_segment", dtype=String),
+    ],
+    source=_source("cdnow_rfm"),
+    online=False,
+    description="RFM of every CDNOW customer at each month end (all history up to it).",
+)
+
+# Uplift of the Hillstrom e-mails: the pre-mailing profile.
+hillstrom_uplift_v1 = FeatureService(
+    name="hillstrom_uplift_v1",
+    features=[hillstrom_profile],
+    description="Inputs of the uplift models learnt on the Hillstrom experiment, version 1.",
+)
+
+# CLV on CDNOW: RFM as of the end of the calibration period.
+cdnow_clv_v1 = FeatureService(
+    name="cdnow_clv_v1",
+    features=[cdnow_rfm],
+    description="Inputs of the CLV model learnt on the CDNOW cohort, version 1.",
+)

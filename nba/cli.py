@@ -26,8 +26,10 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Real data sets (Hillstrom, CDNOW), the bank simulator, RFM.", no_args_is_help=True)
 features_app = typer.Typer(help="The Feast feature store: apply, materialize, read.", no_args_is_help=True)
+train_app = typer.Typer(help="Train, evaluate, log to MLflow and register models.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
+app.add_typer(train_app, name="train")
 
 _state: dict[str, Any] = {"debug": False}
 
@@ -206,10 +208,12 @@ def features_training_frame(
     out: Annotated[Path | None, typer.Option(help="Write the frame to this Parquet or CSV file.")] = None,
 ) -> None:
     """A point-in-time correct training frame (Feast get_historical_features)."""
-    from nba.features.store import read_entities, training_frame
+    from nba.features.store import read_entities, service_join_keys, training_frame
     from nba.io import atomic_path
 
-    frame = training_frame(_settings(), service, read_entities(entities))
+    settings = _settings()
+    keys = service_join_keys(settings, service)
+    frame = training_frame(settings, service, read_entities(entities, keys))
     if out is None:
         _echo(frame.head(20).to_string())
         _echo(f"[{len(frame):,} rows x {frame.shape[1]} columns]")
@@ -231,6 +235,130 @@ def features_online(
     from nba.features.store import online_features
 
     _echo(json.dumps(online_features(_settings(), service, customer), indent=2, default=str))
+
+
+# --- training, tuning, promotion ---------------------------------------------------
+
+
+def _print_trained(models: list) -> None:
+    for m in models:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in m.metrics.items()
+                          if k in ("roc_auc", "log_loss", "ece", "mae_vs_truth", "mae", "gini", "qini",
+                                   "mae_improvement", "uplift_corr_vs_truth"))
+        _echo(f"  {m.name} v{m.version}  {shown}")
+
+
+@train_app.command("propensity")
+def train_propensity_cmd(
+    action: Annotated[list[str] | None, typer.Option("--action", help="Action id (repeat); default: all.")] = None,
+    all_actions: Annotated[bool, typer.Option("--all", help="Train every action (the default).")] = False,
+    strategy: Annotated[str | None, typer.Option(help="per_action | pooled [default: training/propensity.yaml].")] = None,
+    compare: Annotated[bool, typer.Option(help="Also compare per-action vs pooled models in one table.")] = False,
+) -> None:
+    """Per-action propensity models: calibrated XGBoost, registered as nba-propensity-<action>."""
+    from tqdm import tqdm
+
+    from nba.training import propensity
+
+    settings = _settings()
+    if compare:
+        table = propensity.compare_strategies(settings)
+        run_id, winner = propensity.log_comparison(settings, table)
+        _echo(table.round(4).to_string(index=False))
+        _echo(f"better strategy by hold-out log loss: {winner} (comparison run {run_id})")
+    actions = None if all_actions or not action else list(action)
+    bar = tqdm(total=len(actions) if actions else 10, desc="propensity models", unit="model")
+    try:
+        models = propensity.train_propensity(settings, actions, strategy=strategy,
+                                             progress=lambda a: (bar.set_postfix_str(a), bar.update(1)))
+    except propensity.TrainingIncomplete as exc:
+        bar.close()
+        _print_trained(exc.trained)
+        raise
+    bar.close()
+    _print_trained(models)
+
+
+@train_app.command("churn")
+def train_churn_cmd() -> None:
+    """Churn within the label window: calibrated XGBoost, registered as nba-churn."""
+    from nba.training.churn import train_churn
+
+    _print_trained([train_churn(_settings())])
+
+
+@train_app.command("clv")
+def train_clv_cmd(
+    source: Annotated[str, typer.Option(help="sim (the bank; nba-clv) | cdnow (nba-clv-cdnow) | all.")] = "all",
+) -> None:
+    """Customer lifetime value over a horizon, against the past-spend-rate baseline."""
+    from nba.training.clv import train_clv
+
+    settings = _settings()
+    sources = ["cdnow", "sim"] if source == "all" else [source]
+    _print_trained([train_clv(settings, s) for s in sources])
+
+
+@train_app.command("uplift")
+def train_uplift_cmd(
+    source: Annotated[str, typer.Option(help="hillstrom | sim | all.")] = "all",
+    action: Annotated[list[str] | None, typer.Option("--action", help="Action id (repeat); default: all.")] = None,
+) -> None:
+    """Uplift over no contact from randomised data (T-, X-learner, class transformation; best by Qini)."""
+    from nba.training.uplift import train_uplift
+
+    settings = _settings()
+    sources = ["hillstrom", "sim"] if source == "all" else [source]
+    for s in sources:
+        _print_trained(train_uplift(settings, s, list(action) if action else None))
+
+
+@app.command("tune")
+def tune_cmd(
+    model: Annotated[str, typer.Argument(help="propensity | churn | clv | uplift")],
+    trials: Annotated[int, typer.Option(help="Number of trials.", min=1)] = 20,
+    timeout: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    action: Annotated[str | None, typer.Option(help="Action to tune (propensity, uplift).")] = None,
+    study: Annotated[str | None, typer.Option(help="Study name (resumes an existing study).")] = None,
+) -> None:
+    """Tune a model with Optuna; the best parameters are used by the next `nba train`.
+
+    The search space is in training/<model>.yaml; studies live in the Optuna storage setting
+    (SQLite in the work folder by default) and resume when run again with the same --study.
+    """
+    from nba.training.tune import tune
+
+    settings = _settings()
+    result = tune(settings, model, trials, timeout, action=action, study_name=study, progress=True)
+    _echo(f"study {result.study_name} ({result.storage}): {result.n_complete} complete, "
+          f"{result.n_pruned} pruned; best {result.best_value:.5f}")
+    _echo(f"best parameters -> {result.best_params_path}")
+    for k, v in result.best_params.items():
+        _echo(f"  {k}: {v}")
+
+
+@app.command("promote")
+def promote_cmd(
+    model: Annotated[str, typer.Argument(help="Registered model, e.g. nba-churn or nba-propensity-mortgage.")],
+    to: Annotated[str, typer.Option(help="Alias to move: champion (behind gates) or challenger.")] = "champion",
+    reason: Annotated[str, typer.Option(help="Why (kept as a tag).")] = "",
+) -> None:
+    """Promote the @challenger to @champion if it passes evaluation/gates.yaml."""
+    from nba.training.registry import promote
+
+    result = promote(_settings(), model, to=to, reason=reason)
+    _echo(str(result))
+
+
+@app.command("rollback")
+def rollback_cmd(
+    model: Annotated[str, typer.Argument(help="Registered model name.")],
+    reason: Annotated[str, typer.Option(help="Why (kept as a tag).")] = "",
+) -> None:
+    """Move @champion back to the previous champion."""
+    from nba.training.registry import rollback
+
+    _echo(str(rollback(_settings(), model, reason=reason)))
 
 
 # --- quickstart --------------------------------------------------------------------

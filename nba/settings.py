@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     postgres_dsn: str = Field(
         "postgresql://postgres@127.0.0.1:5432/test", description="production registry / tracking / tuning store"
     )
+    optuna_storage: str | None = Field(
+        None, description="Optuna storage URL [default: sqlite:///<work>/tuning/optuna.db; Postgres to share a study]"
+    )
     seed: int = Field(7, description="default random seed for the simulator and the models")
 
     def path(self, p: Path) -> Path:
@@ -71,6 +74,13 @@ class Settings(BaseSettings):
     @property
     def sim_dir(self) -> Path:
         return self.work / "sim"
+
+    @property
+    def tuning_storage(self) -> str:
+        """Where Optuna studies live: the setting, or a SQLite file in the work folder."""
+        if self.optuna_storage:
+            return self.optuna_storage
+        return f"sqlite:///{(self.work / 'tuning' / 'optuna.db').resolve()}"
 
     @property
     def mlflow_path(self) -> Path:

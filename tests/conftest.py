@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from nba.settings import Settings, disable_telemetry
+from tests.constants import SEED
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,3 +33,28 @@ def settings(tmp_path: Path, data_dir: Path) -> Settings:
     """Settings for one test: the project's declarations, a private work folder."""
     return Settings(home=PROJECT_ROOT, work_dir=tmp_path / "var", data_dir=data_dir,
                     mlflow_dir=tmp_path / "mlflow")
+
+
+@pytest.fixture(scope="session")
+def feature_env(tmp_path_factory, data_dir: Path) -> Settings:
+    """A small simulated bank (4,000 customers, 12 months) and the real data sets, applied to a
+    real Feast repository in a temporary work folder. Shared by the training tests: read-only."""
+    from nba.data.simulator import simulate_to_dir
+    from nba.features import store
+
+    root = tmp_path_factory.mktemp("feature_env")
+    settings = Settings(home=PROJECT_ROOT, work_dir=root / "var", data_dir=data_dir, mlflow_dir=root / "mlflow")
+    simulate_to_dir(customers=4_000, seed=SEED, out_dir=settings.sim_dir, progress=False)
+    store.apply(settings)
+    return settings
+
+
+@pytest.fixture
+def train_env(feature_env: Settings, tmp_path: Path) -> Settings:
+    """The shared feature store with a private MLflow store and tuning folder for one test."""
+    work = tmp_path / "var"
+    work.mkdir()
+    # Share the (read-only) simulator output and feature repository; keep tuning output private.
+    for name in ("sim", "feature_repo", "real"):
+        (work / name).symlink_to(feature_env.work / name, target_is_directory=True)
+    return feature_env.model_copy(update={"work_dir": work, "mlflow_dir": tmp_path / "mlflow"})

@@ -108,10 +108,27 @@ def publish_sources(source_dir: Path, settings: Settings) -> dict[str, int]:
         head = pf.read_row_group(0).slice(0, 1).to_pandas() if pf.metadata.num_row_groups else None
         if head is not None:
             schemas.validate_frame(head, schema, source=str(path))
-        with atomic_path(target / f"{name}.parquet") as tmp:
-            shutil.copyfile(path, tmp)
-        rows[name] = pf.metadata.num_rows
+        rows[name] = write_source(pq.read_table(path), target / f"{name}.parquet")
     return rows
+
+
+def write_source(table: Any, target: Path) -> int:
+    """Write an offline source atomically, timestamps as microseconds (DuckDB, which runs the
+    point-in-time joins, cannot cast nanosecond time-zone-aware timestamps)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not isinstance(table, pa.Table):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    fields = []
+    for f in table.schema:
+        if pa.types.is_timestamp(f.type) and f.type.unit == "ns":
+            f = f.with_type(pa.timestamp("us", tz=f.type.tz))
+        fields.append(f)
+    table = table.cast(pa.schema(fields))
+    with atomic_path(target) as tmp:
+        pq.write_table(table, tmp)
+    return table.num_rows
 
 
 def get_store(settings: Settings) -> FeatureStore:
@@ -128,6 +145,10 @@ def apply(settings: Settings, sources: Path | None = None) -> ApplySummary:
     """Stage the repository, publish the offline sources, and register every object."""
     repo = stage_repo(settings)
     source_rows = publish_sources(sources if sources is not None else settings.sim_dir, settings)
+    if settings.data_dir is not None:
+        from nba.features.real import publish_real_sources
+
+        source_rows.update(publish_real_sources(settings))
     store = get_store(settings)
     objects = collect_objects(repo)
     store.apply([o for group in objects.values() for o in group])
@@ -179,6 +200,12 @@ def collect_objects(repo: Path) -> dict[str, list[Any]]:
     for view in found["feature_views"]:
         if view.batch_source is not None and not any(view.batch_source is s for s in found["data_sources"]):
             found["data_sources"].append(view.batch_source)
+    for source in found["data_sources"]:
+        # Relative paths are relative to the repository: make them absolute at registration,
+        # since not every offline store resolves them (the duckdb store reads them from cwd).
+        options = getattr(source, "file_options", None)
+        if options is not None and options.uri and not Path(options.uri).is_absolute() and "://" not in options.uri:
+            options.uri = str((repo / options.uri).resolve())
     if not found["feature_views"]:
         raise FeatureStoreError(f"feature repository {repo} declares no feature view")
     return found
@@ -244,8 +271,8 @@ def _needs_request_ts(service) -> bool:
     return any(p.name == "request_context" for p in service.feature_view_projections)
 
 
-def read_entities(path: Path) -> pd.DataFrame:
-    """Read an entity frame (CSV or Parquet) with `customer_id` and `event_timestamp` columns."""
+def read_entities(path: Path, keys: Sequence[str] = (schemas.ENTITY_KEY,)) -> pd.DataFrame:
+    """Read an entity frame (CSV or Parquet) with the join key(s) and `event_timestamp` columns."""
     import pandas as pd
 
     path = Path(path)
@@ -257,24 +284,27 @@ def read_entities(path: Path) -> pd.DataFrame:
         frame = pd.read_csv(path)
     else:
         raise FeatureStoreError(f"entity file {path}: expected a .csv or .parquet file, got '{path.suffix}'")
-    return validate_entities(frame, source=str(path))
+    return validate_entities(frame, keys=keys, source=str(path))
 
 
-def validate_entities(frame: pd.DataFrame, *, source: str = "entity frame") -> pd.DataFrame:
+def validate_entities(
+    frame: pd.DataFrame, *, keys: Sequence[str] = (schemas.ENTITY_KEY,), source: str = "entity frame"
+) -> pd.DataFrame:
     """Check and normalise an entity frame: integer ids, UTC timestamps, no missing values."""
     import pandas as pd
 
-    for col in (schemas.ENTITY_KEY, schemas.EVENT_TS):
+    for col in (*keys, schemas.EVENT_TS):
         if col not in frame.columns:
             raise FeatureStoreError(
                 f"{source}: missing column '{col}'; an entity frame needs columns "
-                f"'{schemas.ENTITY_KEY}' and '{schemas.EVENT_TS}' (got {list(frame.columns)})"
+                f"{[*keys, schemas.EVENT_TS]} (got {list(frame.columns)})"
             )
     frame = frame.copy()
-    try:
-        frame[schemas.ENTITY_KEY] = frame[schemas.ENTITY_KEY].astype("int64")
-    except (TypeError, ValueError) as exc:
-        raise FeatureStoreError(f"{source}: column '{schemas.ENTITY_KEY}' must hold integer ids ({exc})") from None
+    for key in keys:
+        try:
+            frame[key] = frame[key].astype("int64")
+        except (TypeError, ValueError) as exc:
+            raise FeatureStoreError(f"{source}: column '{key}' must hold integer ids ({exc})") from None
     try:
         frame[schemas.EVENT_TS] = pd.to_datetime(frame[schemas.EVENT_TS], utc=True)
     except (TypeError, ValueError) as exc:
@@ -285,18 +315,42 @@ def validate_entities(frame: pd.DataFrame, *, source: str = "entity frame") -> p
     return frame
 
 
+def epoch_seconds(ts: pd.Series) -> pd.Series:
+    """Whole seconds since the epoch, whatever the resolution of the timestamps."""
+    import pandas as pd
+
+    return ((ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).astype("int64")
+
+
+def service_join_keys(settings: Settings, service: str, store: FeatureStore | None = None) -> list[str]:
+    """The entity join keys of a feature service's views (e.g. ['customer_id'])."""
+    store = store or get_store(settings)
+    fs = _feature_service(store, service)
+    keys: list[str] = []
+    view_names = {v.name for v in store.list_feature_views()}
+    for proj in fs.feature_view_projections:
+        if proj.name in view_names:
+            for col in store.get_feature_view(proj.name).entity_columns:
+                if col.name not in keys:
+                    keys.append(col.name)
+    return keys
+
+
 def training_frame(settings: Settings, service: str, entities: pd.DataFrame) -> pd.DataFrame:
     """A point-in-time correct frame: for each entity row, the latest feature values stamped
-    at or before its `event_timestamp` (and within the view's TTL), via `get_historical_features`."""
+    at or before its `event_timestamp` (and within the view's TTL), via `get_historical_features`.
+
+    Extra columns of `entities` (labels, treatment) are carried through unchanged."""
     store = get_store(settings)
     fs = _feature_service(store, service)
-    entities = validate_entities(entities)
+    keys = service_join_keys(settings, service, store)
+    entities = validate_entities(entities, keys=keys)
     if _needs_request_ts(fs) and schemas.REQUEST_TS not in entities.columns:
         # In training the decision happened at the entity timestamp.
-        entities[schemas.REQUEST_TS] = entities[schemas.EVENT_TS].astype("int64") // 10**9
+        entities[schemas.REQUEST_TS] = epoch_seconds(entities[schemas.EVENT_TS])
     job = store.get_historical_features(entity_df=entities, features=fs)
     frame = job.to_df()
-    return frame.sort_values([schemas.EVENT_TS, schemas.ENTITY_KEY], kind="stable").reset_index(drop=True)
+    return frame.sort_values([schemas.EVENT_TS, *keys], kind="stable").reset_index(drop=True)
 
 
 def online_features(
@@ -315,4 +369,3 @@ def online_features(
         for r in rows:
             r[schemas.REQUEST_TS] = ts
     return store.get_online_features(features=fs, entity_rows=rows).to_dict()
-

@@ -1,0 +1,82 @@
+"""The main job on embedded defaults, step by step, each step timed and explained."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Any
+
+from nba.errors import DataFileError
+from nba.settings import Settings
+
+
+@contextmanager
+def _step(echo: Callable[[str], None], title: str):
+    echo(f"==> {title}")
+    t0 = time.perf_counter()
+    yield
+    echo(f"    done in {time.perf_counter() - t0:.1f} s")
+
+
+def run(settings: Settings, *, customers: int, seed: int, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Load real data (if available), simulate, apply and materialise Feast, read online."""
+    from nba.data.simulator import simulate_to_dir
+    from nba.features import store
+    from nba.io import write_parquet
+
+    result: dict[str, Any] = {}
+    with _step(echo, "Real data sets (Hillstrom, CDNOW): verify checksums, write tidy tables"):
+        try:
+            settings.real_data_dir()
+        except DataFileError as exc:
+            echo(f"    skipped: {exc}")
+        else:
+            from nba.data.cdnow import load_cdnow
+            from nba.data.hillstrom import load_hillstrom
+
+            hill = load_hillstrom(settings=settings)
+            cd = load_cdnow(settings=settings)
+            real = settings.work / "real"
+            write_parquet(hill.customers, real / "hillstrom_customers.parquet")
+            write_parquet(hill.experiment, real / "hillstrom_experiment.parquet")
+            write_parquet(cd, real / "cdnow_transactions.parquet")
+            means = hill.experiment.groupby("arm")["conversion"].mean()
+            echo(f"    Hillstrom: {len(hill.experiment):,} customers; conversion by arm: "
+                 + ", ".join(f"{a} {m:.4f}" for a, m in means.items()))
+            echo(f"    CDNOW: {len(cd):,} purchases by {cd['customer_id'].nunique():,} customers")
+            echo(f"    tables in {real}")
+            result["real"] = str(real)
+
+    with _step(echo, f"Simulate the bank: {customers:,} customers, seed {seed}"):
+        manifest = simulate_to_dir(customers=customers, seed=seed, out_dir=settings.sim_dir, progress=True)
+        echo(f"    {manifest['rows']['interactions']:,} contacts; tables and ground truth in {settings.sim_dir}")
+        result["sim"] = manifest
+
+    with _step(echo, "Feast: apply the feature repository"):
+        applied = store.apply(settings)
+        echo(f"    {len(applied.feature_views)} feature views, services: {', '.join(applied.feature_services)}")
+        echo(f"    repository: {applied.repo}")
+
+    with _step(echo, "Feast: materialise the latest snapshot into the online store"):
+        mat = store.materialize(settings)
+        echo(f"    window {mat.start:%Y-%m-%d} .. {mat.end:%Y-%m-%d} -> {mat.online_store} online store")
+
+    with _step(echo, "Feast: online read of serving_v1 for one customer"):
+        import pyarrow.parquet as pq
+
+        ids = pq.read_table(settings.feast_repo / "data" / "profile.parquet", columns=["customer_id"]).column(0)
+        customer = int(ids[0].as_py())
+        row = store.online_features(settings, "serving_v1", [customer])
+        shown = {k: row[k][0] for k in ("customer_id", "age", "rfm_segment", "credit_score",
+                                        "consent_email", "days_since_last_contact")}
+        echo(f"    {shown}")
+        result["customer"] = customer
+
+    echo("")
+    echo("Where to look:")
+    echo(f"  simulator output and truth:  {settings.sim_dir}")
+    echo(f"  Feast repository:            {settings.feast_repo}  (cd there and run `feast ui` or `feast feature-services list`)")
+    echo("  a training frame:            nba features training-frame --service propensity_v1 --entities FILE")
+    echo(f"  online features:             nba features online --customer {result['customer']}")
+    return result
