@@ -44,9 +44,10 @@ def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
 ) -> None:
     _state["debug"] = debug
-    from nba.settings import disable_telemetry
+    from nba.settings import disable_telemetry, quiet_console
 
     disable_telemetry()
+    quiet_console()
 
 
 def _settings(**overrides: Any):
@@ -268,9 +269,13 @@ def train_propensity_cmd(
         _echo(f"better strategy by hold-out log loss: {winner} (comparison run {run_id})")
     actions = None if all_actions or not action else list(action)
     bar = tqdm(total=len(actions) if actions else 10, desc="propensity models", unit="model")
+
+    def advance(action: str) -> None:
+        bar.set_postfix_str(action)
+        bar.update(1)
+
     try:
-        models = propensity.train_propensity(settings, actions, strategy=strategy,
-                                             progress=lambda a: (bar.set_postfix_str(a), bar.update(1)))
+        models = propensity.train_propensity(settings, actions, strategy=strategy, progress=advance)
     except propensity.TrainingIncomplete as exc:
         bar.close()
         _print_trained(exc.trained)
@@ -305,12 +310,16 @@ def train_uplift_cmd(
     action: Annotated[list[str] | None, typer.Option("--action", help="Action id (repeat); default: all.")] = None,
 ) -> None:
     """Uplift over no contact from randomised data (T-, X-learner, class transformation; best by Qini)."""
-    from nba.training.uplift import train_uplift
+    from nba.training.uplift import HILLSTROM_ACTIONS, train_uplift
 
     settings = _settings()
     sources = ["hillstrom", "sim"] if source == "all" else [source]
     for s in sources:
-        _print_trained(train_uplift(settings, s, list(action) if action else None))
+        # With --source all, each named action goes to the source that has it.
+        chosen = [a for a in action or [] if (a in HILLSTROM_ACTIONS) == (s == "hillstrom")] if action else None
+        if action and not chosen and source == "all":
+            continue
+        _print_trained(train_uplift(settings, s, chosen))
 
 
 @app.command("tune")
@@ -366,18 +375,22 @@ def rollback_cmd(
 
 @app.command("quickstart")
 def quickstart(
-    customers: Annotated[int, typer.Option(help="Simulated customers.", min=100)] = 20_000,
+    customers: Annotated[int, typer.Option(help="Simulated customers.", min=100)] = 40_000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
     data_dir: DataDirOpt = None,
+    train: Annotated[bool, typer.Option(help="Also tune, train, register and promote every model.")] = True,
+    tune_trials: Annotated[int, typer.Option(help="Optuna trials per tuned model (0: no tuning).", min=0)] = 3,
 ) -> None:
     """Run the main job end to end on embedded defaults.
 
     Loads and verifies the real data sets (when NBA_DATA_DIR is set), simulates the bank,
-    applies and materialises the feature store, reads one customer online.
+    applies and materialises the feature store, reads one customer online, then tunes (a
+    small budget), trains, registers and promotes every model to @champion.
     """
     from nba.quickstart import run
 
-    run(_settings(data_dir=data_dir), customers=customers, seed=seed, echo=_echo)
+    run(_settings(data_dir=data_dir), customers=customers, seed=seed, echo=_echo, train=train,
+        tune_trials=tune_trials)
 
 
 def main() -> None:

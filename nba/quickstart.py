@@ -19,8 +19,10 @@ def _step(echo: Callable[[str], None], title: str):
     echo(f"    done in {time.perf_counter() - t0:.1f} s")
 
 
-def run(settings: Settings, *, customers: int, seed: int, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Load real data (if available), simulate, apply and materialise Feast, read online."""
+def run(settings: Settings, *, customers: int, seed: int, echo: Callable[[str], None] = print,
+        train: bool = True, tune_trials: int = 3) -> dict[str, Any]:
+    """Load real data (if available), simulate, apply and materialise Feast, read online, then
+    (with `train`) tune, train, register and promote every model."""
     from nba.data.simulator import simulate_to_dir
     from nba.features import store
     from nba.io import write_parquet
@@ -73,10 +75,68 @@ def run(settings: Settings, *, customers: int, seed: int, echo: Callable[[str], 
         echo(f"    {shown}")
         result["customer"] = customer
 
+    if train:
+        result["models"] = train_all(settings, tune_trials=tune_trials, echo=echo)
+
     echo("")
     echo("Where to look:")
     echo(f"  simulator output and truth:  {settings.sim_dir}")
     echo(f"  Feast repository:            {settings.feast_repo}  (cd there and run `feast ui` or `feast feature-services list`)")
     echo("  a training frame:            nba features training-frame --service propensity_v1 --entities FILE")
     echo(f"  online features:             nba features online --customer {result['customer']}")
+    if train:
+        from nba.training.tracking import tracking_uri
+
+        echo(f"  experiments and registry:    .venv/bin/mlflow ui --backend-store-uri {tracking_uri(settings)}")
     return result
+
+
+def train_all(settings: Settings, *, tune_trials: int, echo: Callable[[str], None] = print) -> dict[str, str]:
+    """Tune with a small budget, train every model family, promote every challenger.
+
+    Returns registered model -> champion version. A refused promotion is an error: the
+    quickstart promises a champion for every model.
+    """
+    from nba.training import propensity
+    from nba.training.churn import train_churn
+    from nba.training.clv import train_clv
+    from nba.training.registry import PromotionRefused, promote
+    from nba.training.tune import tune
+    from nba.training.uplift import train_uplift
+
+    if tune_trials > 0:
+        with _step(echo, f"Optuna: {tune_trials} trials each for churn and the pooled propensity model"):
+            for model in ("churn", "propensity"):
+                res = tune(settings, model, tune_trials, progress=False)
+                echo(f"    {model}: best {res.metric} {res.best_value:.4f} "
+                     f"({res.n_complete} complete, {res.n_pruned} pruned) -> {res.best_params_path}")
+
+    trained = []
+    with _step(echo, "Train propensity models (one per action)"):
+        trained += propensity.train_propensity(settings, progress=lambda a: echo(f"    {a}"))
+    with _step(echo, "Train churn"):
+        trained.append(train_churn(settings))
+    with _step(echo, "Train CLV (CDNOW 39+39 weeks, and the bank)"):
+        sources = ["cdnow", "sim"] if settings.data_dir is not None else ["sim"]
+        trained += [train_clv(settings, src) for src in sources]
+    with _step(echo, "Train uplift models (Hillstrom e-mails, the bank's exploration data)"):
+        sources = ["hillstrom", "sim"] if settings.data_dir is not None else ["sim"]
+        for src in sources:
+            trained += train_uplift(settings, src, progress=lambda a: echo(f"    {a}"))
+
+    champions: dict[str, str] = {}
+    refused: list[str] = []
+    with _step(echo, f"Promote {len(trained)} challengers behind evaluation/gates.yaml"):
+        for m in trained:
+            try:
+                promoted = promote(settings, m.name, reason="quickstart")
+            except PromotionRefused as exc:
+                refused.append(f"{m.name}: {exc}")
+                continue
+            champions[m.name] = promoted.version
+            echo(f"    {m.name:<40} v{promoted.version} @champion")
+    if refused:
+        from nba.errors import NbaError
+
+        raise NbaError("quickstart: promotion refused for " + "; ".join(refused))
+    return champions

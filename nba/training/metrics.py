@@ -1,0 +1,141 @@
+"""Model quality metrics and the plots reviewers look at.
+
+Classification: ROC AUC, log loss, Brier score and expected calibration error (the
+arbitration multiplies probabilities, so calibration matters more than ranking).
+Uplift: the Qini curve and coefficient. Regression (CLV): error, Gini and top-decile capture.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """Weighted mean |observed rate - mean prediction| over equal-width probability bins."""
+    y = np.asarray(y, dtype=float)
+    p = np.asarray(p, dtype=float)
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        mask = idx == b
+        if mask.any():
+            total += mask.sum() * abs(y[mask].mean() - p[mask].mean())
+    return float(total / len(y))
+
+
+def classification_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
+
+    y = np.asarray(y).astype(int)
+    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
+    out = {
+        "log_loss": float(log_loss(y, p, labels=[0, 1])),
+        "brier": float(brier_score_loss(y, p)),
+        "ece": expected_calibration_error(y, p),
+        "positives": float(y.sum()),
+        "rows": float(len(y)),
+        "base_rate": float(y.mean()) if len(y) else float("nan"),
+        "mean_prediction": float(p.mean()) if len(p) else float("nan"),
+    }
+    out["roc_auc"] = float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
+    return out
+
+
+def calibration_plot(y: np.ndarray, p: np.ndarray, path: Path, title: str, truth: np.ndarray | None = None,
+                     bins: int = 10) -> Path:
+    """Reliability diagram (quantile bins), with the simulator's true probabilities when known."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    y = np.asarray(y, dtype=float)
+    p = np.asarray(p, dtype=float)
+    edges = np.unique(np.quantile(p, np.linspace(0, 1, bins + 1)))
+    idx = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, max(len(edges) - 2, 0))
+    mean_p = np.array([p[idx == b].mean() for b in np.unique(idx)])
+    rate = np.array([y[idx == b].mean() for b in np.unique(idx)])
+    fig, ax = plt.subplots(figsize=(5, 5))
+    hi = max(float(mean_p.max(initial=0)), float(rate.max(initial=0))) * 1.1 or 1.0
+    ax.plot([0, hi], [0, hi], color="grey", linestyle="--", label="perfect calibration")
+    ax.plot(mean_p, rate, marker="o", label="observed rate")
+    if truth is not None:
+        t = np.asarray(truth, dtype=float)
+        ax.plot(mean_p, [t[idx == b].mean() for b in np.unique(idx)], marker="x", label="true probability")
+    ax.set_xlabel("predicted probability (bin mean)")
+    ax.set_ylabel("observed rate")
+    ax.set_title(title)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def importance_plot(names: list[str], gains: np.ndarray, path: Path, title: str, top: int = 20) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = np.argsort(gains)[::-1][:top][::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(order) + 1))
+    ax.barh([names[i] for i in order], np.asarray(gains)[order])
+    ax.set_xlabel("gain")
+    ax.set_title(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def qini_curve(uplift: np.ndarray, y: np.ndarray, treated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Qini curve: targeting the top x customers by predicted uplift, the incremental
+    responders  Y_t(x) - Y_c(x) * N_t(x) / N_c(x).  Returns (fraction targeted, qini)."""
+    uplift = np.asarray(uplift, dtype=float)
+    y = np.asarray(y, dtype=float)
+    t = np.asarray(treated).astype(bool)
+    order = np.argsort(-uplift, kind="stable")
+    y, t = y[order], t[order]
+    n_t = np.cumsum(t)
+    n_c = np.cumsum(~t)
+    y_t = np.cumsum(y * t)
+    y_c = np.cumsum(y * ~t)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = y_t - np.where(n_c > 0, y_c * n_t / n_c, 0.0)
+    x = np.arange(1, len(y) + 1) / len(y)
+    return np.concatenate([[0.0], x]), np.concatenate([[0.0], q])
+
+
+def qini_coefficient(uplift: np.ndarray, y: np.ndarray, treated: np.ndarray) -> float:
+    """Area between the model's Qini curve and the random-targeting line, per customer.
+
+    Positive: the model ranks customers better than random; zero: no better than random.
+    """
+    x, q = qini_curve(uplift, y, treated)
+    random_line = x * q[-1]
+    return float(np.trapezoid(q - random_line, x) / len(np.asarray(y)))
+
+
+def gini_and_top_decile(actual: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """Normalised Gini of the ranking by prediction, and the share of actual value captured
+    by the top 10 % of customers ranked by prediction."""
+    actual = np.asarray(actual, dtype=float)
+    predicted = np.asarray(predicted, dtype=float)
+    total = actual.sum()
+    if total <= 0:
+        return {"gini": float("nan"), "top_decile_capture": float("nan")}
+
+    def _gini(order: np.ndarray) -> float:
+        cum = np.cumsum(actual[order]) / total
+        return float(np.mean(cum) - (len(actual) + 1) / (2 * len(actual)))
+
+    model = _gini(np.argsort(-predicted, kind="stable"))
+    perfect = _gini(np.argsort(-actual, kind="stable"))
+    k = max(1, len(actual) // 10)
+    top = np.argsort(-predicted, kind="stable")[:k]
+    return {"gini": model / perfect if perfect else float("nan"), "top_decile_capture": float(actual[top].sum() / total)}

@@ -1,0 +1,885 @@
+"""Uplift: the incremental effect of an action over no contact, learnt from randomised data.
+
+Per action, a model of  tau(x) = E[y | x, treated] - E[y | x, not treated]  (a difference of
+probabilities for a binary outcome, of expected values for a numeric one), from rows whose
+treatment was assigned at random:
+
+* Hillstrom (`source="hillstrom"`): each e-mail arm against the `No E-Mail` hold-out
+  (`mens_email`, `womens_email`), features from the `hillstrom_uplift_v1` service, registered
+  as `nba-uplift-hillstrom-<action>`.
+* The simulated bank (`source="sim"`): the exploration share of the decisions (policy
+  "explore": a uniformly random eligible action, contacted with probability 1/2), label =
+  converted within `label.window_days`, features from `options.simulator_feature_service`,
+  registered as `nba-uplift-<action>`. The simulator knows the true uplift, so each run also
+  reports how well the model recovers it.
+
+Four learners on XGBoost follow the scikit-learn contract (`fit(X, treated, y)`,
+`predict(X) -> uplift`): `TLearner`, `SLearner`, `XLearner` and `ClassTransformationLearner`. Each
+training run fits every learner of `options.learners` on the training part, picks the one
+with the highest Qini coefficient on the validation part, refits it on training +
+validation, and reports its Qini on the test part, which played no role in any choice.
+
+Splits. Randomised rows carry no confounding by time, so the split is random and seeded
+(`settings.seed`): on Hillstrom (one row per customer) stratified by group and outcome; on the
+simulator grouped by customer, so a customer's repeated decisions never sit on both sides of
+the split (a time-based hold-out would keep only the last weeks of an already small sample).
+
+Configuration (`training/uplift.yaml`): `params` (XGBoost, every component), and in
+`options`: `learners`, `validation_fraction` and `test_fraction` (default 0.3 each),
+`outcome` (Hillstrom: visit | conversion | spend, default visit), `min_positives` per group in
+the training part (default 10), `simulator_feature_service`, `simulator_params` (XGBoost
+parameters over `params` on the simulator) and `tuning_learner` (default t_learner).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, clone
+
+from nba import schemas
+from nba.errors import ConfigError, DataFileError
+from nba.settings import Settings
+from nba.training import tracking
+from nba.training.classifier import HOLDOUT_ARTIFACT, TrainedModel
+from nba.training.config import ModelConfig, config_path, load_model_config
+from nba.training.metrics import qini_coefficient, qini_curve
+from nba.training.models import FrameEncoder, ModelDataError, _xgb_params
+from nba.training.tune import Report, TuningProblem
+
+log = logging.getLogger(__name__)
+
+FAMILY = "uplift"
+SOURCES = ("hillstrom", "sim")
+SOURCE_ALIASES = {"simulator": "sim"}
+# Hillstrom actions: the e-mail arm each is learnt from (against the No E-Mail hold-out).
+HILLSTROM_ACTIONS = {"mens_email": "Mens E-Mail", "womens_email": "Womens E-Mail"}
+HILLSTROM_CONTROL_ARM = "No E-Mail"
+HILLSTROM_SERVICE_KEY = "hillstrom_id"
+HILLSTROM_OUTCOMES = ("visit", "conversion", "spend")
+# Visit: 10.6 % of the hold-out visit and the e-mails add 4.5 to 7.7 points, so the effect is
+# measured on thousands of positives. Conversion (0.6 % -> 0.9 / 1.3 %) leaves about a hundred
+# positives per group in a training part: too few for a stable ranking.
+DEFAULT_OUTCOME = "visit"
+DEFAULT_MIN_POSITIVES = 10  # per group (treated, control) in the training part
+DEFAULT_VALIDATION_FRACTION = 0.3
+DEFAULT_TEST_FRACTION = 0.3
+TRUTH_COLUMNS = ("true_p_treated", "true_p_control", "true_uplift")
+PARTS = ("train", "validation", "test")
+
+
+# --- learners ------------------------------------------------------------------------
+
+
+def _xgb(kind: str, params: dict[str, Any] | None, n_jobs: int, random_state: int) -> Any:
+    """An XGBoost classifier or regressor with the shared parameters; each component sets its
+    own objective (a tuned `objective` for another family must not turn a classifier into a
+    regressor)."""
+    import xgboost as xgb
+
+    p = _xgb_params(params, n_jobs, random_state)
+    if kind == "classifier":
+        p["objective"] = "binary:logistic"
+        return xgb.XGBClassifier(**p)
+    p["objective"] = "reg:squarederror"
+    p.pop("tweedie_variance_power", None)
+    return xgb.XGBRegressor(**p)
+
+
+class _UpliftLearner(BaseEstimator):
+    """Shared validation and encoding of the uplift learners (not used on its own)."""
+
+    def __init__(self, params: dict[str, Any] | None = None, min_positives: int = 1, name: str = "uplift model",
+                 outcome_type: str = "auto", n_jobs: int = 2, random_state: int = 0):
+        self.params = params
+        self.min_positives = min_positives
+        self.name = name
+        self.outcome_type = outcome_type
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+
+    def _validate(self, X: pd.DataFrame, treated: Any, y: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Encode X; check groups, labels and positives. Returns (matrix, treated bool, y float)."""
+        if self.outcome_type not in ("auto", "binary", "continuous"):
+            raise ModelDataError(f"{self.name}: outcome_type '{self.outcome_type}' is not one of "
+                                 "auto, binary, continuous")
+        t = np.asarray(treated)
+        y = np.asarray(y, dtype="float64")
+        if not (len(X) == len(t) == len(y)):
+            raise ModelDataError(f"{self.name}: X has {len(X)} rows, treated {len(t)}, y {len(y)}; they must match")
+        if len(y) == 0:
+            raise ModelDataError(f"{self.name}: the training frame is empty")
+        if not np.isin(t, (0, 1)).all():
+            raise ModelDataError(f"{self.name}: treated must hold 0/1, got values {sorted(set(t.tolist()))[:5]}")
+        if not np.isfinite(y).all():
+            raise ModelDataError(f"{self.name}: the outcome has {int((~np.isfinite(y)).sum())} missing or "
+                                 "infinite value(s)")
+        t = t.astype(bool)
+        binary = np.isin(y, (0.0, 1.0)).all()
+        if self.outcome_type == "binary" and not binary:
+            raise ModelDataError(f"{self.name}: outcome_type 'binary' but the outcome holds values other than 0/1")
+        self.binary_ = bool(binary) if self.outcome_type == "auto" else self.outcome_type == "binary"
+        for group, mask in (("treated", t), ("control", ~t)):
+            rows = int(mask.sum())
+            positives = int((y[mask] > 0).sum())
+            if rows == 0:
+                raise ModelDataError(f"{self.name}: the {group} group has no rows ({len(y)} rows in all); "
+                                     "uplift needs treated and control rows")
+            if positives < self.min_positives:
+                raise ModelDataError(f"{self.name}: the {group} group has {positives} positive outcome(s) in "
+                                     f"{rows} rows; at least {self.min_positives} needed (min_positives)")
+            if self.binary_ and positives == rows:
+                raise ModelDataError(f"{self.name}: every one of the {rows} rows of the {group} group is "
+                                     "positive; a classifier needs both classes")
+        self.encoder_ = FrameEncoder().fit(X)
+        self.feature_names_in_ = np.asarray(list(X.columns), dtype=object)
+        self.treated_share_ = float(t.mean())
+        return self.encoder_.transform(X), t, y
+
+    def _outcome_model(self, Xm: np.ndarray, y: np.ndarray) -> Any:
+        """E[y | x] within one group: a classifier for a binary outcome, else a regressor."""
+        model = _xgb("classifier" if self.binary_ else "regressor", self.params, self.n_jobs, self.random_state)
+        return model.fit(Xm, y.astype(int) if self.binary_ else y)
+
+    def _expected(self, model: Any, Xm: np.ndarray) -> np.ndarray:
+        if self.binary_:
+            return model.predict_proba(Xm)[:, 1].astype("float64")
+        return model.predict(Xm).astype("float64")
+
+    def _share(self, propensity: float | None) -> float:
+        e = self.treated_share_ if propensity is None else float(propensity)
+        if not 0.0 < e < 1.0:
+            raise ModelDataError(f"{self.name}: propensity {e} is not in (0, 1)")
+        return e
+
+
+class TLearner(_UpliftLearner):
+    """Two models, one per group: tau(x) = mu_1(x) - mu_0(x) (causalml's BaseTLearner shape).
+
+    Simple and unbiased under randomisation; its weakness is that each model regularises on
+    its own, so the difference of two noisy fits can rank customers by noise when the effect
+    is small next to the outcome's own variation."""
+
+    def fit(self, X: pd.DataFrame, treated: Any, y: Any) -> TLearner:
+        Xm, t, y = self._validate(X, treated, y)
+        self.model_treated_ = self._outcome_model(Xm[t], y[t])
+        self.model_control_ = self._outcome_model(Xm[~t], y[~t])
+        return self
+
+    def predict_outcomes(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(E[y | x, control], E[y | x, treated]): the propensity beside the uplift."""
+        Xm = self.encoder_.transform(X)
+        return self._expected(self.model_control_, Xm), self._expected(self.model_treated_, Xm)
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        mu0, mu1 = self.predict_outcomes(X)
+        return mu1 - mu0
+
+
+class SLearner(_UpliftLearner):
+    """One model with the treatment as one more input: tau(x) = mu(x, 1) - mu(x, 0)
+    (causalml's BaseSLearner shape).
+
+    Trees that split on the treatment only where the data supports it shrink the effect
+    toward a constant on the logit scale, which in probability is an uplift growing with the
+    response rate: the right default when heterogeneity is weak (Hillstrom's Mens e-mail).
+    Its known weakness is the other side of that: regularised hard, it may never split on
+    the treatment and predict no uplift at all."""
+
+    def fit(self, X: pd.DataFrame, treated: Any, y: Any) -> SLearner:
+        Xm, t, y = self._validate(X, treated, y)
+        self.model_ = self._outcome_model(np.column_stack([Xm, t.astype("float32")]), y)
+        return self
+
+    def predict_outcomes(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(E[y | x, control], E[y | x, treated])."""
+        Xm = self.encoder_.transform(X)
+        ones = np.ones((len(Xm), 1), dtype="float32")
+        return (self._expected(self.model_, np.hstack([Xm, 0 * ones])),
+                self._expected(self.model_, np.hstack([Xm, ones])))
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        mu0, mu1 = self.predict_outcomes(X)
+        return mu1 - mu0
+
+
+class XLearner(_UpliftLearner):
+    """Kuenzel et al. (2019): outcome models per group as in the T-learner, then the imputed
+    effects D1 = y - mu_0(x) on the treated and D0 = mu_1(x) - y on the controls, each
+    regressed on x (tau_1, tau_0), combined as tau(x) = g tau_0(x) + (1 - g) tau_1(x).
+
+    g is the probability of treatment. On randomised data it is a known constant: pass it as
+    `propensity`, or leave None to use the treated share of the training rows (its estimate
+    under a constant assignment probability; 1/2 on Hillstrom's arm-vs-hold-out pairs and on
+    the simulator's exploration)."""
+
+    def __init__(self, params: dict[str, Any] | None = None, min_positives: int = 1, name: str = "uplift model",
+                 outcome_type: str = "auto", n_jobs: int = 2, random_state: int = 0,
+                 propensity: float | None = None):
+        super().__init__(params=params, min_positives=min_positives, name=name, outcome_type=outcome_type,
+                         n_jobs=n_jobs, random_state=random_state)
+        self.propensity = propensity
+
+    def fit(self, X: pd.DataFrame, treated: Any, y: Any) -> XLearner:
+        Xm, t, y = self._validate(X, treated, y)
+        self.propensity_ = self._share(self.propensity)
+        mu1 = self._outcome_model(Xm[t], y[t])
+        mu0 = self._outcome_model(Xm[~t], y[~t])
+        d1 = y[t] - self._expected(mu0, Xm[t])
+        d0 = self._expected(mu1, Xm[~t]) - y[~t]
+        self.effect_treated_ = _xgb("regressor", self.params, self.n_jobs, self.random_state).fit(Xm[t], d1)
+        self.effect_control_ = _xgb("regressor", self.params, self.n_jobs, self.random_state).fit(Xm[~t], d0)
+        return self
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        Xm = self.encoder_.transform(X)
+        tau1 = self.effect_treated_.predict(Xm).astype("float64")
+        tau0 = self.effect_control_.predict(Xm).astype("float64")
+        g = self.propensity_
+        return g * tau0 + (1.0 - g) * tau1
+
+
+class ClassTransformationLearner(_UpliftLearner):
+    """One model of a transformed target whose expectation is (a function of) the uplift.
+
+    Binary outcome (Jaskowski & Jaroszewicz 2012): z = y t + (1 - y)(1 - t), 1 for a treated
+    responder or a control non-responder. With treatment share e = 1/2,
+    P(z = 1 | x) = (p_1(x) + 1 - p_0(x)) / 2, so tau(x) = 2 P(z = 1 | x) - 1. For another
+    share e the rows are weighted 1 / (2e) (treated) and 1 / (2(1 - e)) (control): both
+    groups then carry half the weight at every x and the same identity holds.
+
+    Numeric outcome (the transformed outcome of Athey & Imbens 2016):
+    y* = y (t - e) / (e (1 - e)) has E[y* | x] = tau(x); a regressor on y* predicts tau.
+
+    e is `propensity` if given, else the treated share of the training rows."""
+
+    def __init__(self, params: dict[str, Any] | None = None, min_positives: int = 1, name: str = "uplift model",
+                 outcome_type: str = "auto", n_jobs: int = 2, random_state: int = 0,
+                 propensity: float | None = None):
+        super().__init__(params=params, min_positives=min_positives, name=name, outcome_type=outcome_type,
+                         n_jobs=n_jobs, random_state=random_state)
+        self.propensity = propensity
+
+    def fit(self, X: pd.DataFrame, treated: Any, y: Any) -> ClassTransformationLearner:
+        Xm, t, y = self._validate(X, treated, y)
+        e = self.propensity_ = self._share(self.propensity)
+        tf = t.astype("float64")
+        if self.binary_:
+            z = (y * tf + (1 - y) * (1 - tf)).astype(int)
+            weight = np.where(t, 1 / (2 * e), 1 / (2 * (1 - e)))
+            self.model_ = _xgb("classifier", self.params, self.n_jobs, self.random_state).fit(
+                Xm, z, sample_weight=weight)
+        else:
+            self.model_ = _xgb("regressor", self.params, self.n_jobs, self.random_state).fit(
+                Xm, y * (tf - e) / (e * (1 - e)))
+        return self
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        Xm = self.encoder_.transform(X)
+        if self.binary_:
+            return 2.0 * self.model_.predict_proba(Xm)[:, 1].astype("float64") - 1.0
+        return self.model_.predict(Xm).astype("float64")
+
+
+LEARNERS: dict[str, type[_UpliftLearner]] = {
+    "t_learner": TLearner,
+    "s_learner": SLearner,
+    "x_learner": XLearner,
+    "class_transformation": ClassTransformationLearner,
+}
+
+
+def make_learner(kind: str, params: dict[str, Any] | None, *, min_positives: int = 1, name: str = "uplift model",
+                 random_state: int = 0) -> _UpliftLearner:
+    if kind not in LEARNERS:
+        raise ConfigError(f"uplift learner '{kind}' is unknown; expected one of {', '.join(LEARNERS)}")
+    return LEARNERS[kind](params=dict(params or {}), min_positives=min_positives, name=name,
+                          random_state=random_state)
+
+
+# --- metrics and plots ---------------------------------------------------------------
+
+
+def uplift_at_top(uplift: np.ndarray, y: np.ndarray, treated: np.ndarray, share: float = 0.1) -> float:
+    """Observed uplift (treated mean - control mean) among the top `share` by predicted uplift."""
+    uplift, y, t = np.asarray(uplift, float), np.asarray(y, float), np.asarray(treated).astype(bool)
+    k = max(1, int(round(len(y) * share)))
+    top = np.argsort(-uplift, kind="stable")[:k]
+    yt, yc = y[top][t[top]], y[top][~t[top]]
+    return float(yt.mean() - yc.mean()) if len(yt) and len(yc) else float("nan")
+
+
+def uplift_metrics(uplift: np.ndarray, y: np.ndarray, treated: np.ndarray,
+                   truth: np.ndarray | None = None) -> dict[str, float]:
+    """Qini, the observed uplift in the top decile, counts; with simulator truth, the error and
+    correlation of the predicted against the true uplift."""
+    y = np.asarray(y, float)
+    t = np.asarray(treated).astype(bool)
+    out = {
+        "qini": qini_coefficient(uplift, y, t),
+        "qini_null_sd": qini_null_sd(y, t),
+        "uplift_top10": uplift_at_top(uplift, y, t, 0.1),
+        "observed_uplift": float(y[t].mean() - y[~t].mean()) if t.any() and (~t).any() else float("nan"),
+        "mean_predicted_uplift": float(np.mean(uplift)),
+        "positives": float((y > 0).sum()),
+        "rows": float(len(y)),
+        "treated_rows": float(t.sum()),
+    }
+    if truth is not None:
+        truth = np.asarray(truth, float)
+        out["uplift_mae_vs_truth"] = float(np.mean(np.abs(uplift - truth)))
+        out["uplift_corr_vs_truth"] = _corr(uplift, truth)
+        out["mean_true_uplift"] = float(truth.mean())
+    return out
+
+
+def qini_null_sd(y: np.ndarray, treated: np.ndarray, draws: int = 100, seed: int = 0) -> float:
+    """Standard deviation of the Qini of random scores on these rows: the noise a model's
+    Qini must stand out from (about 0.0009 on 12,800 Hillstrom rows)."""
+    rng = np.random.default_rng(seed)
+    return float(np.std([qini_coefficient(rng.random(len(y)), y, treated) for _ in range(draws)]))
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 2 or np.std(a) == 0 or np.std(b) == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def qini_plot(validation: dict[str, tuple[np.ndarray, np.ndarray]], test: tuple[np.ndarray, np.ndarray],
+              chosen: str, path: Path, title: str) -> Path:
+    """Left: the Qini curve of every candidate on the validation part; right: the chosen model
+    (refit) on the test part. Dashed: random targeting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, curves, subtitle in ((axes[0], validation, "validation: candidates"),
+                                 (axes[1], {f"{chosen} (refit)": test}, "test: chosen learner")):
+        last = None
+        for label, (x, q) in curves.items():
+            step = max(1, len(x) // 500)
+            ax.plot(x[::step], q[::step], label=label)
+            last = (x, q)
+        if last is not None:
+            ax.plot([0, 1], [0, last[1][-1]], color="grey", linestyle="--", label="random")
+        ax.set_xlabel("share of customers targeted (by predicted uplift)")
+        ax.set_ylabel("incremental responders")
+        ax.set_title(f"{title}\n{subtitle}", fontsize=10)
+        ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def truth_plot(predicted: np.ndarray, truth: np.ndarray, path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(truth, predicted, s=6, alpha=0.5)
+    lo = float(min(np.min(truth), np.min(predicted)))
+    hi = float(max(np.max(truth), np.max(predicted)))
+    ax.plot([lo, hi], [lo, hi], color="grey", linestyle="--", label="perfect")
+    ax.set_xlabel("true uplift (simulator)")
+    ax.set_ylabel("predicted uplift")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+# --- data: randomised rows per action, features from Feast --------------------------
+
+
+@dataclass
+class UpliftData:
+    """One action's randomised rows (features from Feast + `treated` + `label`), split
+    into train / validation / test (`part` holds indexes into PARTS)."""
+
+    source: str
+    action: str
+    frame: pd.DataFrame
+    feature_columns: list[str]
+    part: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def rows(self, *parts: str) -> pd.DataFrame:
+        mask = np.isin(self.part, [PARTS.index(p) for p in parts])
+        return self.frame.loc[mask].reset_index(drop=True)
+
+    @property
+    def has_truth(self) -> bool:
+        return "true_p_treated" in self.frame.columns
+
+    def counts(self, part: str = "train") -> dict[str, tuple[int, int]]:
+        """(rows, positives) per group in one part."""
+        rows = self.rows(part)
+        t = rows["treated"].to_numpy() == 1
+        pos = rows["label"].to_numpy() > 0
+        return {"treated": (int(t.sum()), int(pos[t].sum())), "control": (int((~t).sum()), int(pos[~t].sum()))}
+
+
+def normalise_source(source: str) -> str:
+    source = SOURCE_ALIASES.get(source, source)
+    if source not in SOURCES:
+        raise ConfigError(f"uplift: source '{source}' is unknown; expected one of {', '.join(SOURCES)}")
+    return source
+
+
+def source_actions(source: str) -> tuple[str, ...]:
+    return tuple(HILLSTROM_ACTIONS) if source == "hillstrom" else tuple(schemas.ACTIONS)
+
+
+def check_actions(source: str, actions: list[str] | None) -> list[str]:
+    known = source_actions(source)
+    if actions is not None:
+        unknown = [a for a in actions if a not in known]
+        if unknown or not actions:
+            what = f"action(s) {unknown} unknown" if unknown else "no action given"
+            raise ConfigError(f"uplift ({source}): {what}; expected any of {', '.join(known)}")
+    return list(actions) if actions else list(known)
+
+
+def _outcome(cfg: ModelConfig) -> str:
+    outcome = cfg.options.get("outcome", DEFAULT_OUTCOME)
+    if outcome not in HILLSTROM_OUTCOMES:
+        raise ConfigError(f"uplift ({_cfg_file(cfg)}): options.outcome = {outcome!r} is unknown; expected one of "
+                          f"{', '.join(HILLSTROM_OUTCOMES)}")
+    return str(outcome)
+
+
+def _learners(cfg: ModelConfig) -> list[str]:
+    learners = cfg.options.get("learners", list(LEARNERS))
+    if not isinstance(learners, list) or not learners:
+        raise ConfigError(f"uplift ({_cfg_file(cfg)}): options.learners = {learners!r}: expected a non-empty list "
+                          f"of {', '.join(LEARNERS)}")
+    unknown = [x for x in learners if x not in LEARNERS]
+    if unknown:
+        raise ConfigError(f"uplift ({_cfg_file(cfg)}): options.learners has unknown learner(s) {unknown}; "
+                          f"expected any of {', '.join(LEARNERS)}")
+    return list(dict.fromkeys(learners))
+
+
+def _fractions(cfg: ModelConfig) -> tuple[float, float]:
+    val = cfg.options.get("validation_fraction", DEFAULT_VALIDATION_FRACTION)
+    test = cfg.options.get("test_fraction", DEFAULT_TEST_FRACTION)
+    for key, value in (("validation_fraction", val), ("test_fraction", test)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 0.5:
+            raise ConfigError(f"uplift ({_cfg_file(cfg)}): options.{key} = {value!r}: expected a share in (0, 0.5)")
+    if val + test >= 0.8:
+        raise ConfigError(f"uplift ({_cfg_file(cfg)}): options.validation_fraction + options.test_fraction = "
+                          f"{val + test} leaves too little to train on (at most 0.8)")
+    return float(val), float(test)
+
+
+def _min_positives(cfg: ModelConfig) -> int:
+    value = cfg.options.get("min_positives", DEFAULT_MIN_POSITIVES)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"uplift ({_cfg_file(cfg)}): options.min_positives = {value!r}: expected an integer >= 1")
+    return value
+
+
+def model_params(cfg: ModelConfig, source: str) -> dict[str, Any]:
+    """XGBoost parameters of a source: `params`, with `options.simulator_params` over them on
+    the simulator (its exploration sample is a few thousand rows, Hillstrom's 43,000 per
+    e-mail, so a leaf size right for one is wrong for the other)."""
+    params = dict(cfg.params)
+    if source == "sim":
+        extra = cfg.options.get("simulator_params") or {}
+        if not isinstance(extra, dict):
+            raise ConfigError(f"uplift ({_cfg_file(cfg)}): options.simulator_params = {extra!r}: expected a "
+                              "mapping of XGBoost parameters")
+        params.update(extra)
+    return params
+
+
+def _cfg_file(cfg: ModelConfig) -> str:
+    return f"training/{cfg.model}.yaml"
+
+
+def _split(n: int, validation: float, test: float, seed: int, strata: np.ndarray | None = None,
+           groups: np.ndarray | None = None) -> np.ndarray:
+    """Seeded random split into PARTS: stratified by `strata`, or whole `groups` to one part."""
+    rng = np.random.default_rng(seed)
+    part = np.zeros(n, dtype="int8")
+    if groups is not None:
+        unique, inverse = np.unique(groups, return_inverse=True)
+        u = rng.random(len(unique))
+        per_group = np.where(u < test, 2, np.where(u < test + validation, 1, 0)).astype("int8")
+        return per_group[inverse]
+    strata = np.zeros(n, dtype=int) if strata is None else strata
+    for s in np.unique(strata):
+        idx = rng.permutation(np.flatnonzero(strata == s))
+        n_test = int(round(len(idx) * test))
+        n_val = int(round(len(idx) * validation))
+        part[idx[:n_test]] = 2
+        part[idx[n_test:n_test + n_val]] = 1
+    return part
+
+
+def _service_frame(settings: Settings, service: str, entities: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Feast's point-in-time frame and its feature columns: exactly the columns the service
+    added to the entity rows (carried columns, keys and timestamps are never features)."""
+    from nba.features import store
+
+    frame = store.training_frame(settings, service, entities)
+    carried = set(entities.columns) | {schemas.REQUEST_TS, schemas.EVENT_TS, schemas.CREATED_TS}
+    return frame, [c for c in frame.columns if c not in carried]
+
+
+def _action_data(source: str, action: str, frame: pd.DataFrame, features: list[str], cfg: ModelConfig,
+                 seed: int, base_info: dict[str, Any], group_key: str | None) -> UpliftData:
+    val, test = _fractions(cfg)
+    frame = frame.reset_index(drop=True)
+    if group_key is not None:
+        part = _split(len(frame), val, test, seed, groups=frame[group_key].to_numpy())
+    else:
+        strata = frame["treated"].to_numpy() * 2 + (frame["label"].to_numpy() > 0)
+        part = _split(len(frame), val, test, seed, strata=strata)
+    ts = frame[schemas.EVENT_TS] if len(frame) else pd.Series([], dtype="datetime64[ns, UTC]")
+    info = {
+        **base_info,
+        "action": action,
+        "entities_from": str(ts.min()) if len(ts) else "",
+        "entities_to": str(ts.max()) if len(ts) else "",
+        "rows": len(frame),
+        "treated_rows": int(frame["treated"].sum()) if len(frame) else 0,
+        "control_rows": int((frame["treated"] == 0).sum()) if len(frame) else 0,
+        "positives": int((frame["label"] > 0).sum()) if len(frame) else 0,
+        **{f"{p}_rows": int((part == i).sum()) for i, p in enumerate(PARTS)},
+        "split": (f"random by {group_key}" if group_key else "random, stratified by group and outcome")
+        + f", seed {seed}, validation {val}, test {test}",
+        "features": len(features),
+        "digest": tracking.frame_digest(frame),
+    }
+    return UpliftData(source, action, frame, features, part, info)
+
+
+def hillstrom_data(settings: Settings, cfg: ModelConfig, actions: list[str] | None = None) -> dict[str, UpliftData]:
+    """Each e-mail arm with the No E-Mail hold-out, features from the Hillstrom service.
+
+    Entities are (hillstrom_id, mailing time); the pre-mailing profile is stamped a day
+    before it, so the point-in-time join sees it and nothing measured after the mailing."""
+    actions = check_actions("hillstrom", actions)
+    outcome = _outcome(cfg)
+    service = cfg.feature_service
+    experiment_path = settings.work / "real" / "hillstrom_experiment.parquet"
+    profile_path = settings.feast_repo / "data" / "hillstrom_profile.parquet"
+    for path in (experiment_path, profile_path):
+        if not path.is_file():
+            raise DataFileError(
+                f"uplift (hillstrom): {path} not found: set NBA_DATA_DIR to the folder holding "
+                "hillstrom.csv.zip and run `nba features apply` (it publishes the Hillstrom tables)")
+    exp = pd.read_parquet(experiment_path)
+    window = pd.to_timedelta(exp["outcome_timestamp"] - exp[schemas.EVENT_TS]).max()
+    measured_days = int(round(window / pd.Timedelta(days=1))) if len(exp) else 0
+    if cfg.label.window_days < measured_days:
+        raise ConfigError(
+            f"uplift ({_cfg_file(cfg)}): label.window_days = {cfg.label.window_days} is shorter than Hillstrom's "
+            f"outcome window of {measured_days} days; the outcomes are only known over the whole window")
+    arms = [HILLSTROM_ACTIONS[a] for a in actions]
+    exp = exp[exp["arm"].isin([*arms, HILLSTROM_CONTROL_ARM])]
+    if exp.empty:
+        raise ModelDataError(f"uplift (hillstrom): {experiment_path} has no rows of the arms {arms}")
+    entities = pd.DataFrame({
+        HILLSTROM_SERVICE_KEY: exp[schemas.ENTITY_KEY].to_numpy(),
+        schemas.EVENT_TS: exp[schemas.EVENT_TS].to_numpy(),
+        "arm": exp["arm"].astype(str).to_numpy(),
+        "treated": exp["treated"].astype("int64").to_numpy(),
+        "label": exp[outcome].to_numpy(),
+    })
+    frame, features = _service_frame(settings, service, entities)
+    base = {
+        "source": "hillstrom",
+        "feature_service": service,
+        "feature_service_version": service.rsplit("_", 1)[1],
+        "outcome": outcome,
+        "label_window_days": measured_days,
+    }
+    out = {}
+    for action, arm in zip(actions, arms, strict=True):
+        sub = frame[frame["arm"].isin([arm, HILLSTROM_CONTROL_ARM])]
+        info = {**base, "label_definition": f"{outcome} within the {measured_days} days after the mailing "
+                f"(Hillstrom's measurement window); treated = '{arm}', control = '{HILLSTROM_CONTROL_ARM}'"}
+        out[action] = _action_data("hillstrom", action, sub, features, cfg, settings.seed, info, None)
+    return out
+
+
+def sim_data(settings: Settings, cfg: ModelConfig, actions: list[str] | None = None) -> dict[str, UpliftData]:
+    """The simulator's exploration decisions per action (randomised: contacted with
+    probability 1/2), label = converted within `label.window_days`, features from
+    `options.simulator_feature_service`; rows whose window runs past the data are censored."""
+    from nba.training.frames import _read_sim, censor, sim_data_end
+
+    actions = check_actions("sim", actions)
+    service = str(cfg.options.get("simulator_feature_service", "propensity_v1"))
+    cols = ["interaction_id", schemas.ENTITY_KEY, schemas.EVENT_TS, "action_id", "policy", "treated", "converted",
+            "outcome_timestamp", "true_p_treated", "true_p_control"]
+    inter = _read_sim(settings, "interactions", cols)
+    inter = inter[(inter["policy"] == "explore") & inter["action_id"].isin(actions)]
+    if inter.empty:
+        raise ModelDataError(f"uplift (sim): no exploration (randomised) decisions for action(s) {actions} in "
+                             f"{settings.sim_dir}; the simulator's explore_share must be > 0")
+    window = pd.Timedelta(days=cfg.label.window_days)
+    inter = inter.assign(
+        label=((inter["converted"] == 1) & (inter["outcome_timestamp"] <= inter[schemas.EVENT_TS] + window))
+        .astype("int64"),
+        action_id=inter["action_id"].astype(str),
+    )
+    entities, censored = censor(inter.drop(columns=["converted", "outcome_timestamp", "policy"]),
+                                cfg.label.window_days, sim_data_end(settings), "uplift")
+    frame, features = _service_frame(settings, service, entities)
+    frame["true_uplift"] = frame["true_p_treated"] - frame["true_p_control"]
+    features = [c for c in features if c not in TRUTH_COLUMNS]
+    base = {
+        "source": "sim",
+        "feature_service": service,
+        "feature_service_version": service.rsplit("_", 1)[1],
+        "outcome": "converted",
+        "label_window_days": cfg.label.window_days,
+        "censored_rows": censored,
+    }
+    out = {}
+    for action in actions:
+        sub = frame[frame["action_id"] == action]
+        info = {**base, "label_definition": f"converted within {cfg.label.window_days} days of an exploration "
+                f"decision for {action}; treated = contacted, control = randomly not contacted"}
+        out[action] = _action_data("sim", action, sub, features, cfg, settings.seed, info, schemas.ENTITY_KEY)
+    return out
+
+
+def load_data(settings: Settings, cfg: ModelConfig, source: str,
+              actions: list[str] | None = None) -> dict[str, UpliftData]:
+    source = normalise_source(source)
+    return hillstrom_data(settings, cfg, actions) if source == "hillstrom" else sim_data(settings, cfg, actions)
+
+
+def registered_model(source: str, action: str) -> str:
+    """nba-uplift-<action> for the bank, nba-uplift-hillstrom-<action> for the e-mails."""
+    return tracking.registered_name(FAMILY, f"hillstrom-{action}" if source == "hillstrom" else action)
+
+
+def shortage(data: UpliftData, min_positives: int) -> str | None:
+    """Why the training part cannot support an uplift model, or None if it can."""
+    for group, (rows, positives) in data.counts("train").items():
+        if positives < min_positives:
+            return (f"the {group} group has {positives} positive outcome(s) in {rows} training rows; "
+                    f"at least {min_positives} needed (options.min_positives)")
+    return None
+
+
+# --- training --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One learner fitted on the training part and scored on the validation part."""
+
+    learner: str
+    model: Any
+    qini: float
+    curve: tuple[np.ndarray, np.ndarray]
+
+
+def fit_candidates(data: UpliftData, learners: list[str], params: dict[str, Any],
+                   min_positives: int, seed: int) -> list[Candidate]:
+    train, val = data.rows("train"), data.rows("validation")
+    feats = data.feature_columns
+    y_val, t_val = val["label"].to_numpy(), val["treated"].to_numpy()
+    out = []
+    for kind in learners:
+        model = make_learner(kind, params, min_positives=min_positives, name=_model_name(data), random_state=seed)
+        model.fit(train[feats], train["treated"].to_numpy(), train["label"].to_numpy())
+        pred = model.predict(val[feats])
+        out.append(Candidate(kind, model, qini_coefficient(pred, y_val, t_val), qini_curve(pred, y_val, t_val)))
+    return out
+
+
+def choose(candidates: list[Candidate]) -> Candidate:
+    """The highest validation Qini; ties (and NaN) go to the earlier learner in the config."""
+    best = candidates[0]
+    for c in candidates[1:]:
+        if math.isfinite(c.qini) and (not math.isfinite(best.qini) or c.qini > best.qini):
+            best = c
+    return best
+
+
+def _model_name(data: UpliftData) -> str:
+    return f"{registered_model(data.source, data.action)} (action '{data.action}', {data.source})"
+
+
+def check_data(data: UpliftData, min_positives: int) -> None:
+    """Refuse an action whose rows cannot train or evaluate an uplift model: an empty frame,
+    too few positives in a group of the training part, a validation or test part without
+    both groups or without a positive."""
+    if data.frame.empty:
+        raise ModelDataError(f"{_model_name(data)}: the frame is empty (no randomised rows for this action)")
+    reason = shortage(data, min_positives)
+    if reason:
+        raise ModelDataError(f"{_model_name(data)}: {reason}")
+    for part in ("validation", "test"):
+        counts = data.counts(part)
+        for group, (rows, _) in counts.items():
+            if rows == 0:
+                raise ModelDataError(f"{_model_name(data)}: the {part} part has no {group} rows; a Qini needs both "
+                                     "groups")
+        if sum(pos for _, pos in counts.values()) == 0:
+            raise ModelDataError(f"{_model_name(data)}: the {part} part has no positive outcome; nothing to rank")
+
+
+def train_action(settings: Settings, cfg: ModelConfig, data: UpliftData, *, register: bool = True) -> TrainedModel:
+    """Fit every candidate learner, choose by validation Qini, refit, evaluate on the test
+    part, log everything to MLflow and register the model as @challenger. FAILED run on any
+    error, and then nothing is registered."""
+    import mlflow
+
+    name = registered_model(data.source, data.action)
+    learners = _learners(cfg)
+    min_positives = _min_positives(cfg)
+    run_name = f"uplift-{data.source}-{data.action}" if data.source == "hillstrom" else f"uplift-{data.action}"
+    tags = {"nba.registered_model": name, "nba.action": data.action, "nba.source": data.source,
+            "nba.outcome": str(data.info.get("outcome", ""))}
+    with tracking.training_run(settings, FAMILY, run_name, tags=tags) as run:
+        tracking.log_frame_info(data.info)
+        params = model_params(cfg, data.source)
+        mlflow.log_params({f"xgb.{k}": v for k, v in params.items()})
+        mlflow.log_params({"learners": ",".join(learners), "outcome": data.info.get("outcome", ""),
+                           "min_positives": min_positives, "seed": settings.seed,
+                           "split": data.info.get("split", ""),
+                           **{f"{p}_rows": int((data.part == i).sum()) for i, p in enumerate(PARTS)}})
+        check_data(data, min_positives)
+        candidates = fit_candidates(data, learners, params, min_positives, settings.seed)
+        best = choose(candidates)
+        mlflow.log_param("learner", best.learner)
+        mlflow.set_tag("nba.learner", best.learner)
+
+        trainval, test = data.rows("train", "validation"), data.rows("test")
+        feats = data.feature_columns
+        model = clone(best.model).fit(trainval[feats], trainval["treated"].to_numpy(), trainval["label"].to_numpy())
+        pred = model.predict(test[feats])
+        y, t = test["label"].to_numpy(), test["treated"].to_numpy()
+        truth = test["true_uplift"].to_numpy() if data.has_truth else None
+        metrics = uplift_metrics(pred, y, t, truth)
+        metrics.update({f"qini_{c.learner}": c.qini for c in candidates})
+        metrics["treated_share_train"] = model.treated_share_
+        mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items()})
+
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp)
+            qini_plot({c.learner: c.curve for c in candidates}, qini_curve(pred, y, t), best.learner,
+                      out / "qini_curve.png", f"{name}: Qini ({data.info.get('outcome', '')})")
+            pd.DataFrame([{"learner": c.learner, "validation_qini": c.qini, "chosen": c is best}
+                          for c in candidates]).to_csv(out / "learners.csv", index=False)
+            if truth is not None:
+                truth_plot(pred, truth, out / "uplift_vs_truth.png", f"{name}: predicted vs true uplift (test)")
+            keep = [*feats, "label", "treated", *[c for c in TRUTH_COLUMNS if c in test.columns]]
+            test[keep].to_parquet(out / Path(HOLDOUT_ARTIFACT).name, index=False)
+            mlflow.log_artifacts(tmp, artifact_path=str(Path(HOLDOUT_ARTIFACT).parent))
+
+        uri = tracking.log_model(model, trainval[feats], predict_fn="predict")
+        version = ""
+        if register:
+            version = tracking.register(settings, uri, name, tags={
+                "feature_service": str(data.info["feature_service"]), "run_id": run.info.run_id,
+                "learner": best.learner}).version
+    return TrainedModel(name, str(version), run.info.run_id, metrics)
+
+
+def train_uplift(settings: Settings, source: str = "hillstrom", actions: list[str] | None = None,
+                 register: bool = True, *, cfg: ModelConfig | None = None,
+                 progress: Callable[[str], None] | None = None) -> list[TrainedModel]:
+    """Train (and register) the uplift model of each action of `source` ("hillstrom" or "sim").
+
+    Named actions that cannot be trained fail with a clear error (a FAILED run). With
+    `actions=None` on the simulator, actions whose training part has too few positives in a
+    group are skipped with a logged warning; if none is left, that is an error.
+    `cfg` overrides `training/uplift.yaml` (tests, notebooks)."""
+    source = normalise_source(source)
+    cfg = cfg or load_model_config(settings.home, FAMILY, settings.work)
+    check_actions(source, actions)
+    _learners(cfg)
+    _fractions(cfg)
+    _min_positives(cfg)
+    model_params(cfg, source)
+    if source == "hillstrom":
+        _outcome(cfg)
+    data = load_data(settings, cfg, source, actions)
+    todo = list(data)
+    if actions is None and source == "sim":
+        min_positives = _min_positives(cfg)
+        reasons = {a: r for a in todo if (r := shortage(data[a], min_positives))}
+        for action, reason in reasons.items():
+            log.warning("uplift (sim): skipping action '%s': %s", action, reason)
+        todo = [a for a in todo if a not in reasons]
+        if not todo:
+            raise ModelDataError("uplift (sim): no action has enough randomised data: "
+                                 + "; ".join(f"{a}: {r}" for a, r in reasons.items()))
+    out = []
+    for action in todo:
+        if progress:
+            progress(action)
+        out.append(train_action(settings, cfg, data[action], register=register))
+    return out
+
+
+# --- tuning ----------------------------------------------------------------------------
+
+
+def tuning_problem(settings: Settings, cfg: ModelConfig, action: str | None = None) -> TuningProblem:
+    """Qini on the validation part of one action (default: Hillstrom's `mens_email`; a bank
+    action tunes on the simulator's exploration rows), fitting `options.tuning_learner`
+    (default: the T-learner) on the training part with the trial's values of the searched
+    parameters over `model_params(cfg, source)`. No intermediate reports: the Qini is not
+    monotone in boosting rounds, and a single final report could only turn a finished trial
+    into a pruned one."""
+    if action is None or action in HILLSTROM_ACTIONS:
+        source, action = "hillstrom", action or "mens_email"
+    elif action in schemas.ACTIONS:
+        source = "sim"
+    else:
+        raise ConfigError(f"uplift tuning: action '{action}' is unknown; expected one of "
+                          f"{', '.join([*HILLSTROM_ACTIONS, *schemas.ACTIONS])}")
+    kind = str(cfg.options.get("tuning_learner", "t_learner"))
+    if kind not in LEARNERS:
+        raise ConfigError(f"uplift ({_cfg_file(cfg)}): options.tuning_learner = {kind!r} is unknown; expected one "
+                          f"of {', '.join(LEARNERS)}")
+    min_positives = _min_positives(cfg)
+    base_params = model_params(cfg, source)
+    data = load_data(settings, cfg, source, [action])[action]
+    check_data(data, min_positives)
+    train, val = data.rows("train"), data.rows("validation")
+    feats = data.feature_columns
+    X, t, y = train[feats], train["treated"].to_numpy(), train["label"].to_numpy()
+    Xv, tv, yv = val[feats], val["treated"].to_numpy(), val["label"].to_numpy()
+
+    searched = set(cfg.tuning.search_space)
+
+    def score(params: dict[str, Any], report: Report) -> float:
+        # The searched keys come from the trial; the others stay the source's parameters
+        # (`nba tune` passes the whole of `cfg.params`, which would undo simulator_params).
+        trial = {k: v for k, v in params.items() if k in searched or k not in cfg.params}
+        model = make_learner(kind, {**base_params, **trial}, min_positives=min_positives, name=_model_name(data),
+                             random_state=settings.seed)
+        return qini_coefficient(model.fit(X, t, y).predict(Xv), yv, tv)
+
+    info = {**data.info, "learner": kind, "config": str(config_path(settings.home, FAMILY))}
+    return TuningProblem(family=FAMILY, metric=cfg.tuning.metric, direction=cfg.tuning.direction, score=score,
+                         info=info)
