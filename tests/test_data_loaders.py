@@ -8,15 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from tests.constants import (
-    CDNOW_CUSTOMERS,
-    CDNOW_GZ_SHA256,
-    CDNOW_ROWS,
-    HILLSTROM_ARM_MEANS,
-    HILLSTROM_CSV_SHA256,
-    HILLSTROM_ROWS,
-    HILLSTROM_ZIP_SHA256,
-)
 
 from nba.data.cdnow import cdnow_transactions, load_cdnow
 from nba.data.checksums import CDNOW_GZ, HILLSTROM_ZIP, SHA256, verify
@@ -38,6 +29,15 @@ from nba.schemas import (
     validate_frame,
 )
 from nba.settings import Settings
+from tests.constants import (
+    CDNOW_CUSTOMERS,
+    CDNOW_GZ_SHA256,
+    CDNOW_ROWS,
+    HILLSTROM_ARM_MEANS,
+    HILLSTROM_CSV_SHA256,
+    HILLSTROM_ROWS,
+    HILLSTROM_ZIP_SHA256,
+)
 
 CDNOW_FIRST_DAY = pd.Timestamp("1997-01-01", tz="UTC")
 CDNOW_LAST_DAY = pd.Timestamp("1998-06-30", tz="UTC")

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from tests.constants import SEED
 
 from nba.data.cdnow import cdnow_transactions, load_cdnow
 from nba.data.rfm import (
@@ -22,6 +21,7 @@ from nba.data.rfm import (
 )
 from nba.errors import SchemaError
 from nba.schemas import RFM_FEATURES, RFM_SEGMENTS, validate_frame
+from tests.constants import SEED
 
 CUTOFF = pd.Timestamp("2024-06-30", tz="UTC")
 CDNOW_CUTOFF = pd.Timestamp("1997-09-30", tz="UTC")
