@@ -105,7 +105,8 @@ Output
 runs) appends each month's snapshot rows to the Parquet files as row groups while the next
 month is simulated (two worker threads score RFM and encode Parquet), so memory holds a
 few months rather than the whole history: 1,000,000 customers x 12 months take about
-45 s and 2.7 GiB peak RSS on two cores (benchmarks/bench_simulator.py).
+70 s of CPU (about 40 s on an idle two-core machine) and 2.7 GiB peak RSS
+(benchmarks/bench_simulator.py).
 """
 
 from __future__ import annotations
@@ -202,13 +203,16 @@ ACTION_TRUTH: dict[str, ActionTruth] = {
     "sick_leave_support": ActionTruth(
         {"intercept": -1.6, "on_sick_leave": 1.6, "stress": 0.4, "loyalty": 0.3},
         {"intercept": -3.0, "on_sick_leave": 0.8, "stress": 0.2}, 40.0),
-    # loyal customers who do not care about points redeem anyway; the alert adds little or less
+    # loyal customers who do not care about points redeem anyway; the alert adds little or less.
+    # Driven mostly by traits the bank can see (card use ~ loyalty, app use ~ digital), so a
+    # model can learn it; price sensitivity alone leaves no trace in the features.
     "loyalty_points_alert": ActionTruth(
-        {"intercept": -2.6, "loyalty": 0.3, "price_sensitivity": 0.5, "digital": 0.3},
+        {"intercept": -2.6, "loyalty": 0.6, "price_sensitivity": 0.3, "digital": 0.6},
         {"intercept": -3.1, "loyalty": 0.5}, 30.0),
+    # the waiver appeals to the price-sensitive, and visibly to stretched, less wealthy holders
     "annual_fee_waiver": ActionTruth(
-        {"intercept": -1.7, "price_sensitivity": 0.7, "loyalty": -0.2},
-        {"intercept": -3.4, "price_sensitivity": 0.3}, 60.0),
+        {"intercept": -1.7, "price_sensitivity": 0.5, "stress": 0.5, "wealth": -0.5, "loyalty": -0.2},
+        {"intercept": -3.4, "price_sensitivity": 0.3, "stress": 0.2}, 60.0),
     "finance_course": ActionTruth(
         {"intercept": -3.4, "stress": 0.4, "age": -0.5, "digital": 0.3},
         {"intercept": -4.6, "stress": 0.2}, 15.0),
