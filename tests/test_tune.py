@@ -19,7 +19,7 @@ from nba.errors import ConfigError
 from nba.settings import Settings
 from nba.training import tracking
 from nba.training.config import MODEL_FAMILIES, load_config, load_model_config
-from nba.training.tune import ACTION_STRIDE, TuneResult, _distributions, tune
+from nba.training.tune import TuneResult, _distributions, tune
 from tests.conftest import PROJECT_ROOT
 
 ACTION = "travel_notification"  # the action with the most contacts in the 4,000-customer bank
@@ -157,18 +157,17 @@ def test_tune_propensity_one_action_logs_prunes_writes_and_resumes(small: Settin
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_tune_propensity_without_action_scores_every_action_with_shared_parameters(small: Settings):
+def test_tune_propensity_without_action_tunes_the_pooled_model(small: Settings):
+    """The shipped strategy is pooled: one model for every action, so one tuning problem."""
     result = tune(small, "propensity", trials=2)
     assert result.study_name == "propensity" and result.n_complete == 2
     tracking.configure(small)
     params = mlflow.get_run(result.parent_run_id).data.params
-    models = params["frame.tuning_models"].split(",")
-    assert len(models) >= 5 and f"propensity-{ACTION}" in models
-    skipped = params["frame.skipped_actions"]
-    assert {m.removeprefix("propensity-") for m in models}.isdisjoint(skipped.split(","))
-    steps = _child_runs(small, result, "propensity")  # intermediate values: action index * stride + round
+    assert params["frame.tuning_models"] == "pooled"
+    assert params["frame.strategy"] == "pooled"
+    steps = _child_runs(small, result, "propensity")
     history = MlflowClient().get_metric_history(steps["run_id"].iloc[0], "valid_log_loss")
-    assert max(m.step for m in history) > (len(models) - 1) * ACTION_STRIDE
+    assert len(history) > 1  # intermediate values every few boosting rounds, for the pruner
     assert yaml.safe_load(result.best_params_path.read_text())["action"] == "all"
 
 
