@@ -8,7 +8,7 @@ distributions are rejected with the file and the key, before any training starts
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -103,13 +103,20 @@ def best_params_path(work: Path, model: str) -> Path:
     return work / "tuning" / f"{model}.best.yaml"
 
 
-def load_config(path: Path) -> ModelConfig:
-    """Read and validate a model config; errors name the file and the offending key."""
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_yaml_model(path: Path, model: type[M], what: str) -> M:
+    """Read a YAML file into a validated pydantic model; errors name the file and the key.
+
+    Shared by the model configs and the gates file, so every YAML a user edits fails the
+    same way: unknown keys first (a typo explains the "missing" key beside it).
+    """
     import yaml
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"model config {path} not found")
+        raise ConfigError(f"{what} {path} not found")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -117,13 +124,18 @@ def load_config(path: Path) -> ModelConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     try:
-        return ModelConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
-        # An unknown key (a typo) explains the "missing" one beside it: report it first.
         err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
         key = ".".join(str(p) for p in err["loc"])
-        what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        raise ConfigError(f"{path}: key '{key}': {what} (got {err.get('input')!r})") from None
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        where = f"key '{key}'" if key else "top level"
+        raise ConfigError(f"{path}: {where}: {msg} (got {err.get('input')!r})") from None
+
+
+def load_config(path: Path) -> ModelConfig:
+    """Read and validate a model config; errors name the file and the offending key."""
+    return load_yaml_model(path, ModelConfig, "model config")
 
 
 def load_model_config(home: Path, model: str, work: Path | None = None) -> ModelConfig:

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from nba.errors import ConfigError
+from nba.training.config import load_yaml_model
 
 GATES_FILE = Path("evaluation") / "gates.yaml"
 
@@ -101,25 +102,7 @@ def gates_path(home: Path) -> Path:
 
 def load_gates(path: Path) -> GatesConfig:
     """Read and validate the gates file; errors name the file and the offending key."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"gates file {path} not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    try:
-        return GatesConfig.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        where = f"key '{key}'" if key else "top level"
-        raise ConfigError(f"{path}: {where}: {msg} (got {err.get('input')!r})") from None
+    return load_yaml_model(path, GatesConfig, "gates file")
 
 
 @dataclass(frozen=True)
