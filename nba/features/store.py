@@ -12,6 +12,7 @@ Every function takes `Settings` and returns plain values; the CLI wraps them.
 from __future__ import annotations
 
 import shutil
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -267,6 +268,18 @@ def _feature_service(store: FeatureStore, name: str):
     return store.get_feature_service(name)
 
 
+# Resolved feature services per open store. Resolving a service from the registry costs
+# ~100 ms (protobuf decoding with type checks); the read itself ~3 ms.
+_SERVICES: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def _cached_service(store: FeatureStore, name: str):
+    per_store = _SERVICES.setdefault(store, {})
+    if name not in per_store:
+        per_store[name] = _feature_service(store, name)
+    return per_store[name]
+
+
 def _needs_request_ts(service) -> bool:
     return any(p.name == "request_context" for p in service.feature_view_projections)
 
@@ -362,7 +375,7 @@ def online_features(
 ) -> dict[str, list[Any]]:
     """Online feature values for customers, as column lists (no DataFrame on the hot path)."""
     store = store or get_store(settings)
-    fs = _feature_service(store, service)
+    fs = _cached_service(store, service)
     rows: list[dict[str, Any]] = [{schemas.ENTITY_KEY: int(c)} for c in customer_ids]
     if _needs_request_ts(fs):
         ts = int(request_ts if request_ts is not None else datetime.now(UTC).timestamp())
