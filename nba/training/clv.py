@@ -88,7 +88,7 @@ from nba.training import tracking
 from nba.training.classifier import HOLDOUT_ARTIFACT, TrainedModel
 from nba.training.config import ModelConfig, config_path, load_model_config
 from nba.training.frames import DAY, LabelledFrame, _read_sim, censor, sim_data_end, split_by_time
-from nba.training.metrics import gini_and_top_decile, importance_plot
+from nba.training.metrics import gini_and_top_decile, importance_plot, save_figure
 from nba.training.models import FrameEncoder, ModelDataError, XGBRegressorOnFrame, _xgb_params
 from nba.training.tune import REPORT_EVERY, Report, TuningProblem
 
@@ -462,11 +462,7 @@ def value_plot(actual: np.ndarray, predicted: np.ndarray, baseline: np.ndarray, 
     ax2.set_ylabel("share of actual value captured")
     ax2.legend(loc="lower right")
     fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _log_evaluation(model: XGBRegressorOnFrame, holdout: pd.DataFrame, features: list[str],

@@ -43,6 +43,17 @@ def classification_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     return out
 
 
+def save_figure(fig, path: Path) -> Path:
+    """Write a matplotlib figure as a PNG artifact (creating the folder) and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def calibration_plot(y: np.ndarray, p: np.ndarray, path: Path, title: str, truth: np.ndarray | None = None,
                      bins: int = 10) -> Path:
     """Reliability diagram (quantile bins), with the simulator's true probabilities when known."""
@@ -68,11 +79,7 @@ def calibration_plot(y: np.ndarray, p: np.ndarray, path: Path, title: str, truth
     ax.set_ylabel("observed rate")
     ax.set_title(title)
     ax.legend(loc="upper left")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def importance_plot(names: list[str], gains: np.ndarray, path: Path, title: str, top: int = 20) -> Path:
@@ -86,11 +93,7 @@ def importance_plot(names: list[str], gains: np.ndarray, path: Path, title: str,
     ax.barh([names[i] for i in order], np.asarray(gains)[order])
     ax.set_xlabel("gain")
     ax.set_title(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def qini_curve(uplift: np.ndarray, y: np.ndarray, treated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

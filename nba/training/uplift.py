@@ -51,7 +51,7 @@ from nba.settings import Settings
 from nba.training import tracking
 from nba.training.classifier import HOLDOUT_ARTIFACT, TrainedModel
 from nba.training.config import ModelConfig, config_path, load_model_config
-from nba.training.metrics import qini_coefficient, qini_curve
+from nba.training.metrics import qini_coefficient, qini_curve, save_figure
 from nba.training.models import FrameEncoder, ModelDataError, _xgb_params
 from nba.training.tune import Report, TuningProblem
 
@@ -377,11 +377,7 @@ def qini_plot(validation: dict[str, tuple[np.ndarray, np.ndarray]], test: tuple[
         ax.set_ylabel("incremental responders")
         ax.set_title(f"{title}\n{subtitle}", fontsize=10)
         ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def truth_plot(predicted: np.ndarray, truth: np.ndarray, path: Path, title: str) -> Path:
@@ -399,11 +395,7 @@ def truth_plot(predicted: np.ndarray, truth: np.ndarray, path: Path, title: str)
     ax.set_ylabel("predicted uplift")
     ax.set_title(title, fontsize=10)
     ax.legend(loc="upper left")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # --- data: randomised rows per action, features from Feast --------------------------
