@@ -91,3 +91,21 @@ def publish_real_sources(settings: Settings, sources: RealSources | None = None)
         else:
             write_parquet(frame, path)
     return {name: len(frame) for name, (frame, _) in written.items()}
+
+
+def require_published(settings: Settings, model: str, dataset_file: str, what: str) -> dict[str, Path]:
+    """The label table (`<work>/real`) and feature source (the repository's data/) of a public
+    data set, or an error saying how to publish them. `what` is 'hillstrom' or 'cdnow'."""
+    tables = {"hillstrom": ("hillstrom_experiment", "hillstrom_profile", "Hillstrom"),
+              "cdnow": ("cdnow_transactions", "cdnow_rfm", "CDNOW")}[what]
+    paths = {"labels": settings.work / "real" / f"{tables[0]}.parquet",
+             "features": settings.feast_repo / "data" / f"{tables[1]}.parquet"}
+    for path in paths.values():
+        if not path.is_file():
+            from nba.errors import DataFileError
+
+            raise DataFileError(
+                f"{model} ({what}): {path} not found: set NBA_DATA_DIR to the folder holding {dataset_file} "
+                f"and run `nba features apply` (it publishes the {tables[2]} tables)")
+    return paths
+

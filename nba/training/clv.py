@@ -82,7 +82,8 @@ import numpy as np
 import pandas as pd
 
 from nba import schemas
-from nba.errors import ConfigError, DataFileError
+from nba.errors import ConfigError
+from nba.features.real import require_published
 from nba.settings import Settings
 from nba.training import tracking
 from nba.training.classifier import HOLDOUT_ARTIFACT, TrainedModel
@@ -200,13 +201,7 @@ def _check_features(frame: pd.DataFrame, features: list[str], what: str, service
 def cdnow_transactions(settings: Settings) -> pd.DataFrame:
     """The CDNOW purchases (the label table `nba features apply` writes), or an error saying
     how to publish them."""
-    tx_path = settings.work / "real" / "cdnow_transactions.parquet"
-    source_path = settings.feast_repo / "data" / "cdnow_rfm.parquet"
-    for path in (tx_path, source_path):
-        if not path.is_file():
-            raise DataFileError(
-                f"clv (cdnow): {path} not found: set NBA_DATA_DIR to the folder holding CDNOW_master.txt.gz "
-                "and run `nba features apply` (it publishes the CDNOW tables)")
+    tx_path = require_published(settings, "clv", "CDNOW_master.txt.gz", "cdnow")["labels"]
     tx = pd.read_parquet(tx_path, columns=[schemas.ENTITY_KEY, schemas.EVENT_TS, "amount"])
     if tx.empty:
         raise ModelDataError(f"clv (cdnow): {tx_path} has no purchases")

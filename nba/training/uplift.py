@@ -46,7 +46,8 @@ import pandas as pd
 from sklearn.base import BaseEstimator, clone
 
 from nba import schemas
-from nba.errors import ConfigError, DataFileError
+from nba.errors import ConfigError
+from nba.features.real import require_published
 from nba.settings import Settings
 from nba.training import tracking
 from nba.training.classifier import HOLDOUT_ARTIFACT, TrainedModel
@@ -161,6 +162,17 @@ class _UpliftLearner(BaseEstimator):
         return e
 
 
+class _PropensityLearner(_UpliftLearner):
+    """A learner that uses the assignment probability: `propensity`, or the treated share."""
+
+    def __init__(self, params: dict[str, Any] | None = None, min_positives: int = 1, name: str = "uplift model",
+                 outcome_type: str = "auto", n_jobs: int = 2, random_state: int = 0,
+                 propensity: float | None = None):
+        super().__init__(params=params, min_positives=min_positives, name=name, outcome_type=outcome_type,
+                         n_jobs=n_jobs, random_state=random_state)
+        self.propensity = propensity
+
+
 class TLearner(_UpliftLearner):
     """Two models, one per group: tau(x) = mu_1(x) - mu_0(x) (causalml's BaseTLearner shape).
 
@@ -211,7 +223,7 @@ class SLearner(_UpliftLearner):
         return mu1 - mu0
 
 
-class XLearner(_UpliftLearner):
+class XLearner(_PropensityLearner):
     """Kuenzel et al. (2019): outcome models per group as in the T-learner, then the imputed
     effects D1 = y - mu_0(x) on the treated and D0 = mu_1(x) - y on the controls, each
     regressed on x (tau_1, tau_0), combined as tau(x) = g tau_0(x) + (1 - g) tau_1(x).
@@ -220,13 +232,6 @@ class XLearner(_UpliftLearner):
     `propensity`, or leave None to use the treated share of the training rows (its estimate
     under a constant assignment probability; 1/2 on Hillstrom's arm-vs-hold-out pairs and on
     the simulator's exploration)."""
-
-    def __init__(self, params: dict[str, Any] | None = None, min_positives: int = 1, name: str = "uplift model",
-                 outcome_type: str = "auto", n_jobs: int = 2, random_state: int = 0,
-                 propensity: float | None = None):
-        super().__init__(params=params, min_positives=min_positives, name=name, outcome_type=outcome_type,
-                         n_jobs=n_jobs, random_state=random_state)
-        self.propensity = propensity
 
     def fit(self, X: pd.DataFrame, treated: Any, y: Any) -> XLearner:
         Xm, t, y = self._validate(X, treated, y)
@@ -247,7 +252,7 @@ class XLearner(_UpliftLearner):
         return g * tau0 + (1.0 - g) * tau1
 
 
-class ClassTransformationLearner(_UpliftLearner):
+class ClassTransformationLearner(_PropensityLearner):
     """One model of a transformed target whose expectation is (a function of) the uplift.
 
     Binary outcome (Jaskowski & Jaroszewicz 2012): z = y t + (1 - y)(1 - t), 1 for a treated
@@ -260,13 +265,6 @@ class ClassTransformationLearner(_UpliftLearner):
     y* = y (t - e) / (e (1 - e)) has E[y* | x] = tau(x); a regressor on y* predicts tau.
 
     e is `propensity` if given, else the treated share of the training rows."""
-
-    def __init__(self, params: dict[str, Any] | None = None, min_positives: int = 1, name: str = "uplift model",
-                 outcome_type: str = "auto", n_jobs: int = 2, random_state: int = 0,
-                 propensity: float | None = None):
-        super().__init__(params=params, min_positives=min_positives, name=name, outcome_type=outcome_type,
-                         n_jobs=n_jobs, random_state=random_state)
-        self.propensity = propensity
 
     def fit(self, X: pd.DataFrame, treated: Any, y: Any) -> ClassTransformationLearner:
         Xm, t, y = self._validate(X, treated, y)
@@ -573,13 +571,7 @@ def hillstrom_data(settings: Settings, cfg: ModelConfig, actions: list[str] | No
     actions = check_actions("hillstrom", actions)
     outcome = _outcome(cfg)
     service = cfg.feature_service
-    experiment_path = settings.work / "real" / "hillstrom_experiment.parquet"
-    profile_path = settings.feast_repo / "data" / "hillstrom_profile.parquet"
-    for path in (experiment_path, profile_path):
-        if not path.is_file():
-            raise DataFileError(
-                f"uplift (hillstrom): {path} not found: set NBA_DATA_DIR to the folder holding "
-                "hillstrom.csv.zip and run `nba features apply` (it publishes the Hillstrom tables)")
+    experiment_path = require_published(settings, "uplift", "hillstrom.csv.zip", "hillstrom")["labels"]
     exp = pd.read_parquet(experiment_path)
     window = pd.to_timedelta(exp["outcome_timestamp"] - exp[schemas.EVENT_TS]).max()
     measured_days = int(round(window / pd.Timedelta(days=1))) if len(exp) else 0
