@@ -30,6 +30,8 @@ train_app = typer.Typer(help="Train, evaluate, log to MLflow and register models
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
 app.add_typer(train_app, name="train")
+evaluate_app = typer.Typer(help="Drift, uplift, hold-out incrementality and off-policy value.", no_args_is_help=True)
+app.add_typer(evaluate_app, name="evaluate")
 
 _state: dict[str, Any] = {"debug": False}
 
@@ -391,6 +393,17 @@ def quickstart(
 
     run(_settings(data_dir=data_dir), customers=customers, seed=seed, echo=_echo, train=train,
         tune_trials=tune_trials)
+
+
+def _register_evaluation() -> None:
+    # The evaluation commands live beside their code; each module imports its stack lazily.
+    from nba.evaluation import commands_experiments, commands_monitoring
+
+    for module in (commands_experiments, commands_monitoring):
+        module.register(evaluate_app, app)
+
+
+_register_evaluation()
 
 
 def main() -> None:

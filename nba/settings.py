@@ -83,6 +83,21 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.work / 'tuning' / 'optuna.db').resolve()}"
 
     @property
+    def decision_log_dir(self) -> Path:
+        """Every decision and outcome (`nba.decisioning.log`)."""
+        return self.work / "decision_log"
+
+    @property
+    def evidently_workspace(self) -> Path:
+        """The local Evidently workspace the dashboards read (`evidently ui --workspace ...`)."""
+        return self.work / "evidently"
+
+    @property
+    def reports_dir(self) -> Path:
+        """Self-contained HTML and JSON evaluation reports."""
+        return self.work / "reports"
+
+    @property
     def mlflow_path(self) -> Path:
         return self.path(self.mlflow_dir)
 

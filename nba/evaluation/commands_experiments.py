@@ -1,0 +1,9 @@
+"""`nba evaluate incrementality | ope | policy`: experiments and off-policy value."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(evaluate_app: typer.Typer, root_app: typer.Typer) -> None:
+    """Add this module's commands to `nba evaluate` (and `nba`)."""
