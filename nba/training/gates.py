@@ -82,12 +82,83 @@ class PromotionGates(BaseModel):
         return self
 
 
+# --- monitoring (nba evaluate drift | uplift) ------------------------------------------
+# Drift methods Evidently 0.7 registers for tabular columns (its `stattest` names).
+DriftMethod = Literal["wasserstein", "ks", "psi", "jensenshannon", "kl_div", "chisquare", "z", "anderson",
+                      "cramer_von_mises", "hellinger", "mannw", "ed", "es", "t_test", "empirical_mmd", "TVD",
+                      "fisher_exact", "g_test"]
+
+
+class DriftTest(BaseModel):
+    """One column's drift test: Evidently's method and its threshold (a distance: drift when
+    the score is at least the threshold; a p-value test: drift when below it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: DriftMethod
+    threshold: float = Field(gt=0)
+
+
+class DriftLimits(BaseModel):
+    """`monitoring.drift`: per-feature tests by column type, overrides by feature name, the
+    share of drifted features that fails a check, and the sample Evidently works on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    numerical: DriftTest
+    categorical: DriftTest
+    prediction: DriftTest
+    features: dict[str, DriftTest] = Field(default_factory=dict)
+    categorical_max_values: int = Field(ge=0)
+    max_drift_share: float = Field(ge=0, le=1)
+    sample_rows: int = Field(gt=0)
+    min_rows: int = Field(gt=0)
+
+
+class UpliftMonitoring(BaseModel):
+    """`monitoring.uplift`: the shares of customers the uplift in the top k % is read at."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    top_shares: list[float] = Field(min_length=1)
+    min_rows: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _shares(self) -> UpliftMonitoring:
+        bad = [s for s in self.top_shares if not 0 < s <= 1]
+        if bad:
+            raise ValueError(f"top_shares {bad} are not shares in (0, 1]")
+        return self
+
+
+class MonitoringLimits(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    drift: DriftLimits
+    uplift: UpliftMonitoring
+
+
+class EvaluationLimits(BaseModel):
+    """When an experiment or off-policy estimate is too thin to trust (`nba evaluate
+    incrementality | ope | policy`): the figure is still reported, flagged with the reason."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_arm_size: int = Field(ge=2)
+    min_responses: int = Field(ge=0)
+    min_rows: int = Field(ge=1)
+    min_ess: float = Field(ge=0)
+    max_unsupported_share: float = Field(ge=0, le=1)
+
+
 class GatesConfig(BaseModel):
     """The whole `evaluation/gates.yaml`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     promotion: PromotionGates
+    evaluation: EvaluationLimits | None = None  # optional: promotion alone is a valid file
+    monitoring: MonitoringLimits | None = None  # read by nba.evaluation (drift, uplift)
 
     def family(self, family: str) -> FamilyGates:
         if family not in FAMILY_METRICS:
