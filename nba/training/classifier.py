@@ -3,7 +3,8 @@ training part, evaluate on the time-based hold-out, log metrics, plots, the hold
 and the model to MLflow, register it as @challenger.
 
 The hold-out frame is logged with the run so `nba promote` can score the current champion
-on exactly the same rows.
+on exactly the same rows; a seeded sample of the training frame (`evaluation/reference.parquet`)
+is logged beside it as the reference `nba evaluate drift` compares served data with.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from nba.training.metrics import calibration_plot, classification_metrics, impor
 from nba.training.models import CalibratedXGBClassifier, ModelDataError
 
 HOLDOUT_ARTIFACT = "evaluation/holdout.parquet"
+REFERENCE_ARTIFACT = "evaluation/reference.parquet"
+REFERENCE_MAX_ROWS = 50_000  # enough for drift tests; a few MB of Parquet per run
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,29 @@ def log_evaluation(model: Any, holdout: pd.DataFrame, p: np.ndarray, title: str,
         mlflow.log_artifacts(tmp, artifact_path="evaluation")
 
 
+def reference_sample(train: pd.DataFrame, seed: int, max_rows: int = REFERENCE_MAX_ROWS) -> pd.DataFrame:
+    """The training rows, or a seeded uniform random sample of `max_rows` of them (without
+    replacement, in their original order)."""
+    if len(train) <= max_rows:
+        return train.reset_index(drop=True)
+    return train.sample(n=max_rows, random_state=seed).sort_index().reset_index(drop=True)
+
+
+def log_reference(train: pd.DataFrame, seed: int, max_rows: int = REFERENCE_MAX_ROWS) -> None:
+    """Log the drift reference of the run: the training frame (features, label and carried
+    columns), sampled to at most `max_rows` rows, as `evaluation/reference.parquet`."""
+    import mlflow
+
+    sample = reference_sample(train, seed, max_rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(REFERENCE_ARTIFACT).name
+        sample.to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), artifact_path=str(Path(REFERENCE_ARTIFACT).parent))
+    mlflow.log_params({"reference.rows": len(sample), "reference.of_training_rows": len(train),
+                       "reference.sampling": "all training rows" if len(sample) == len(train) else
+                       f"uniform random sample without replacement, seed {seed}"})
+
+
 def train_and_register(settings: Settings, cfg: ModelConfig, frame: LabelledFrame, *, family: str,
                        name: str, run_name: str, tags: dict[str, str] | None = None,
                        truth_column: str = "true_p_treated", register: bool = True,
@@ -105,6 +131,7 @@ def train_and_register(settings: Settings, cfg: ModelConfig, frame: LabelledFram
         p, metrics = evaluate_classifier(model, holdout, frame.feature_columns, truth_column)
         mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items()})
         log_evaluation(model, holdout, p, run_name, truth_column)
+        log_reference(train, settings.seed)
         uri = tracking.log_model(model, train[frame.feature_columns])
         version = ""
         if register:

@@ -86,7 +86,7 @@ from nba.errors import ConfigError
 from nba.features.real import require_published
 from nba.settings import Settings
 from nba.training import tracking
-from nba.training.classifier import HOLDOUT_ARTIFACT, TrainedModel
+from nba.training.classifier import HOLDOUT_ARTIFACT, TrainedModel, log_reference
 from nba.training.config import ModelConfig, config_path, load_model_config
 from nba.training.frames import DAY, LabelledFrame, _read_sim, censor, sim_data_end, split_by_time
 from nba.training.metrics import gini_and_top_decile, importance_plot, save_figure
@@ -509,6 +509,7 @@ def train_clv(settings: Settings, source: str = "sim", register: bool = True, *,
         key = CDNOW_KEY if source == "cdnow" else schemas.ENTITY_KEY
         _log_evaluation(model, holdout, frame.feature_columns, predicted, key,
                         f"{name}: hold-out value, model vs baseline")
+        log_reference(train[[key, schemas.EVENT_TS, *frame.feature_columns, "label", BASELINE]], settings.seed)
         uri = tracking.log_model(model, train[frame.feature_columns], predict_fn="predict")
         version = ""
         if register:

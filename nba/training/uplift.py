@@ -50,7 +50,7 @@ from nba.errors import ConfigError
 from nba.features.real import require_published
 from nba.settings import Settings
 from nba.training import tracking
-from nba.training.classifier import HOLDOUT_ARTIFACT, TrainedModel
+from nba.training.classifier import HOLDOUT_ARTIFACT, TrainedModel, log_reference
 from nba.training.config import ModelConfig, config_path, load_model_config
 from nba.training.metrics import qini_coefficient, qini_curve, save_figure
 from nba.training.models import FrameEncoder, ModelDataError, _xgb_params
@@ -777,6 +777,7 @@ def train_action(settings: Settings, cfg: ModelConfig, data: UpliftData, *, regi
             keep = [*feats, "label", "treated", *[c for c in TRUTH_COLUMNS if c in test.columns]]
             test[keep].to_parquet(out / Path(HOLDOUT_ARTIFACT).name, index=False)
             mlflow.log_artifacts(tmp, artifact_path=str(Path(HOLDOUT_ARTIFACT).parent))
+        log_reference(trainval[keep], settings.seed)
 
         uri = tracking.log_model(model, trainval[feats], predict_fn="predict")
         version = ""
