@@ -54,6 +54,11 @@ class Settings(BaseSettings):
         None, description="Optuna storage URL [default: sqlite:///<work>/tuning/optuna.db; Postgres to share a study]"
     )
     seed: int = Field(7, description="default random seed for the simulator and the models")
+    policy_store: Literal["sqlite", "redis"] | None = Field(
+        None, description="contact-policy state [default: sqlite (local), redis (production)]"
+    )
+    redis_prefix: str = Field("nba", description="prefix of every Redis key the platform writes")
+    serve_workers: int = Field(2, ge=1, description="worker processes of the decision service (one per core)")
 
     def path(self, p: Path) -> Path:
         return p if p.is_absolute() else (self.home / p)
@@ -86,6 +91,21 @@ class Settings(BaseSettings):
     def decision_log_dir(self) -> Path:
         """Every decision and outcome (`nba.decisioning.log`)."""
         return self.work / "decision_log"
+
+    @property
+    def policy_state_path(self) -> Path:
+        """The SQLite contact-policy state (local profile)."""
+        return self.work / "policy" / "state.db"
+
+    @property
+    def bundle_dir(self) -> Path:
+        """The serving bundle `nba bundle build` writes: resolved versions, catalog, policies."""
+        return self.work / "bundle"
+
+    @property
+    def bentoml_home(self) -> Path:
+        """BentoML's model and Bento stores (BENTOML_HOME) for this work folder."""
+        return self.work / "bentoml"
 
     @property
     def evidently_workspace(self) -> Path:

@@ -51,7 +51,8 @@ class FrameEncoder(TransformerMixin, BaseEstimator):
             raise ModelDataError(f"feature frame lacks column(s) {missing}")
         parts = [X[self.numeric_].astype("float32").to_numpy()] if self.numeric_ else []
         for col, values in self.categories_.items():
-            v = X[col].astype("string").to_numpy(dtype=object)
+            # a missing value (a customer without online features) is no category: all zeros
+            v = X[col].astype("string").fillna("").to_numpy(dtype=object)
             parts.append(np.stack([(v == cat) for cat in values], axis=1).astype("float32")
                          if values else np.zeros((len(X), 0), dtype="float32"))
         return np.hstack(parts) if parts else np.zeros((len(X), 0), dtype="float32")

@@ -1,0 +1,378 @@
+"""The action library: schema, loading, validation and rule compilation.
+
+Two files a business user edits, both under `serving/`:
+
+* `actions.yaml`: the catalog. For each action its id, issue (sales, retention, service,
+  information, wellbeing, collections, risk), group, channels, value (a fixed amount or a
+  formula, e.g. `0.05 * clv`), lever (a boost: 0.5 multiplies the priority by 1.5), the
+  eligibility / applicability / suitability rules (lists of expressions over feature names,
+  `nba.decisioning.expressions`), its contact policy, the registered model that gives its
+  propensity (and optionally its uplift), and active-from / active-to dates.
+* `policies.yaml`: what holds for every action: the channels (consent rules, caps, context
+  weight), caps per group, the default contact policy, global suppressions (e.g. an open
+  collections case), the arbitration (priority formula, "do nothing" threshold, k), the
+  experiment layer (hold-out, exploration), the model scores rules may read (`churn_risk`,
+  `clv`) and what to do when a customer has no online features.
+
+`load_catalog` validates both and compiles every rule once. Everything that can be wrong is
+reported before anything is served, naming the file, the action id, the rule and the reason:
+unknown keys, a syntax error, a name that is not a feature, a duplicate id, an unknown
+channel or group, a model that is not registered (when the registry is given).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from nba.decisioning.expressions import Expression, ExpressionError, parse
+from nba.errors import ConfigError
+
+ISSUES = ("sales", "retention", "service", "information", "wellbeing", "collections", "risk")
+Issue = Literal["sales", "retention", "service", "information", "wellbeing", "collections", "risk"]
+RULE_STAGES = ("eligibility", "applicability", "suitability")
+# Every stage that can remove an action, in the order the core applies them (the trace names one).
+STAGES = ("inactive", "channel", *RULE_STAGES, "consent", "suppression", "cooldown", "cap")
+# Names the priority formula may read besides features and scores.
+PRIORITY_NAMES = frozenset({"propensity", "value", "lever", "uplift", "channel_weight"})
+ACTIONS_FILE = Path("serving") / "actions.yaml"
+POLICIES_FILE = Path("serving") / "policies.yaml"
+MODEL_NAME = r"^nba-[a-z0-9][a-z0-9_\-]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Cap(_Strict):
+    """At most `count` contacts in any rolling window of `days`."""
+
+    count: int = Field(ge=1)
+    days: float = Field(gt=0)
+
+
+class ContactPolicy(_Strict):
+    caps: list[Cap] = Field(default_factory=list)
+    cooldown_days: float | None = Field(None, ge=0, description="no offer of the action for this long after a rejection")
+
+
+def _rules(value: object) -> object:
+    return [value] if isinstance(value, str) else value
+
+
+class ActionSpec(_Strict):
+    id: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    name: str = ""
+    issue: Issue
+    group: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    channels: list[str] = Field(min_length=1)
+    value: float | str
+    lever: float = Field(0.0, ge=-1.0, description="a boost: the priority is multiplied by 1 + lever")
+    eligibility: list[str] = Field(default_factory=list)
+    applicability: list[str] = Field(default_factory=list)
+    suitability: list[str] = Field(default_factory=list)
+    contact_policy: ContactPolicy | None = None
+    model: str = Field(pattern=MODEL_NAME)
+    uplift_model: str | None = Field(None, pattern=MODEL_NAME)
+    active_from: date | None = None
+    active_to: date | None = None
+
+    _as_list = field_validator("eligibility", "applicability", "suitability", mode="before")(_rules)
+
+
+class CatalogFile(_Strict):
+    version: str = Field(min_length=1)
+    actions: list[ActionSpec] = Field(min_length=1)
+
+
+class ChannelPolicy(_Strict):
+    requires: list[str] = Field(default_factory=list, description="consent rules (GDPR: no consent, no action)")
+    caps: list[Cap] = Field(default_factory=list)
+    weight: float = Field(1.0, ge=0, description="context weight the priority formula may read as channel_weight")
+
+    _as_list = field_validator("requires", mode="before")(_rules)
+
+
+class GroupPolicy(_Strict):
+    caps: list[Cap] = Field(default_factory=list)
+
+
+class Suppression(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    when: str
+    allow_issues: list[Issue] = Field(default_factory=list)
+
+
+class Arbitration(_Strict):
+    priority: str = "propensity * value * (1 + lever)"
+    threshold: float = Field(0.0, ge=0, description="'do nothing' when no priority exceeds it")
+    default_k: int = Field(1, ge=1)
+    max_k: int = Field(10, ge=1)
+
+
+class Experiment(_Strict):
+    holdout_share: float = Field(0.05, ge=0, le=0.5)
+    salt: str = Field(min_length=1)
+    holdout_treatment: Literal["none", "random"] = "none"
+    exploration_share: float = Field(0.05, ge=0, le=0.5)
+
+
+class MissingFeatures(_Strict):
+    mode: Literal["defaults", "reject"] = "defaults"
+    defaults: dict[str, float | int | str] = Field(default_factory=dict)
+
+
+class PoliciesFile(_Strict):
+    feature_service: str = Field("serving_v1", pattern=r"^[a-z0-9_]+_v[0-9]+$")
+    channels: dict[str, ChannelPolicy] = Field(min_length=1)
+    groups: dict[str, GroupPolicy] = Field(default_factory=dict)
+    default_contact_policy: ContactPolicy = ContactPolicy()
+    suppression: list[Suppression] = Field(default_factory=list)
+    arbitration: Arbitration = Arbitration()
+    experiment: Experiment
+    scores: dict[str, str] = Field(default_factory=dict, description="score name -> registered model (churn_risk: nba-churn)")
+    missing_features: MissingFeatures = MissingFeatures()
+
+
+# --- compiled form ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    stage: str
+    expression: Expression
+
+    @property
+    def text(self) -> str:
+        return self.expression.text
+
+
+@dataclass(frozen=True)
+class CompiledAction:
+    index: int
+    id: str
+    name: str
+    issue: str
+    group: str
+    channels: frozenset[str]
+    value: float | Expression
+    lever: float
+    rules: tuple[Rule, ...]
+    caps: tuple[Cap, ...]
+    cooldown_s: float
+    model: str
+    uplift_model: str | None
+    active_from_s: float  # epoch seconds; -inf when open
+    active_to_s: float  # +inf when open
+
+
+@dataclass(frozen=True)
+class CompiledChannel:
+    name: str
+    requires: tuple[Expression, ...]
+    caps: tuple[Cap, ...]
+    weight: float
+
+
+@dataclass(frozen=True)
+class CompiledSuppression:
+    name: str
+    when: Expression
+    allow_issues: frozenset[str]
+
+
+@dataclass(frozen=True, eq=False)  # hashed by identity: the core caches per-catalog arrays
+class Catalog:
+    """The validated, compiled catalog and policies: what the decisioning core runs on."""
+
+    version: str  # "<catalog version>+<digest of both files>"
+    actions: tuple[CompiledAction, ...]
+    channels: tuple[CompiledChannel, ...]
+    group_caps: Mapping[str, tuple[Cap, ...]]
+    suppressions: tuple[CompiledSuppression, ...]
+    priority: Expression
+    threshold: float
+    default_k: int
+    max_k: int
+    experiment: Experiment
+    scores: Mapping[str, str]
+    missing_features: MissingFeatures
+    feature_service: str
+    feature_names: frozenset[str]
+
+    @property
+    def action_ids(self) -> tuple[str, ...]:
+        return tuple(a.id for a in self.actions)
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.channels)
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(a.group for a in self.actions))
+
+    def channel(self, name: str) -> CompiledChannel:
+        for c in self.channels:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    @property
+    def models(self) -> dict[str, str]:
+        """Every registered model the catalog reads: propensity, uplift and score models."""
+        out = {f"propensity:{a.id}": a.model for a in self.actions}
+        out.update({f"uplift:{a.id}": a.uplift_model for a in self.actions if a.uplift_model})
+        out.update({f"score:{k}": v for k, v in self.scores.items()})
+        return out
+
+    @property
+    def uses_uplift(self) -> bool:
+        return "uplift" in self.priority.names
+
+    @property
+    def rule_names(self) -> frozenset[str]:
+        """What rules and value formulas may read: features and scores."""
+        return self.feature_names | frozenset(self.scores)
+
+
+def _epoch(d: date | None, default: float) -> float:
+    if d is None:
+        return default
+    return datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp()
+
+
+def _hint(name: str, known: Collection[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _checked(text: str, kind: str, names: frozenset[str], where: str) -> Expression:
+    expr = parse(text, kind=kind, where=where)
+    unknown = sorted(expr.names - names)
+    if unknown:
+        hints = "".join(_hint(u, names) for u in unknown)
+        raise ExpressionError(f"{where}: '{expr.text}' reads unknown name(s) {unknown}{hints}; rules read the "
+                              f"features of the feature service and the scores ({', '.join(sorted(names))})")
+    return expr
+
+
+def compile_catalog(spec: CatalogFile, policies: PoliciesFile, feature_names: Collection[str], *,
+                    models: Collection[str] | None = None, digest: str = "", where: str = "catalog") -> Catalog:
+    """Check and compile a parsed catalog and policies against the feature names (and, when
+    given, the registered models)."""
+    features = frozenset(feature_names)
+    clash = sorted(features & (frozenset(policies.scores) | PRIORITY_NAMES))
+    if clash:
+        raise ConfigError(f"{where}: score or formula name(s) {clash} are also feature names; rename the score")
+    names = features | frozenset(policies.scores)
+    channels = []
+    for cname, cpol in policies.channels.items():
+        reqs = tuple(_checked(r, "rule", names, f"{where}: channel '{cname}' requires") for r in cpol.requires)
+        channels.append(CompiledChannel(cname, reqs, tuple(cpol.caps), cpol.weight))
+    channel_names = [c.name for c in channels]
+
+    seen: dict[str, int] = {}
+    compiled = []
+    for i, a in enumerate(spec.actions):
+        here = f"{where}: action '{a.id}'"
+        if a.id in seen:
+            raise ConfigError(f"{here} (position {i + 1}): duplicate id; it is already action {seen[a.id] + 1}")
+        seen[a.id] = i
+        bad = [c for c in a.channels if c not in channel_names]
+        if bad:
+            raise ConfigError(f"{here}: unknown channel(s) {bad}; policies define {channel_names}")
+        if a.active_from and a.active_to and a.active_to <= a.active_from:
+            raise ConfigError(f"{here}: active_to {a.active_to} is not after active_from {a.active_from}")
+        rules = tuple(Rule(stage, _checked(text, "rule", names, f"{here} {stage} rule"))
+                      for stage in RULE_STAGES for text in getattr(a, stage))
+        value: float | Expression
+        if isinstance(a.value, str):
+            value = _checked(a.value, "number", names, f"{here} value formula")
+        else:
+            if a.value < 0:
+                raise ConfigError(f"{here}: value {a.value} is negative; expected an amount >= 0")
+            value = float(a.value)
+        pol = a.contact_policy or policies.default_contact_policy
+        cooldown = pol.cooldown_days if pol.cooldown_days is not None else (
+            policies.default_contact_policy.cooldown_days or 0.0)
+        caps = tuple(pol.caps) if a.contact_policy and a.contact_policy.caps else tuple(
+            policies.default_contact_policy.caps)
+        compiled.append(CompiledAction(
+            index=i, id=a.id, name=a.name or a.id, issue=a.issue, group=a.group, channels=frozenset(a.channels),
+            value=value, lever=float(a.lever), rules=rules, caps=caps, cooldown_s=float(cooldown) * 86400.0,
+            model=a.model, uplift_model=a.uplift_model, active_from_s=_epoch(a.active_from, float("-inf")),
+            active_to_s=_epoch(a.active_to, float("inf"))))
+
+    groups = {a.group for a in compiled}
+    unknown_groups = sorted(set(policies.groups) - groups)
+    if unknown_groups:
+        raise ConfigError(f"{where}: policies.groups names group(s) {unknown_groups} that no action belongs to "
+                          f"(groups: {sorted(groups)})")
+    suppressions = tuple(
+        CompiledSuppression(s.name, _checked(s.when, "rule", names, f"{where}: suppression '{s.name}' when"),
+                            frozenset(s.allow_issues)) for s in policies.suppression)
+    priority = _checked(policies.arbitration.priority, "number", names | PRIORITY_NAMES,
+                        f"{where}: arbitration.priority")
+    if "uplift" in priority.names:
+        missing = [a.id for a in compiled if not a.uplift_model]
+        if missing:
+            raise ConfigError(f"{where}: arbitration.priority '{priority.text}' reads uplift but action(s) "
+                              f"{missing} have no uplift_model")
+    if policies.arbitration.default_k > policies.arbitration.max_k:
+        raise ConfigError(f"{where}: arbitration.default_k {policies.arbitration.default_k} exceeds max_k "
+                          f"{policies.arbitration.max_k}")
+    unknown_defaults = sorted(set(policies.missing_features.defaults) - features)
+    if unknown_defaults:
+        raise ConfigError(f"{where}: missing_features.defaults names unknown feature(s) {unknown_defaults}")
+    catalog = Catalog(
+        version=f"{spec.version}+{digest[:8]}" if digest else spec.version,
+        actions=tuple(compiled), channels=tuple(channels),
+        group_caps={g: tuple(p.caps) for g, p in policies.groups.items()}, suppressions=suppressions,
+        priority=priority, threshold=policies.arbitration.threshold, default_k=policies.arbitration.default_k,
+        max_k=policies.arbitration.max_k, experiment=policies.experiment, scores=dict(policies.scores),
+        missing_features=policies.missing_features, feature_service=policies.feature_service,
+        feature_names=features)
+    if models is not None:
+        check_models(catalog, models, where)
+    return catalog
+
+
+def check_models(catalog: Catalog, models: Collection[str], where: str = "catalog") -> None:
+    """Every model the catalog names must be registered (`nba bundle build` then needs a @champion
+    of each model it serves)."""
+    known = set(models)
+    for role, name in catalog.models.items():
+        if name not in known:
+            kind, _, who = role.partition(":")
+            subject = f"action '{who}' {kind} model" if kind != "score" else f"score '{who}'"
+            raise ConfigError(f"{where}: {subject} '{name}' is not a registered model"
+                              f"{_hint(name, known)}; registered: {', '.join(sorted(known)) or 'none'}")
+
+
+def read_files(home: Path, actions: Path | None = None, policies: Path | None = None
+               ) -> tuple[CatalogFile, PoliciesFile, str, str]:
+    """Parse both YAML files (unknown keys and bad values name the file and the key).
+    Returns the two models, a digest of both files' bytes and a description for errors."""
+    from nba.training.config import load_yaml_model
+
+    a_path = Path(actions) if actions else home / ACTIONS_FILE
+    p_path = Path(policies) if policies else home / POLICIES_FILE
+    spec = load_yaml_model(a_path, CatalogFile, "action catalog")
+    pol = load_yaml_model(p_path, PoliciesFile, "contact policies")
+    digest = hashlib.sha256(a_path.read_bytes() + b"\0" + p_path.read_bytes()).hexdigest()
+    return spec, pol, digest, str(a_path)
+
+
+def load_catalog(home: Path, feature_names: Collection[str], *, actions: Path | None = None,
+                 policies: Path | None = None, models: Collection[str] | None = None) -> Catalog:
+    """Read, validate and compile `serving/actions.yaml` and `serving/policies.yaml`."""
+    spec, pol, digest, where = read_files(home, actions, policies)
+    return compile_catalog(spec, pol, feature_names, models=models, digest=digest, where=where)

@@ -1,0 +1,467 @@
+"""The decisioning core: one pure function from arrays to arrays.
+
+    rules -> contact policies -> propensity (P) -> value (V) -> lever (L) -> priority
+          -> "do nothing" threshold -> top-k -> experiment layer (hold-out, exploration)
+
+`decide` takes the compiled catalog, the customers' features (an environment mapping each name
+to an array with one entry per customer, or to a scalar when there is one customer), the
+channel and moment of each decision, the customers' contact history and a scorer, and returns
+a `Decisions` of arrays: which actions survived each stage (and, for those removed, the stage
+and the rule), P, V, L and priority of every surviving action, the ranked top-k, the action
+shown, the experiment group and the probability with which the logging policy showed it.
+The service calls it with one customer, `nba decide-batch` with a hundred thousand at a time:
+the same code.
+
+Every removal is recorded as an index into `reason_table(catalog)`, a list of (stage, rule)
+pairs built once per catalog, so the trace costs one small integer per customer and action.
+
+Ties in priority are broken by the action's position in the catalog (deterministic).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from nba.catalog import STAGES, Cap, Catalog
+from nba.decisioning import experiment
+
+STAGE_CODE = {s: i + 1 for i, s in enumerate((*STAGES, "threshold"))}  # 0 = survived
+STAGE_NAME = {v: k for k, v in STAGE_CODE.items()}
+GROUPS = ("holdout", "nba", "explore")
+GROUP_CODE = {g: i for i, g in enumerate(GROUPS)}
+GROUPS_ARRAY = np.array(GROUPS, dtype=object)  # group code -> name, vectorised
+NOTHING = -1  # the shown-action index of "do nothing"
+
+
+class Scorer(Protocol):
+    """What the core needs from the models; `nba.serving.models.ModelSet` implements it."""
+
+    def propensity(self, env: Mapping[str, Any], n: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """P(accept) of action `cols[i]` for customer `rows[i]`."""
+
+    def uplift(self, env: Mapping[str, Any], n: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Predicted uplift of each pair (NaN where the action has no uplift model)."""
+
+
+@dataclass(frozen=True)
+class ContactHistory:
+    """Past contacts and rejections of the customers of one call (row = customer position).
+
+    `*_action` and `contact_group` are indices into the catalog's actions and groups (-1 for an
+    action or group no longer in the catalog: it still counts for channel caps).
+    """
+
+    contact_row: np.ndarray
+    contact_action: np.ndarray
+    contact_group: np.ndarray
+    contact_channel: np.ndarray
+    contact_ts: np.ndarray
+    reject_row: np.ndarray
+    reject_action: np.ndarray
+    reject_ts: np.ndarray
+
+    @classmethod
+    def empty(cls) -> ContactHistory:
+        i = np.zeros(0, dtype=np.int64)
+        f = np.zeros(0, dtype=np.float64)
+        return cls(i, i, i, i, f, i, i, f)
+
+
+@dataclass(frozen=True)
+class Reason:
+    stage: str
+    rule: str
+
+
+@functools.cache
+def reason_table(catalog: Catalog) -> tuple[Reason, ...]:
+    """Every (stage, rule) that can remove an action, indexed by the codes `decide` records."""
+    return _reasons(catalog)[0]
+
+
+@functools.cache
+def _reasons(catalog: Catalog) -> tuple[tuple[Reason, ...], dict[tuple[str, Any], int]]:
+    table: list[Reason] = []
+    index: dict[tuple[str, Any], int] = {}
+
+    def add(key: tuple[str, Any], stage: str, rule: str) -> None:
+        index[key] = len(table)
+        table.append(Reason(stage, rule))
+
+    for a in catalog.actions:
+        lo = "" if a.active_from_s == float("-inf") else _date(a.active_from_s)
+        hi = "" if a.active_to_s == float("inf") else _date(a.active_to_s)
+        add(("inactive", a.index), "inactive", f"active from {lo or 'always'} to {hi or 'open'}")
+        add(("channel", a.index), "channel", f"offered on {', '.join(sorted(a.channels))} only")
+        for r, rule in enumerate(a.rules):
+            add(("rule", a.index, r), rule.stage, rule.text)
+        add(("cooldown", a.index), "cooldown", f"rejected in the last {a.cooldown_s / 86400:g} days")
+        for cap in a.caps:
+            add(("cap", "action", a.index, cap), "cap", f"action '{a.id}': at most {cap.count} per {cap.days:g} days")
+    for c in catalog.channels:
+        for r, req in enumerate(c.requires):
+            add(("consent", c.name, r), "consent", f"{c.name}: {req.text}")
+        for cap in c.caps:
+            add(("cap", "channel", c.name, cap), "cap", f"channel '{c.name}': at most {cap.count} per {cap.days:g} days")
+    for g, caps in catalog.group_caps.items():
+        for cap in caps:
+            add(("cap", "group", g, cap), "cap", f"group '{g}': at most {cap.count} per {cap.days:g} days")
+    for s in catalog.suppressions:
+        allowed = ", ".join(sorted(s.allow_issues)) or "none"
+        add(("suppression", s.name), "suppression", f"{s.name}: {s.when.text} (allowed issues: {allowed})")
+    add(("threshold",), "threshold", f"priority <= {catalog.threshold:g} (do-nothing threshold)")
+    return tuple(table), index
+
+
+def _date(epoch: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(epoch, tz=UTC).date().isoformat()
+
+
+@dataclass(frozen=True)
+class _Static:
+    """Per-catalog arrays the core reuses on every call."""
+
+    offered: np.ndarray  # (channels, actions) bool
+    active_from: np.ndarray
+    active_to: np.ndarray
+    lever: np.ndarray
+    cooldown_s: np.ndarray
+    action_group: np.ndarray  # group index per action
+    issue_of: tuple[str, ...]
+    const_value: np.ndarray  # NaN where the value is a formula
+    channel_weight: np.ndarray
+    dated: np.ndarray  # (A,) bool: has an active-from or active-to date
+    code_inactive: np.ndarray  # (A,) reason codes
+    code_channel: np.ndarray
+    suppression_allows: tuple[np.ndarray, ...]  # per suppression, (A,) bool: the action's issue is allowed
+
+
+@functools.cache
+def _static(catalog: Catalog) -> _Static:
+    A = len(catalog.actions)
+    offered = np.zeros((len(catalog.channels), A), dtype=bool)
+    for ci, c in enumerate(catalog.channels):
+        for a in catalog.actions:
+            offered[ci, a.index] = c.name in a.channels
+    groups = catalog.groups
+    _, rindex = _reasons(catalog)
+    active_from = np.array([a.active_from_s for a in catalog.actions])
+    active_to = np.array([a.active_to_s for a in catalog.actions])
+    return _Static(
+        offered=offered,
+        active_from=active_from,
+        active_to=active_to,
+        lever=np.array([a.lever for a in catalog.actions]),
+        cooldown_s=np.array([a.cooldown_s for a in catalog.actions]),
+        action_group=np.array([groups.index(a.group) for a in catalog.actions], dtype=np.int64),
+        issue_of=tuple(a.issue for a in catalog.actions),
+        const_value=np.array([a.value if isinstance(a.value, float) else np.nan for a in catalog.actions]),
+        channel_weight=np.array([c.weight for c in catalog.channels]),
+        dated=np.isfinite(active_from) | np.isfinite(active_to),
+        code_inactive=np.array([rindex[("inactive", a.index)] for a in catalog.actions], dtype=np.int32),
+        code_channel=np.array([rindex[("channel", a.index)] for a in catalog.actions], dtype=np.int32),
+        suppression_allows=tuple(np.array([a.issue in sup.allow_issues for a in catalog.actions])
+                                 for sup in catalog.suppressions),
+    )
+
+
+@dataclass
+class Decisions:
+    """The core's output for n customers and A actions (catalog order)."""
+
+    n: int
+    alive: np.ndarray  # (n, A) bool: survived rules and contact policies (the candidates)
+    reason: np.ndarray  # (n, A) int32: index into reason_table, -1 where alive
+    propensity: np.ndarray  # (n, A) float, NaN where not scored
+    value: np.ndarray
+    uplift: np.ndarray
+    priority: np.ndarray
+    lever: np.ndarray  # (A,)
+    ranked: np.ndarray  # (n, k) action index, -1 padding; first = the shown action
+    shown: np.ndarray  # (n,) action index or NOTHING
+    group: np.ndarray  # (n,) index into GROUPS
+    probability: np.ndarray  # (n,) P(logging policy shows `shown`)
+    greedy: np.ndarray  # (n,) the arbitration's winner (or NOTHING), whatever the experiment did
+
+    @property
+    def n_candidates(self) -> np.ndarray:
+        return self.alive.sum(axis=1)
+
+
+def decide(catalog: Catalog, env: Mapping[str, Any], n: int, *, channel: np.ndarray, now: np.ndarray,
+           history: ContactHistory, scorer: Scorer, customer_ids: np.ndarray, decision_keys: np.ndarray,
+           k: int) -> Decisions:
+    """Decide for n customers. `env` maps every feature and score name to an array of n
+    values (or, when n == 1, to a scalar); `channel` holds channel indices, `now` epoch
+    seconds, `decision_keys` 64-bit integers from the decision ids (exploration draws)."""
+    st = _static(catalog)
+    _, rindex = _reasons(catalog)
+    A = len(catalog.actions)
+    channel = np.asarray(channel, dtype=np.int64).reshape(n)
+    now = np.asarray(now, dtype=np.float64).reshape(n)
+    alive = np.ones((n, A), dtype=bool)
+    reason = np.full((n, A), -1, dtype=np.int32)
+
+    def remove(mask: Any, j: int, key: tuple[str, Any]) -> None:
+        """Remove action j for the customers in `mask` (an array of n, or one bool) still alive."""
+        _remove_col(alive, reason, np.broadcast_to(np.asarray(mask, dtype=bool), (n,)), j, rindex[key])
+
+    # 1. active dates and channel (all actions at once)
+    if st.dated.any():
+        inactive = ~((st.active_from[None, :] <= now[:, None]) & (now[:, None] < st.active_to[None, :]))
+        _remove_matrix(alive, reason, inactive, st.code_inactive)
+    _remove_matrix(alive, reason, ~st.offered[channel], st.code_channel)
+
+    # 2. eligibility, applicability, suitability: each distinct rule text evaluated once per call
+    cache: dict[str, Any] = {}
+    scalar = n == 1
+    for a in catalog.actions:
+        j = a.index
+        for r, rule in enumerate(a.rules):
+            if not (alive[0, j] if scalar else alive[:, j].any()):
+                break
+            ok = cache.get(rule.text)
+            if ok is None:
+                ok = cache[rule.text] = rule.expression.evaluate(env)
+            if scalar and np.ndim(ok) == 0:
+                if not ok:
+                    alive[0, j] = False
+                    reason[0, j] = rindex[("rule", j, r)]
+                continue
+            remove(np.logical_not(ok), j, ("rule", j, r))
+
+    # 3. contact policies: consent, suppression, cool-down, caps
+    for ci, c in enumerate(catalog.channels):
+        on_channel = channel == ci
+        if not on_channel.any():
+            continue
+        for r, req in enumerate(c.requires):
+            ok = cache.get(req.text)
+            if ok is None:
+                ok = cache[req.text] = req.evaluate(env)
+            bad = on_channel & ~np.asarray(ok, dtype=bool)
+            if bad.any():
+                _remove_rows(alive, reason, bad, rindex[("consent", c.name, r)])
+    for s, allowed in zip(catalog.suppressions, st.suppression_allows, strict=True):
+        active = np.broadcast_to(np.asarray(s.when.evaluate(env), dtype=bool), (n,))
+        if active.any():
+            code = rindex[("suppression", s.name)]
+            _remove_matrix(alive, reason, active[:, None] & ~allowed[None, :], np.full(A, code, dtype=np.int32))
+    _apply_history(catalog, st, rindex, history, now, channel, alive, reason, n)
+
+    # 4. P, V, L and priority of every candidate
+    rows, cols = np.nonzero(alive)
+    prop = np.full((n, A), np.nan)
+    value = np.full((n, A), np.nan)
+    upl = np.full((n, A), np.nan)
+    pri = np.full((n, A), np.nan)
+    if rows.size:
+        p = np.asarray(scorer.propensity(env, n, rows, cols), dtype=np.float64)
+        prop[rows, cols] = p
+        v = _values(catalog, st, env, n, rows, cols)
+        value[rows, cols] = v
+        u = (np.asarray(scorer.uplift(env, n, rows, cols), dtype=np.float64) if catalog.uses_uplift
+             else np.full(rows.size, np.nan))
+        upl[rows, cols] = u
+        penv: dict[str, Any] = {"propensity": p, "value": v, "lever": st.lever[cols], "uplift": u,
+                                "channel_weight": st.channel_weight[channel[rows]]}
+        for name in catalog.priority.names - penv.keys():
+            x = env[name]
+            penv[name] = np.asarray(x)[rows] if isinstance(x, np.ndarray) else x
+        pr = np.asarray(catalog.priority.evaluate(penv), dtype=np.float64)
+        pri[rows, cols] = np.broadcast_to(pr, rows.shape)
+
+    # 5. arbitration: threshold, top-k, ties by catalog order
+    above = alive & (pri > catalog.threshold)
+    below = alive & ~above
+    if below.any():
+        reason[below] = rindex[("threshold",)]
+    k = max(1, min(int(k), A))
+    key = np.where(above, pri, -np.inf)
+    order = np.argsort(-key, axis=1, kind="stable")[:, :k]
+    top = np.take_along_axis(key, order, axis=1)
+    ranked = np.where(np.isfinite(top), order, NOTHING)
+    greedy = ranked[:, 0].copy()
+
+    # 6. experiment layer
+    exp = catalog.experiment
+    n_alive = alive.sum(axis=1)
+    holdout = experiment.in_holdout(customer_ids, exp.salt, exp.holdout_share)
+    u_explore = experiment.unit_hash(decision_keys, exp.salt + ":explore")
+    u_choice = experiment.unit_hash(decision_keys, exp.salt + ":choice")
+    # the uniformly random candidate each decision would show if it explored
+    pick = np.minimum((u_choice * n_alive).astype(np.int64), np.maximum(n_alive - 1, 0))
+    cum = np.cumsum(alive, axis=1)
+    random_action = np.where(n_alive > 0, np.argmax(cum > pick[:, None], axis=1), NOTHING)
+
+    eps = exp.exploration_share
+    explore = ~holdout & (u_explore < eps) & (n_alive > 0)
+    shown = greedy.copy()
+    group = np.full(n, GROUP_CODE["nba"], dtype=np.int8)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        uniform = np.where(n_alive > 0, 1.0 / n_alive, 0.0)
+    # non-hold-out: P(show a) = (1 - eps) 1[a = greedy] + eps / n_alive (a a candidate); nothing when no candidate
+    prob = np.where(n_alive > 0, (1 - eps) + eps * uniform * (greedy != NOTHING), 1.0)
+    shown[explore] = random_action[explore]
+    group[explore] = GROUP_CODE["explore"]
+    differs = explore & (random_action != greedy)
+    prob[differs] = eps * uniform[differs]
+    if holdout.any():
+        group[holdout] = GROUP_CODE["holdout"]
+        if exp.holdout_treatment == "random":
+            shown[holdout] = random_action[holdout]
+            prob[holdout] = np.where(n_alive[holdout] > 0, uniform[holdout], 1.0)
+        else:
+            shown[holdout] = NOTHING
+            prob[holdout] = 1.0
+    # the list shown: the explored action first, then the arbitration's ranking without it
+    changed = shown != greedy
+    if changed.any():
+        idx = np.flatnonzero(changed)
+        for i in idx:
+            if shown[i] == NOTHING:
+                ranked[i] = NOTHING
+            else:
+                rest = [a for a in ranked[i] if a != NOTHING and a != shown[i]]
+                row = [shown[i], *rest][:k]
+                ranked[i] = row + [NOTHING] * (k - len(row))
+    return Decisions(n=n, alive=alive, reason=reason, propensity=prop, value=value, uplift=upl, priority=pri,
+                     lever=st.lever, ranked=ranked, shown=shown, group=group, probability=prob, greedy=greedy)
+
+
+def _remove_matrix(alive: np.ndarray, reason: np.ndarray, fail: np.ndarray, codes: np.ndarray) -> None:
+    """Remove every alive (row, action) where `fail`, recording the action's code."""
+    hit = alive & fail
+    if hit.any():
+        reason[hit] = np.broadcast_to(codes, alive.shape)[hit]
+        alive[hit] = False
+
+
+def _remove_rows(alive: np.ndarray, reason: np.ndarray, rows: np.ndarray, code: int) -> None:
+    hit = alive & rows[:, None]
+    reason[hit] = code
+    alive[hit] = False
+
+
+def _values(catalog: Catalog, st: _Static, env: Mapping[str, Any], n: int, rows: np.ndarray,
+            cols: np.ndarray) -> np.ndarray:
+    v = st.const_value[cols].copy()
+    for a in catalog.actions:
+        if isinstance(a.value, float):
+            continue
+        at = cols == a.index
+        if not at.any():
+            continue
+        x = a.value.evaluate(env)
+        v[at] = np.asarray(x, dtype=np.float64)[rows[at]] if np.ndim(x) else float(x)
+    return np.maximum(np.nan_to_num(v, nan=0.0), 0.0)
+
+
+def _apply_history(catalog: Catalog, st: _Static, rindex: Mapping[tuple[str, Any], int], h: ContactHistory,
+                   now: np.ndarray, channel: np.ndarray, alive: np.ndarray, reason: np.ndarray, n: int) -> None:
+    """Cool-downs after rejections, then caps per action, group and channel."""
+    if h.reject_row.size:
+        known = h.reject_action >= 0
+        r, a, ts = h.reject_row[known], h.reject_action[known], h.reject_ts[known]
+        cooling = (now[r] - ts) < st.cooldown_s[a]
+        r, a = r[cooling], a[cooling]
+        hit = alive[r, a]
+        if hit.any():
+            for j in np.unique(a[hit]):
+                rows = np.zeros(n, dtype=bool)
+                rows[r[hit & (a == j)]] = True
+                _remove_col(alive, reason, rows, int(j), rindex[("cooldown", int(j))])
+    if not h.contact_row.size:
+        return
+    A = len(catalog.actions)
+    G = len(catalog.groups)
+    C = len(catalog.channels)
+    windows: dict[float, dict[str, np.ndarray]] = {}
+
+    def counts(days: float) -> dict[str, np.ndarray]:
+        if days not in windows:
+            m = h.contact_ts > now[h.contact_row] - days * 86400.0
+            r = h.contact_row[m]
+            out = {"action": np.zeros((n, A), np.int64), "group": np.zeros((n, G), np.int64),
+                   "channel": np.zeros((n, C), np.int64)}
+            a, g, c = h.contact_action[m], h.contact_group[m], h.contact_channel[m]
+            np.add.at(out["action"], (r[a >= 0], a[a >= 0]), 1)
+            np.add.at(out["group"], (r[g >= 0], g[g >= 0]), 1)
+            np.add.at(out["channel"], (r[c >= 0], c[c >= 0]), 1)
+            windows[days] = out
+        return windows[days]
+
+    for a in catalog.actions:
+        for cap in a.caps:
+            full = counts(cap.days)["action"][:, a.index] >= cap.count
+            if full.any():
+                _remove_col(alive, reason, full, a.index, rindex[("cap", "action", a.index, cap)])
+    groups = catalog.groups
+    for g, caps in catalog.group_caps.items():
+        gi = groups.index(g)
+        members = np.flatnonzero(st.action_group == gi)
+        for cap in caps:
+            full = counts(cap.days)["group"][:, gi] >= cap.count
+            if full.any():
+                for j in members:
+                    _remove_col(alive, reason, full, int(j), rindex[("cap", "group", g, cap)])
+    for ci, c in enumerate(catalog.channels):
+        on = channel == ci
+        for cap in c.caps:
+            if not on.any():
+                break
+            full = on & (counts(cap.days)["channel"][:, ci] >= cap.count)
+            if full.any():
+                _remove_rows(alive, reason, full, rindex[("cap", "channel", c.name, cap)])
+
+
+def _remove_col(alive: np.ndarray, reason: np.ndarray, rows: np.ndarray, j: int, code: int) -> None:
+    hit = alive[:, j] & rows
+    if hit.any():
+        reason[hit, j] = code
+        alive[hit, j] = False
+
+
+def cap_windows_days(catalog: Catalog) -> float:
+    """The longest window any cap or cool-down looks back over: the history a call needs."""
+    caps: list[Cap] = [c for a in catalog.actions for c in a.caps]
+    caps += [c for ch in catalog.channels for c in ch.caps]
+    caps += [c for cs in catalog.group_caps.values() for c in cs]
+    longest = max((c.days for c in caps), default=0.0)
+    cool = max((a.cooldown_s for a in catalog.actions), default=0.0) / 86400.0
+    return max(longest, cool)
+
+
+def trace(catalog: Catalog, d: Decisions, i: int) -> list[dict[str, str]]:
+    """The actions removed for customer i, with the stage and the rule (catalog order)."""
+    table = reason_table(catalog)
+    out = []
+    for j in np.flatnonzero(d.reason[i] >= 0):
+        r = table[int(d.reason[i, j])]
+        out.append({"action_id": catalog.actions[int(j)].id, "stage": r.stage, "rule": r.rule})
+    return out
+
+
+
+@dataclass(frozen=True)
+class MatrixScorer:
+    """Propensities (and uplifts) given as (n, A) matrices rather than models: for what-if
+    runs with known probabilities (the simulator's truth, a worked example)."""
+
+    propensities: np.ndarray
+    uplifts: np.ndarray | None = None
+
+    def propensity(self, env: Mapping[str, Any], n: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return np.asarray(self.propensities, dtype=np.float64).reshape(n, -1)[rows, cols]
+
+    def uplift(self, env: Mapping[str, Any], n: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        if self.uplifts is None:
+            return np.full(rows.size, np.nan)
+        return np.asarray(self.uplifts, dtype=np.float64).reshape(n, -1)[rows, cols]

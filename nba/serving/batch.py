@@ -1,0 +1,266 @@
+"""Outbound batch decisions: `nba decide-batch --customers FILE --channel email --out FILE`.
+
+The same engine as `/decide` (the bundle's models, catalog and policies, the same core), run
+vectorised over chunks of customers. Features come from the file when it holds every stored
+feature of the feature service (a snapshot export: the request-time features are computed by
+the feature service's own on-demand transformation), else from the online store, as for
+`/decide`. Every decision is logged (one Parquet segment of the decision log per run, written
+when the run completes) and the shown actions count as contacts for the contact policies.
+
+The output has one row per customer and rank (rank 1 is the action to send; a customer for
+whom nothing is worth sending gets one row with `do_nothing`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nba import schemas
+from nba.errors import DataFileError
+from nba.settings import Settings
+
+ONLINE_CHUNK = 5_000  # customers per online-store read
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    customers: int
+    decisions_with_action: int
+    holdout: int
+    explore: int
+    features_missing: int
+    feature_source: str
+    out: Path
+    batch_id: str
+    seconds: float
+    action_counts: dict[str, int]
+
+    def describe(self) -> str:
+        lines = [f"{self.customers:,} decisions in {self.seconds:.1f} s ({self.customers / max(self.seconds, 1e-9):,.0f}/s), "
+                 f"features from {self.feature_source}; {self.decisions_with_action:,} with an action, "
+                 f"{self.holdout:,} hold-out, {self.explore:,} exploration, {self.features_missing:,} without features",
+                 f"ranked decisions -> {self.out}", f"decision log batch {self.batch_id}"]
+        lines += [f"  {a:<24} {c:>10,}" for a, c in sorted(self.action_counts.items(), key=lambda x: -x[1])]
+        return "\n".join(lines)
+
+
+def read_customers(path: Path) -> Any:
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(f"customers file {path} not found")
+    suffix = path.suffix.lower()
+    if suffix in {".parquet", ".pq"}:
+        frame = pd.read_parquet(path)
+    elif suffix == ".csv":
+        frame = pd.read_csv(path)
+    else:
+        raise DataFileError(f"customers file {path}: expected .parquet or .csv, got '{path.suffix}'")
+    if schemas.ENTITY_KEY not in frame.columns:
+        raise DataFileError(f"customers file {path}: no column '{schemas.ENTITY_KEY}' (columns: {list(frame.columns)[:20]})")
+    ids = frame[schemas.ENTITY_KEY]
+    if ids.isna().any():
+        raise DataFileError(f"customers file {path}: column '{schemas.ENTITY_KEY}' has {int(ids.isna().sum())} "
+                            "missing value(s)")
+    try:
+        frame[schemas.ENTITY_KEY] = ids.astype("int64")
+    except (TypeError, ValueError):
+        raise DataFileError(f"customers file {path}: column '{schemas.ENTITY_KEY}' must hold integer ids "
+                            f"(got {ids.dtype})") from None
+    if frame.empty:
+        raise DataFileError(f"customers file {path} has no rows")
+    return frame
+
+
+def decide_batch(settings: Settings, customers: Path, channel: str, out: Path, *, k: int | None = None,
+                 timestamp: float | None = None, chunk: int = 100_000, progress: bool = False,
+                 engine: Any = None) -> BatchSummary:
+    """Decide for every customer of the file; write the ranked decisions and the log."""
+    import pandas as pd
+    import pyarrow as pa
+    from tqdm import tqdm
+
+    from nba.decisioning.log import write_batch
+    from nba.io import write_parquet
+    from nba.serving.bundle import load_engine
+    from nba.serving.engine import DecisionRequest
+
+    t0 = time.perf_counter()
+    engine = engine or load_engine(settings, nthread=2)
+    engine.check(DecisionRequest(0, channel, {}, timestamp, k))
+    frame = read_customers(customers)
+    reader = engine.features
+    stored = list(reader.stored_names)
+    from_file = all(c in frame.columns for c in stored)
+    now = float(timestamp if timestamp is not None else time.time())
+    k = k or engine.catalog.default_k
+    ci = engine.catalog.channel_names.index(channel)
+    batch_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}-{channel}-{engine_id()}"
+    parts: dict[str, list[Any]] = {"decisions": [], "candidates": [], "filtered": [], "features": [], "ranked": []}
+    contacts_all: list[Any] = []
+    bar = tqdm(total=len(frame), desc="decisions", unit="customer", disable=not progress)
+    for start in range(0, len(frame), chunk):
+        part = frame.iloc[start:start + chunk]
+        ids = part[schemas.ENTITY_KEY].to_numpy()
+        n = len(ids)
+        ts = [int(now)] * n
+        if from_file:
+            cols = {c: _column(part[c]) for c in stored}
+            cols.update(reader.transform(cols, ts))
+            found = [True] * n
+        else:
+            cols, found = {}, []
+            for s in range(0, n, ONLINE_CHUNK):
+                c, f = reader.read(ids[s:s + ONLINE_CHUNK].tolist(), ts[s:s + ONLINE_CHUNK])
+                for name, values in c.items():
+                    cols.setdefault(name, []).extend(values)
+                found.extend(f)
+        d, env, missing, dids = engine.run_core(ids.tolist(), np.full(n, ci, dtype=np.int64), np.full(n, now), cols,
+                                                found, k)
+        tables = _tables(engine, d, env, ids, dids, channel, now, missing, k)
+        for name, t in tables.items():
+            parts[name].append(t)
+        contacts_all.append(_contacts(engine, d, ids, dids, channel, now, k))
+        bar.update(n)
+    bar.close()
+    joined = {name: pa.concat_tables(ts) if name != "ranked" else pd.concat(ts, ignore_index=True)
+              for name, ts in parts.items()}
+    write_batch(settings.decision_log_dir, batch_id,
+                {n: joined[n] for n in ("decisions", "candidates", "filtered", "features")})
+    from nba.decisioning.state import Contact
+
+    contacts = [Contact(*c) for cs in contacts_all for c in cs]
+    engine.policy.record_contacts(contacts)
+    ranked = joined["ranked"]
+    write_parquet(ranked, Path(out))
+    dec = joined["decisions"]
+    groups = dec.column("experiment_group").to_numpy(zero_copy_only=False)
+    actions = dec.column("action_id").to_numpy(zero_copy_only=False)
+    counts = pd.Series(actions).value_counts().to_dict()
+    return BatchSummary(
+        customers=len(frame), decisions_with_action=int((actions != schemas.NO_ACTION).sum()),
+        holdout=int((groups == "holdout").sum()), explore=int((groups == "explore").sum()),
+        features_missing=int(dec.column("features_missing").to_numpy().sum()),
+        feature_source="the file" if from_file else f"the online store ({engine.catalog.feature_service})",
+        out=Path(out), batch_id=batch_id, seconds=time.perf_counter() - t0,
+        action_counts={str(a): int(c) for a, c in counts.items()})
+
+
+def engine_id() -> str:
+    import os
+
+    return os.urandom(3).hex()
+
+
+def _column(series: Any) -> list[Any]:
+    import pandas as pd
+
+    if pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+        return series.astype("float64").to_numpy()
+    return series.astype(object).where(series.notna(), None).to_numpy()
+
+
+def _tables(engine: Any, d: Any, env: dict[str, Any], ids: np.ndarray, dids: list[str], channel: str, now: float,
+            missing: list[int], k: int) -> dict[str, Any]:
+    """The decision-log tables and the ranked output of one chunk, built column-wise."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from nba.decisioning import core
+
+    cat = engine.catalog
+    n = d.n
+    action_ids = np.array([*cat.action_ids, schemas.NO_ACTION], dtype=object)  # index -1 -> do_nothing
+    dids_arr = np.array(dids, dtype=object)
+    shown = d.shown
+    top = d.ranked[:, 0]
+    has = top >= 0
+    ti = np.where(has, top, 0)
+    rows = np.arange(n)
+
+    def at_top(m: np.ndarray) -> np.ndarray:
+        return np.where(has, m[rows, ti], np.nan)
+
+    fm = np.zeros(n, dtype=np.int64)
+    fm[missing] = 1
+    decisions = pa.table({
+        "decision_id": dids_arr.astype(str), "customer_id": ids.astype(np.int64),
+        "channel": np.full(n, channel, dtype=object).astype(str),
+        "decided_at": pa.array(np.full(n, int(now * 1e6), dtype="int64"), pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+        "experiment_group": np.array(core.GROUPS, dtype=object)[d.group].astype(str),
+        "action_id": action_ids[shown].astype(str), "probability": d.probability,
+        "propensity": at_top(d.propensity), "value": at_top(d.value),
+        "lever": np.where(has, d.lever[ti], np.nan), "priority": at_top(d.priority), "uplift": at_top(d.uplift),
+        "n_candidates": d.alive.sum(axis=1).astype(np.int64), "features_missing": fm,
+        "catalog_version": np.full(n, cat.version, dtype=object).astype(str),
+        "source": np.full(n, "batch", dtype=object).astype(str),
+    })
+    # ranks of the shown list
+    rank = np.zeros(d.alive.shape, dtype=np.int64)
+    kk = min(k, d.ranked.shape[1])
+    for r in range(kk):
+        col = d.ranked[:, r]
+        ok = col >= 0
+        rank[rows[ok], col[ok]] = r + 1
+    cr, cc = np.nonzero(d.alive)
+    candidates = pa.table({
+        "decision_id": dids_arr[cr].astype(str), "action_id": action_ids[cc].astype(str), "rank": rank[cr, cc],
+        "propensity": d.propensity[cr, cc], "value": d.value[cr, cc], "lever": d.lever[cc],
+        "priority": d.priority[cr, cc], "uplift": d.uplift[cr, cc]})
+    fr, fc = np.nonzero(d.reason >= 0)
+    table = core.reason_table(cat)
+    stages = np.array([r.stage for r in table], dtype=object)
+    rules = np.array([r.rule for r in table], dtype=object)
+    codes = d.reason[fr, fc]
+    filtered = pa.table({"decision_id": dids_arr[fr].astype(str), "action_id": action_ids[fc].astype(str),
+                         "stage": pa.array(stages[codes].astype(str)).dictionary_encode(),
+                         "rule": pa.array(rules[codes].astype(str)).dictionary_encode()})
+    feats = {"decision_id": dids_arr.astype(str)}
+    for name, value in env.items():
+        arr = np.asarray(value)
+        feats[name] = arr if arr.dtype != object else np.array([None if v is None else str(v) for v in arr],
+                                                                dtype=object)
+    features = pa.table(feats)
+    # ranked output: one row per shown action, or do_nothing
+    out_rows, out_cols = [], []
+    for r in range(kk):
+        col = d.ranked[:, r]
+        ok = col >= 0
+        out_rows.append(rows[ok])
+        out_cols.append(np.full(ok.sum(), r + 1))
+    rr = np.concatenate(out_rows) if out_rows else np.zeros(0, np.int64)
+    rk = np.concatenate(out_cols) if out_cols else np.zeros(0, np.int64)
+    ra = d.ranked[rr, rk - 1] if rr.size else np.zeros(0, np.int64)
+    nothing = np.flatnonzero(~has)
+    ranked = pd.DataFrame({
+        "customer_id": np.concatenate([ids[rr], ids[nothing]]).astype(np.int64),
+        "decision_id": np.concatenate([dids_arr[rr], dids_arr[nothing]]).astype(str),
+        "rank": np.concatenate([rk, np.ones(nothing.size, np.int64)]),
+        "action_id": np.concatenate([action_ids[ra], np.full(nothing.size, schemas.NO_ACTION, dtype=object)]).astype(str),
+        "propensity": np.concatenate([d.propensity[rr, ra], np.full(nothing.size, np.nan)]),
+        "value": np.concatenate([d.value[rr, ra], np.full(nothing.size, np.nan)]),
+        "lever": np.concatenate([d.lever[ra], np.full(nothing.size, np.nan)]),
+        "priority": np.concatenate([d.priority[rr, ra], np.full(nothing.size, np.nan)]),
+        "experiment_group": np.array(core.GROUPS, dtype=object)[d.group[np.concatenate([rr, nothing])]].astype(str),
+        "probability": d.probability[np.concatenate([rr, nothing])],
+    }).sort_values(["customer_id", "rank"], kind="stable").reset_index(drop=True)
+    return {"decisions": decisions, "candidates": candidates, "filtered": filtered, "features": features,
+            "ranked": ranked}
+
+
+def _contacts(engine: Any, d: Any, ids: np.ndarray, dids: list[str], channel: str, now: float,
+              k: int) -> list[tuple]:
+    cat = engine.catalog
+    out = []
+    for r in range(min(k, d.ranked.shape[1])):
+        col = d.ranked[:, r]
+        for i in np.flatnonzero(col >= 0):
+            a = cat.actions[int(col[i])]
+            out.append((int(ids[i]), a.id, a.group, channel, now, dids[i]))
+    return out

@@ -1,0 +1,303 @@
+"""The serving bundle: champion models pinned to versions, the catalog and the policies.
+
+`nba bundle build`:
+
+1. compiles `serving/actions.yaml` and `serving/policies.yaml` against the features of the
+   Feast feature service they name (read from the registry) and the MLflow registry: a bad
+   rule, an unknown feature or an unregistered model fails here, before anything is served;
+2. resolves every `@champion` the catalog reads to a concrete version;
+3. imports each into the BentoML model store (`bentoml.mlflow.import_model`, tag
+   `<registered name>:v<version>`; an existing tag is reused);
+4. writes the bundle folder (`<work>/bundle`: `bundle.json` with the versions, the catalog
+   version and the feature list, and copies of both YAML files);
+5. builds a Bento (`nba_decision`) holding the engine's code, the bundle and references to
+   the models, so `nba serve` (or `bentoml serve nba_decision:latest`) serves exactly these
+   versions, and every decision names them.
+
+`load_engine` turns a bundle folder into a `DecisionEngine`: what the service does at start and
+what `nba decide-batch` does, so both decide with the same models.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from nba import catalog as catalog_mod
+from nba.errors import ConfigError, NbaError
+from nba.settings import Settings
+
+BENTO_NAME = "nba_decision"
+SERVICE = "nba.serving.service:DecisionService"
+MANIFEST = "bundle.json"
+MLFLOW_FOLDER = "mlflow_model"  # where bentoml.mlflow.import_model puts the MLflow model
+# What a served Bento needs installed (pinned to this environment's versions).
+BENTO_PACKAGES = ("bentoml", "mlflow", "xgboost", "scikit-learn", "pandas", "numpy", "pyarrow", "feast", "redis",
+                  "pydantic", "pydantic-settings", "pyyaml", "cloudpickle", "typer")
+
+
+class BundleError(NbaError):
+    """The bundle cannot be built or loaded."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    name: str
+    version: str
+    run_id: str
+    roles: tuple[str, ...]  # propensity:<action>, uplift:<action>, score:<name>
+
+    @property
+    def bento_tag(self) -> str:
+        return f"{self.name}:v{self.version}"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    bundle_dir: Path
+    bento_tag: str
+    catalog_version: str
+    models: tuple[ResolvedModel, ...]
+
+
+def use_bentoml_home(settings: Settings) -> Path:
+    """Point BentoML's model and Bento stores at the work folder (before bentoml is imported)."""
+    home = settings.bentoml_home
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["BENTOML_HOME"] = str(home)
+    return home
+
+
+def feature_fields(settings: Settings, service: str) -> list[dict[str, str]]:
+    from nba.features.online import OnlineFeatureReader
+
+    reader = OnlineFeatureReader(settings, service)
+    return [{"name": f.name, "kind": f.kind} for f in reader.fields]
+
+
+def compile_for_build(settings: Settings) -> tuple[catalog_mod.Catalog, list[dict[str, str]], dict[str, str]]:
+    """The catalog checked against the feature service and the registry's champions."""
+    from nba.training import tracking
+
+    spec, pol, digest, where = catalog_mod.read_files(settings.home)
+    fields = feature_fields(settings, pol.feature_service)
+    cat = catalog_mod.compile_catalog(spec, pol, [f["name"] for f in fields], digest=digest, where=where)
+    client = tracking.configure(settings)
+    registered = {m.name for m in client.search_registered_models()}
+    catalog_mod.check_models(cat, registered, where)  # an unknown model names the action and the model
+    return cat, fields, needed_models(cat)
+
+
+def needed_models(cat: catalog_mod.Catalog) -> dict[str, str]:
+    """role -> registered model: propensity and scores always, uplift when the formula reads it."""
+    return {role: name for role, name in cat.models.items() if not role.startswith("uplift:") or cat.uses_uplift}
+
+
+def resolve_champions(settings: Settings, needed: dict[str, str]) -> list[ResolvedModel]:
+    from mlflow.exceptions import MlflowException
+
+    from nba.training import tracking
+
+    client = tracking.configure(settings)
+    by_name: dict[str, list[str]] = {}
+    for role, name in needed.items():
+        by_name.setdefault(name, []).append(role)
+    out = []
+    for name, roles in sorted(by_name.items()):
+        try:
+            mv = client.get_model_version_by_alias(name, "champion")
+        except MlflowException:
+            raise BundleError(f"{name} ({', '.join(roles)}) has no @champion: promote a version first "
+                              f"(nba promote {name})") from None
+        out.append(ResolvedModel(name, str(mv.version), str(mv.run_id or ""), tuple(sorted(roles))))
+    return out
+
+
+def import_models(settings: Settings, models: list[ResolvedModel], progress: Callable[[str], None] | None = None) -> None:
+    """Import each pinned version into the BentoML model store (a tag already there is reused)."""
+    use_bentoml_home(settings)
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    from nba.training import tracking
+
+    tracking.configure(settings)
+    for m in models:
+        try:
+            bentoml.models.get(m.bento_tag)
+        except NotFound:
+            bentoml.mlflow.import_model(m.bento_tag, f"models:/{m.name}/{m.version}",
+                                        labels={"registered_model": m.name, "version": m.version},
+                                        metadata={"run_id": m.run_id, "roles": ",".join(m.roles)})
+        if progress:
+            progress(m.bento_tag)
+
+
+def write_bundle(settings: Settings, cat: catalog_mod.Catalog, fields: list[dict[str, str]],
+                 models: list[ResolvedModel], target: Path | None = None) -> Path:
+    """The bundle folder: manifest and copies of the catalog files (replaced atomically)."""
+    from nba.io import write_text
+    from nba.training.tracking import git_commit
+
+    target = target or settings.bundle_dir
+    tmp = Path(tempfile.mkdtemp(prefix=".bundle.", dir=target.parent if target.parent.exists() else None))
+    try:
+        shutil.copyfile(settings.home / catalog_mod.ACTIONS_FILE, tmp / "actions.yaml")
+        shutil.copyfile(settings.home / catalog_mod.POLICIES_FILE, tmp / "policies.yaml")
+        manifest = {
+            "bundle_format": 1,
+            "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "git_commit": git_commit(settings.home),
+            "catalog_version": cat.version,
+            "feature_service": cat.feature_service,
+            "features": fields,
+            "models": {m.name: {"version": m.version, "run_id": m.run_id, "bento_model": m.bento_tag,
+                                "roles": list(m.roles)} for m in models},
+        }
+        write_text(json.dumps(manifest, indent=2) + "\n", tmp / MANIFEST)
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return target
+
+
+def read_manifest(bundle_dir: Path) -> dict[str, Any]:
+    path = Path(bundle_dir) / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"no serving bundle at {bundle_dir}: run `nba bundle build` first")
+    return json.loads(path.read_text())
+
+
+def build_bento(settings: Settings, bundle_dir: Path, models: list[ResolvedModel]) -> str:
+    """A Bento with the engine's code and the bundle; returns its tag."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    use_bentoml_home(settings)
+    import bentoml
+
+    import nba
+
+    packages = []
+    for pkg in BENTO_PACKAGES:
+        try:
+            packages.append(f"{pkg}=={version(pkg)}")
+        except PackageNotFoundError:
+            continue
+    with tempfile.TemporaryDirectory(prefix="nba-bento-") as ctx:
+        root = Path(ctx)
+        shutil.copytree(Path(nba.__file__).parent, root / "nba",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(bundle_dir, root / "bundle")
+        manifest = read_manifest(bundle_dir)
+        bento = bentoml.bentos.build(
+            SERVICE, name=BENTO_NAME, build_ctx=str(root), include=["nba/**/*.py", "bundle/*"],
+            labels={"catalog_version": manifest["catalog_version"].replace("+", "-")},
+            description=f"NBA decision service, catalog {manifest['catalog_version']}",
+            models=[m.bento_tag for m in models],
+            python={"packages": packages, "lock_packages": False},
+        )
+    return str(bento.tag)
+
+
+def build(settings: Settings, progress: Callable[[str], None] | None = None) -> BuildResult:
+    """`nba bundle build`: compile, resolve, import, write the bundle, build the Bento."""
+    cat, fields, needed = compile_for_build(settings)
+    models = resolve_champions(settings, needed)
+    import_models(settings, models, progress)
+    bundle_dir = write_bundle(settings, cat, fields, models)
+    tag = build_bento(settings, bundle_dir, models)
+    manifest = read_manifest(bundle_dir)
+    manifest["bento"] = tag
+    from nba.io import write_text
+
+    write_text(json.dumps(manifest, indent=2) + "\n", bundle_dir / MANIFEST)
+    return BuildResult(bundle_dir, tag, cat.version, tuple(models))
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+def load_catalog_from_bundle(bundle_dir: Path, manifest: dict[str, Any]) -> catalog_mod.Catalog:
+    spec, pol, digest, where = catalog_mod.read_files(bundle_dir, bundle_dir / "actions.yaml",
+                                                      bundle_dir / "policies.yaml")
+    cat = catalog_mod.compile_catalog(spec, pol, [f["name"] for f in manifest["features"]], digest=digest, where=where)
+    if cat.version != manifest["catalog_version"]:
+        raise BundleError(f"bundle {bundle_dir}: the catalog files give version {cat.version}, the manifest says "
+                          f"{manifest['catalog_version']}; rebuild it with `nba bundle build`")
+    return cat
+
+
+def load_models(settings: Settings, cat: catalog_mod.Catalog, manifest: dict[str, Any], *, nthread: int = 1) -> Any:
+    """The `ModelSet` of a bundle, from the BentoML model store."""
+    use_bentoml_home(settings)
+    import bentoml
+    import mlflow
+    from bentoml.exceptions import NotFound
+
+    from nba.serving.models import FastModel, ModelLoadError, ModelSet
+
+    loaded: dict[str, Any] = {}
+    for name, info in manifest["models"].items():
+        try:
+            path = bentoml.models.get(info["bento_model"]).path_of(MLFLOW_FOLDER)
+        except NotFound:
+            raise ModelLoadError(f"model {info['bento_model']} ({name} version {info['version']}) is not in the "
+                                 f"BentoML model store {settings.bentoml_home}; rebuild with `nba bundle build`") from None
+        try:
+            loaded[name] = mlflow.sklearn.load_model(path)
+        except Exception as exc:
+            raise ModelLoadError(f"model {info['bento_model']} cannot be loaded from {path}: {exc}") from exc
+    prop, scores, uplift = {}, {}, {}
+    for name, info in manifest["models"].items():
+        for role in info["roles"]:
+            kind, _, who = role.partition(":")
+            if kind == "propensity":
+                prop[who] = FastModel(name, loaded[name], nthread=nthread)
+            elif kind == "score":
+                scores[who] = FastModel(name, loaded[name], nthread=nthread)
+            elif kind == "uplift":
+                uplift[who] = loaded[name]
+    models = ModelSet(cat.action_ids, prop, scores, uplift)
+    unknown = sorted(models.inputs - set(cat.feature_names))
+    if unknown:
+        raise ModelLoadError(f"the models read feature(s) {unknown} that feature service {cat.feature_service} "
+                             "does not provide")
+    return models
+
+
+def load_engine(settings: Settings, bundle_dir: Path | None = None, *, nthread: int = 1) -> Any:
+    """A `DecisionEngine` over a bundle folder. Components that fail to load (a model, the
+    feature store) are retried on use; readiness says why."""
+    from nba.decisioning.log import DecisionLog
+    from nba.features.online import OnlineFeatureReader
+    from nba.serving.engine import DecisionEngine, policy_store
+
+    bundle_dir = Path(bundle_dir or settings.bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    cat = load_catalog_from_bundle(bundle_dir, manifest)
+    expected = {f["name"] for f in manifest["features"]}
+
+    def features() -> Any:
+        reader = OnlineFeatureReader(settings, cat.feature_service)
+        missing = sorted(expected - set(reader.names))
+        if missing:
+            raise ConfigError(f"feature service {cat.feature_service} no longer provides {missing}, which the "
+                              "bundle was built with; rebuild it with `nba bundle build`")
+        return reader
+
+    versions = {name: info["version"] for name, info in manifest["models"].items()}
+    return DecisionEngine(settings, cat, models=lambda: load_models(settings, cat, manifest, nthread=nthread),
+                          features=features, policy=lambda: policy_store(settings, cat),
+                          log=DecisionLog(settings.decision_log_dir), model_versions=versions,
+                          bundle=manifest.get("bento", str(bundle_dir)))

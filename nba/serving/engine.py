@@ -1,0 +1,406 @@
+"""The decision engine: everything a decision needs, loaded once, around the pure core.
+
+    request -> validate -> online features (Feast) -> scores (churn_risk, clv) -> contact history
+            -> nba.decisioning.core.decide -> decision log (durable) -> contact-policy state -> response
+
+The BentoML service (`nba.serving.service`) and `nba decide-batch` are thin shells over
+`DecisionEngine`: both produce the same decisions and the same log records.
+
+Errors a caller can cause are `RequestError`s carrying an HTTP status (400 malformed, 404
+unknown customer or decision) and the field they are about; a store that is down is
+`Unavailable` (503, with the reason). Components that fail to come up (the feature store, a
+model) do not stop the server: readiness says which and why, decisions answer 503, and the
+engine tries again (at most once a second) until they are up.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from nba import schemas
+from nba.catalog import Catalog
+from nba.decisioning import core
+from nba.decisioning.experiment import decision_keys
+from nba.decisioning.log import DecisionLog, DecisionRecord, UnknownDecision
+from nba.decisioning.state import Contact, PolicyStore, to_history
+from nba.errors import NbaError
+from nba.settings import Settings
+
+RETRY_S = 1.0
+
+
+class RequestError(NbaError):
+    """A request the engine cannot serve as asked; `status` is the HTTP status to answer."""
+
+    status = 400
+
+    def __init__(self, message: str, *, field: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.field = field
+        if status is not None:
+            self.status = status
+
+
+class Unavailable(NbaError):
+    """A component the decision needs is down (503)."""
+
+    status = 503
+    exit_code = 3
+
+
+@dataclass(frozen=True)
+class DecisionRequest:
+    customer_id: int
+    channel: str
+    context: Mapping[str, Any] = field(default_factory=dict)
+    timestamp: float | None = None  # epoch seconds; None: now
+    k: int | None = None
+
+
+def _now() -> float:
+    return time.time()
+
+
+def new_decision_ids(n: int) -> list[str]:
+    """n random 128-bit decision ids as 32 hex characters (uuid4-strength randomness)."""
+    raw = os.urandom(16 * n).hex()
+    return [raw[32 * i:32 * (i + 1)] for i in range(n)]
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class _Lazy:
+    """A component built on first use and rebuilt (at most once per RETRY_S) after a failure."""
+
+    def __init__(self, name: str, build: Any):
+        self.name = name
+        self._build = build
+        self.value: Any = None
+        self.error: str | None = None
+        self._last_try = 0.0
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        if self.value is not None:
+            return self.value
+        with self._lock:
+            if self.value is None and time.monotonic() - self._last_try >= RETRY_S:
+                self._last_try = time.monotonic()
+                try:
+                    self.value = self._build()
+                    self.error = None
+                except Exception as exc:
+                    self.error = f"{type(exc).__name__}: {exc}"
+        if self.value is None:
+            raise Unavailable(f"{self.name} is not available: {self.error}")
+        return self.value
+
+
+class DecisionEngine:
+    """Decides for customers and records outcomes; safe to share between threads."""
+
+    def __init__(self, settings: Settings, catalog: Catalog, *, models: Any, features: Any, policy: Any,
+                 log: DecisionLog, model_versions: Mapping[str, str], bundle: str = "source"):
+        """`models`, `features` and `policy` are callables building the `ModelSet`, the
+        `OnlineFeatureReader` and the `PolicyStore` (or the objects themselves)."""
+        self.settings = settings
+        self.catalog = catalog
+        self._models = _Lazy("the model set", models if callable(models) else (lambda: models))
+        self._features = _Lazy(f"the feature store ({catalog.feature_service})",
+                               features if callable(features) else (lambda: features))
+        self._policy = _Lazy("the contact-policy store", policy if callable(policy) else (lambda: policy))
+        self.log = log
+        self.model_versions = dict(model_versions)
+        self.bundle = bundle
+        self.window_s = core.cap_windows_days(catalog) * 86400.0
+        self._channel_index = {c: i for i, c in enumerate(catalog.channel_names)}
+        self._action_index = {a: i for i, a in enumerate(catalog.action_ids)}
+        self._numbers: set[str] | None = None
+
+    # --- components ----------------------------------------------------------------------
+
+    @property
+    def models(self) -> Any:
+        return self._models.get()
+
+    @property
+    def features(self) -> Any:
+        return self._features.get()
+
+    @property
+    def policy(self) -> PolicyStore:
+        return self._policy.get()
+
+    def warm(self) -> None:
+        """Build every component and score one made-up customer (the first XGBoost calls are slow)."""
+        for part in (self._models, self._features, self._policy):
+            try:
+                part.get()
+            except Unavailable:
+                continue
+        try:
+            models = self._models.get()
+            reader = self._features.get()
+        except Unavailable:
+            return
+        env = self._env({f.name: [None] for f in reader.fields}, 1, [{}])
+        env.update({k: float(v[0]) for k, v in models.score(env, 1).items()})
+        idx = np.arange(len(self.catalog.actions))
+        for _ in range(3):
+            models.propensity(env, 1, np.zeros(idx.size, dtype=np.int64), idx)
+
+    def readiness(self) -> dict[str, Any]:
+        """Is each component up? (`/readyz`)"""
+        checks: dict[str, dict[str, Any]] = {}
+
+        def check(name: str, fn: Any) -> None:
+            try:
+                detail = fn()
+                checks[name] = {"ok": True, "detail": detail}
+            except Exception as exc:
+                checks[name] = {"ok": False, "detail": str(exc) if isinstance(exc, NbaError) else
+                                f"{type(exc).__name__}: {exc}"}
+
+        check("models", lambda: f"{len(self.model_versions)} models loaded "
+                                f"({len(self.models.groups)} propensity scoring group(s))")
+
+        def features() -> str:
+            reader = self.features
+            try:
+                reader.ping()
+            except Exception as exc:
+                raise Unavailable(f"feature service {self.catalog.feature_service}: {exc}") from None
+            return f"feature service {self.catalog.feature_service} ({len(reader.fields)} features) readable"
+
+        check("feature_store", features)
+
+        def policy() -> str:
+            self.policy.ping()
+            return type(self.policy).__name__
+
+        check("policy_store", policy)
+        check("decision_log", lambda: f"{self.log.path} ({self.log.count()} decisions)")
+        return {"ready": all(c["ok"] for c in checks.values()), "checks": checks,
+                "catalog_version": self.catalog.version, "bundle": self.bundle}
+
+    # --- requests ------------------------------------------------------------------------
+
+    def check(self, req: DecisionRequest) -> None:
+        """Reject what cannot be decided, naming the field, the value and what was expected."""
+        if req.channel not in self._channel_index:
+            raise RequestError(f"channel '{req.channel}' is not a channel of the catalog; expected one of "
+                               f"{', '.join(self.catalog.channel_names)}", field="channel")
+        if req.k is not None and not 1 <= req.k <= self.catalog.max_k:
+            raise RequestError(f"k = {req.k} is out of range; expected 1 to {self.catalog.max_k}", field="k")
+        if req.timestamp is not None and not (isinstance(req.timestamp, int | float) and math.isfinite(req.timestamp)):
+            raise RequestError(f"timestamp {req.timestamp!r} is not a time", field="timestamp")
+        numbers = self._number_features()
+        for key, value in req.context.items():
+            if key not in self.catalog.feature_names:
+                raise RequestError(f"context key '{key}' is not a feature of {self.catalog.feature_service}; "
+                                   "context values override features of the same name", field=f"context.{key}")
+            if key in numbers:
+                if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                    raise RequestError(f"context.{key} = {value!r}: expected a number", field=f"context.{key}")
+            elif not isinstance(value, str):
+                raise RequestError(f"context.{key} = {value!r}: expected a string", field=f"context.{key}")
+
+    def _number_features(self) -> set[str]:
+        if self._numbers is None:
+            self._numbers = {f.name for f in self.features.fields if f.kind == "number"}
+        return self._numbers
+
+    def _env(self, cols: Mapping[str, list[Any]], n: int, contexts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """The core's environment: scalars for one customer, arrays for several."""
+        numbers = self._number_features()
+        env: dict[str, Any] = {}
+        for name, values in cols.items():
+            if name == schemas.ENTITY_KEY:
+                continue
+            values = list(values)
+            for i, ctx in enumerate(contexts):
+                if name in ctx:
+                    values[i] = ctx[name]
+            if n == 1:
+                v = values[0]
+                env[name] = (np.nan if v is None else float(v)) if name in numbers else v
+            elif name in numbers:
+                env[name] = np.array(values, dtype=np.float64)
+            else:
+                env[name] = np.array(values, dtype=object)
+        return env
+
+    def _fill_defaults(self, cols: dict[str, list[Any]], missing: Sequence[int]) -> None:
+        defaults = self.catalog.missing_features.defaults
+        for i in missing:
+            for name, value in defaults.items():
+                cols[name][i] = value
+
+    def run_core(self, ids: Sequence[int], channel: np.ndarray, now: np.ndarray, cols: dict[str, list[Any]],
+                 found: Sequence[bool], k: int, contexts: Sequence[Mapping[str, Any]] | None = None
+                 ) -> tuple[core.Decisions, dict[str, Any], list[int], list[str]]:
+        """Features -> scores -> contact history -> the core, for n customers. Returns the
+        decisions, the environment they were made on, the rows without features (filled with
+        the defaults) and the new decision ids."""
+        n = len(ids)
+        missing = [i for i, f in enumerate(found) if not f]
+        if missing and self.catalog.missing_features.mode == "reject":
+            raise RequestError(f"customer {ids[missing[0]]} has no online features in "
+                               f"{self.catalog.feature_service}", field="customer_id", status=404)
+        self._fill_defaults(cols, missing)
+        env = self._env(cols, n, contexts or [{}] * n)
+        models = self.models
+        scores = models.score(env, n)
+        env.update({name: (float(v[0]) if n == 1 else v) for name, v in scores.items()})
+        try:
+            raw = self.policy.history(ids, float(np.min(now)) - self.window_s)
+        except NbaError as exc:
+            raise Unavailable(str(exc)) from None
+        dids = new_decision_ids(n)
+        d = core.decide(self.catalog, env, n, channel=channel, now=now, history=to_history(self.catalog, raw),
+                        scorer=models, customer_ids=np.asarray(ids, dtype=np.int64),
+                        decision_keys=decision_keys(dids), k=k)
+        return d, env, missing, dids
+
+    def decide(self, requests: Sequence[DecisionRequest], *, source: str = "api") -> list[dict[str, Any]]:
+        """Decide for each request (validated first); log every decision durably, then count
+        the shown actions as contacts. Returns the decision responses."""
+        t0 = time.perf_counter()
+        for r in requests:
+            self.check(r)
+        n = len(requests)
+        now = np.array([r.timestamp if r.timestamp is not None else _now() for r in requests], dtype=np.float64)
+        ids = [int(r.customer_id) for r in requests]
+        try:
+            cols, found = self.features.read(ids, [int(t) for t in now])
+        except NbaError as exc:
+            raise Unavailable(str(exc)) from None
+        t_features = time.perf_counter()
+        channel = np.array([self._channel_index[r.channel] for r in requests], dtype=np.int64)
+        k = max(r.k or self.catalog.default_k for r in requests)
+        d, env, missing, dids = self.run_core(ids, channel, now, cols, found, k, [r.context for r in requests])
+        t_decide = time.perf_counter()
+        records, responses, contacts = [], [], []
+        missing_set = set(missing)
+        for i, r in enumerate(requests):
+            rec, resp = self._record(d, i, r, dids[i], ids[i], float(now[i]), env, n, i in missing_set, source,
+                                     r.k or self.catalog.default_k)
+            records.append(rec)
+            responses.append(resp)
+            contacts.extend(Contact(ids[i], a["action_id"], a["group"], r.channel, float(now[i]), dids[i])
+                            for a in resp["actions"])
+        self.log.append(records)
+        t_log = time.perf_counter()
+        try:
+            self.policy.record_contacts(contacts)
+        except NbaError as exc:
+            raise Unavailable(str(exc)) from None
+        t_end = time.perf_counter()
+        timing = {"features_ms": round((t_features - t0) * 1e3, 3), "decide_ms": round((t_decide - t_features) * 1e3, 3),
+                  "log_ms": round((t_log - t_decide) * 1e3, 3), "policy_ms": round((t_end - t_log) * 1e3, 3),
+                  "total_ms": round((t_end - t0) * 1e3, 3)}
+        for resp in responses:
+            resp["timing"] = timing
+        return responses
+
+    def _record(self, d: core.Decisions, i: int, req: DecisionRequest, did: str, cid: int, ts: float,
+                env: Mapping[str, Any], n: int, features_missing: bool, source: str,
+                k: int) -> tuple[DecisionRecord, dict[str, Any]]:
+        cat = self.catalog
+        group = core.GROUPS[int(d.group[i])]
+        shown = int(d.shown[i])
+        ranked_idx = [int(j) for j in d.ranked[i][:k] if j >= 0]
+        n_cand = int(d.alive[i].sum())
+        actions = []
+        for rank, j in enumerate(ranked_idx, start=1):
+            a = cat.actions[j]
+            p, v, lev, pri, u = (float(d.propensity[i, j]), float(d.value[i, j]), float(d.lever[j]),
+                                 float(d.priority[i, j]), float(d.uplift[i, j]))
+            if rank == 1 and group != "nba" and shown != int(d.greedy[i]):
+                reason = (f"{'exploration' if group == 'explore' else 'hold-out (random treatment)'}: drawn "
+                          f"uniformly among {n_cand} eligible actions")
+            elif cat.priority.text == "propensity * value * (1 + lever)":
+                reason = f"P {p:.4f} x V {v:.2f} x (1 + L {lev:g}) = {pri:.4f}; rank {rank} of {n_cand} candidates"
+            else:
+                reason = f"priority {pri:.4f} = {cat.priority.text}; rank {rank} of {n_cand} candidates"
+            actions.append({"rank": rank, "action_id": a.id, "name": a.name, "issue": a.issue, "group": a.group,
+                            "propensity": p, "value": v, "lever": lev, "priority": pri,
+                            "uplift": None if math.isnan(u) else u, "reason": reason})
+        filtered = core.trace(cat, d, i)
+        candidates = []
+        for j in np.flatnonzero(d.alive[i]):
+            j = int(j)
+            candidates.append({"action_id": cat.actions[j].id,
+                               "rank": ranked_idx.index(j) + 1 if j in ranked_idx else 0,
+                               "propensity": d.propensity[i, j], "value": d.value[i, j], "lever": d.lever[j],
+                               "priority": d.priority[i, j], "uplift": d.uplift[i, j]})
+        top = actions[0] if actions else None
+        shown_id = cat.actions[shown].id if shown >= 0 else schemas.NO_ACTION
+        decision = {
+            "decision_id": did, "customer_id": cid, "channel": req.channel, "decided_at": ts,
+            "experiment_group": group, "action_id": shown_id, "probability": float(d.probability[i]),
+            "propensity": top["propensity"] if top else None, "value": top["value"] if top else None,
+            "lever": top["lever"] if top else None, "priority": top["priority"] if top else None,
+            "uplift": top["uplift"] if top else None, "n_candidates": n_cand,
+            "features_missing": int(features_missing), "catalog_version": cat.version, "source": source,
+        }
+        feats = {name: (value if n == 1 else value[i]) for name, value in env.items()}
+        record = DecisionRecord(decision, candidates, filtered, self.model_versions, feats)
+        response = {
+            "decision_id": did, "customer_id": cid, "channel": req.channel, "decided_at": iso(ts),
+            "experiment_group": group, "features_missing": features_missing,
+            "probability": float(d.probability[i]), "actions": actions, "filtered": filtered,
+            "versions": {"catalog": cat.version, "bundle": self.bundle, "models": self.model_versions},
+        }
+        return record, response
+
+    def respond(self, decision_id: str, action_id: str, outcome: str, value: float = 0.0,
+                timestamp: float | None = None) -> dict[str, Any]:
+        """Record an outcome once (idempotent on decision and action); a rejection starts the
+        action's cool-down for the customer."""
+        if outcome not in schemas.OUTCOME_KINDS:
+            raise RequestError(f"outcome '{outcome}' is not one of {', '.join(schemas.OUTCOME_KINDS)}",
+                               field="outcome")
+        if action_id != schemas.NO_ACTION and action_id not in self._action_index:
+            raise RequestError(f"action_id '{action_id}' is not an action of the catalog (or "
+                               f"'{schemas.NO_ACTION}'); expected one of {', '.join(self.catalog.action_ids)}",
+                               field="action_id")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise RequestError(f"value {value!r} is not an amount >= 0", field="value")
+        ts = float(timestamp) if timestamp is not None else _now()
+        try:
+            res = self.log.append_outcome(decision_id, action_id, outcome, float(value), ts)
+        except UnknownDecision as exc:
+            raise RequestError(str(exc), field="decision_id", status=404) from None
+        if res.outcome == "rejected":
+            # also on a duplicate: the first report may have been logged before the state update failed
+            try:
+                self.policy.record_rejection(res.customer_id, action_id, res.responded_at, decision_id)
+            except NbaError as exc:
+                raise Unavailable(str(exc)) from None
+        return {"decision_id": decision_id, "action_id": action_id, "outcome": res.outcome, "value": res.value,
+                "recorded": res.recorded, "duplicate": not res.recorded, "responded_at": iso(res.responded_at),
+                "customer_id": res.customer_id}
+
+
+def policy_store(settings: Settings, catalog: Catalog) -> PolicyStore:
+    """The profile's contact-policy store (`NBA_POLICY_STORE` overrides: sqlite | redis)."""
+    from nba.decisioning.state import RedisPolicyStore, SqlitePolicyStore
+
+    kind = settings.policy_store or ("redis" if settings.profile == "production" else "sqlite")
+    if kind == "redis":
+        retention = max(core.cap_windows_days(catalog), 1.0) * 86400.0
+        return RedisPolicyStore(settings.redis_url, prefix=f"{settings.redis_prefix}:policy", retention_s=retention)
+    return SqlitePolicyStore(settings.policy_state_path)
+

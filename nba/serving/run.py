@@ -1,0 +1,151 @@
+"""Running the decision service: `nba serve`, the quickstart, the tests and the benchmarks start
+the built Bento the same way (a `bentoml serve` process on localhost) and wait for `/readyz`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nba.errors import NbaError
+from nba.settings import TELEMETRY_OFF, Settings
+
+
+class ServerError(NbaError):
+    """The decision service did not start or did not become ready."""
+
+    exit_code = 3
+
+
+def bento_tag(settings: Settings) -> str:
+    from nba.serving.bundle import read_manifest
+
+    manifest = read_manifest(settings.bundle_dir)
+    tag = manifest.get("bento")
+    if not tag:
+        raise ServerError(f"the bundle {settings.bundle_dir} has no Bento: run `nba bundle build`")
+    return str(tag)
+
+
+def server_env(settings: Settings, workers: int | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(TELEMETRY_OFF)
+    env.update({
+        "BENTOML_HOME": str(settings.bentoml_home),
+        "NBA_HOME": str(settings.home),
+        "NBA_WORK_DIR": str(settings.work),
+        "NBA_MLFLOW_DIR": str(settings.mlflow_path),
+        "NBA_PROFILE": settings.profile,
+        "NBA_SERVE_WORKERS": str(workers or settings.serve_workers),
+        "NBA_REDIS_URL": settings.redis_url,
+        "NBA_REDIS_PREFIX": settings.redis_prefix,
+        "OMP_NUM_THREADS": "1",  # one XGBoost thread per worker: workers x threads <= cores
+    })
+    if settings.policy_store:
+        env["NBA_POLICY_STORE"] = settings.policy_store
+    if settings.data_dir is not None:
+        env["NBA_DATA_DIR"] = str(settings.path(settings.data_dir))
+    env.update(extra or {})
+    return env
+
+
+def start(settings: Settings, *, host: str = "127.0.0.1", port: int = 3000, workers: int | None = None,
+          log_file: Path | None = None, target: str | None = None, extra_env: dict[str, str] | None = None
+          ) -> subprocess.Popen:
+    """Start `bentoml serve` for the built Bento (or `target`) in the background."""
+    target = target or bento_tag(settings)
+    cmd = [sys.executable, "-m", "bentoml", "serve", target, "--host", host, "--port", str(port)]
+    out = open(log_file, "ab") if log_file else None  # noqa: SIM115 - handed to the child; None: the console
+    return subprocess.Popen(cmd, env=server_env(settings, workers, extra_env), stdout=out, stderr=subprocess.STDOUT,
+                            cwd=str(settings.home), start_new_session=True)
+
+
+def readiness(url: str, timeout: float = 2.0) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=timeout) as resp:  # noqa: S310 - loopback
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            return exc.code, json.loads(body or b"{}")
+        except json.JSONDecodeError:
+            return exc.code, {"detail": body.decode(errors="replace")}
+
+
+def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 120.0,
+               accept_unready: bool = False) -> dict[str, Any]:
+    """Poll /readyz until it answers 200 (or, with `accept_unready`, any answer of the engine)."""
+    deadline = time.monotonic() + timeout
+    last: Any = "no answer"
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ServerError(f"the decision service exited with code {proc.returncode} before it was ready")
+        try:
+            status, body = readiness(url)
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+            last = exc
+        else:
+            if status == 200 or (accept_unready and "checks" in body and "engine" not in body["checks"]):
+                return body
+            last = body
+        time.sleep(0.3)
+    raise ServerError(f"the decision service at {url} was not ready after {timeout:.0f} s: {last}")
+
+
+def stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """Stop the server and its workers (it runs in its own process group)."""
+    import signal
+
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)
+
+
+def example_customer(settings: Settings) -> int:
+    import pyarrow.parquet as pq
+
+    ids = pq.read_table(settings.feast_repo / "data" / "profile.parquet", columns=["customer_id"]).column(0)
+    return int(ids[0].as_py())
+
+
+def announce(url: str, customer: int, echo: Callable[[str], None]) -> None:
+    echo(f"decision service:  {url}")
+    echo(f"OpenAPI:           {url}/docs.json  (Swagger UI: {url}/)")
+    echo(f"readiness:         curl -s {url}/readyz")
+    body = json.dumps({"customer_id": customer, "channel": "web", "k": 3})
+    echo(f"a decision:        curl -s -X POST {url}/decide -H 'Content-Type: application/json' -d '{body}'")
+    echo(f"an outcome:        curl -s -X POST {url}/respond -H 'Content-Type: application/json' "
+         "-d '{\"decision_id\": \"<from the decision>\", \"action_id\": \"<its action>\", \"outcome\": \"accepted\", "
+         "\"value\": 10}'")
+
+
+def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 3000, workers: int | None = None,
+          echo: Callable[[str], None] = print) -> None:
+    """Start the service, print where it is, and keep it running until interrupted."""
+    proc = start(settings, host=host, port=port, workers=workers)
+    url = f"http://{host}:{port}"
+    try:
+        wait_ready(url, proc)
+        announce(url, example_customer(settings), echo)
+        echo("press Ctrl-C to stop")
+        proc.wait()
+    except KeyboardInterrupt:
+        echo("stopping")
+    finally:
+        stop(proc)
+    if proc.returncode not in (0, -15, None):
+        raise ServerError(f"the decision service exited with code {proc.returncode}")

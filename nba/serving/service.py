@@ -1,0 +1,214 @@
+"""The BentoML decision service: a thin, typed shell over `DecisionEngine`.
+
+    POST /decide         one decision (customer id, channel, optional context, timestamp, k)
+    POST /decide_batch   decisions for a list of customers (vectorised in one core call)
+    POST /respond        an outcome: accepted | rejected | ignored, with value (idempotent)
+    GET  /healthz        the process is alive (BentoML)
+    GET  /readyz         models, feature store, contact-policy store and decision log, each with
+                         its state; 503 with the reasons when one is down
+
+Malformed JSON and fields of the wrong type are answered 400 by BentoML's validation (the body
+names the field and the reason); the engine's checks (unknown channel, k out of range, unknown
+context key) answer 400, an unknown decision 404, a customer without features 404 (when the
+policies say `reject`), a store that is down 503, each as `{"error": ..., "field": ...}`.
+
+Settings come from the environment (`NBA_*`, see `nba.settings`); the bundle from
+`NBA_BUNDLE_DIR`, else the `bundle/` folder of the Bento this module was built into, else
+`<work>/bundle`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import bentoml
+from pydantic import BaseModel, Field
+from starlette.responses import JSONResponse, Response
+
+from nba.settings import Settings, disable_telemetry
+
+disable_telemetry()  # this module is an entry point (bentoml serve): no library phones home
+
+WORKERS = int(os.environ.get("NBA_SERVE_WORKERS", "2"))
+_STATE: dict[str, Any] = {"engine": None, "error": None}
+
+
+def bundle_location(settings: Settings) -> Path:
+    explicit = os.environ.get("NBA_BUNDLE_DIR")
+    if explicit:
+        return Path(explicit)
+    packed = Path(__file__).resolve().parents[2] / "bundle"  # inside a built Bento
+    if (packed / "bundle.json").is_file():
+        return packed
+    return settings.bundle_dir
+
+
+class RankedAction(BaseModel):
+    rank: int
+    action_id: str
+    name: str
+    issue: str
+    group: str
+    propensity: float = Field(description="P: probability the customer accepts")
+    value: float = Field(description="V: what an acceptance is worth")
+    lever: float = Field(description="L: business boost; the priority is multiplied by 1 + L")
+    priority: float
+    uplift: float | None
+    reason: str
+
+
+class FilteredAction(BaseModel):
+    action_id: str
+    stage: str = Field(description="inactive | channel | eligibility | applicability | suitability | consent | "
+                                   "suppression | cooldown | cap | threshold")
+    rule: str
+
+
+class Versions(BaseModel):
+    catalog: str
+    bundle: str
+    models: dict[str, str]
+
+
+class Decision(BaseModel):
+    decision_id: str
+    customer_id: int
+    channel: str
+    decided_at: str
+    experiment_group: str = Field(description="holdout | nba | explore")
+    features_missing: bool
+    probability: float = Field(description="P(the logging policy shows the first action, or nothing)")
+    actions: list[RankedAction] = Field(description="ranked, best first; empty: do nothing")
+    filtered: list[FilteredAction]
+    versions: Versions
+    timing: dict[str, float]
+
+
+class DecideRequest(BaseModel):
+    customer_id: Annotated[int, Field(strict=True, ge=0)]
+    channel: str
+    context: dict[str, float | int | str] = Field(default_factory=dict)
+    timestamp: datetime | None = None
+    k: Annotated[int, Field(strict=True)] | None = None
+
+
+class Outcome(BaseModel):
+    decision_id: str
+    action_id: str
+    outcome: str
+    value: float
+    recorded: bool
+    duplicate: bool
+    responded_at: str
+    customer_id: int
+
+
+def _error(exc: Exception) -> Response:
+    from nba.errors import NbaError
+    from nba.serving.engine import RequestError, Unavailable
+
+    if isinstance(exc, RequestError):
+        return JSONResponse({"error": str(exc), "field": exc.field}, status_code=exc.status)
+    if isinstance(exc, Unavailable):
+        return JSONResponse({"error": str(exc)}, status_code=503)
+    if isinstance(exc, NbaError):
+        return JSONResponse({"error": str(exc)}, status_code=503)
+    raise exc
+
+
+def _epoch(ts: datetime | None) -> float | None:
+    if ts is None:
+        return None
+    from datetime import UTC
+
+    return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp()
+
+
+class ReadinessMiddleware:
+    """`GET /readyz` with the state of each component (BentoML's own says only ready or not)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope.get("type") == "http" and scope.get("path") == "/readyz" and scope.get("method") == "GET":
+            engine = _STATE["engine"]
+            if engine is None:
+                body = {"ready": False, "checks": {"engine": {"ok": False, "detail": _STATE["error"] or "starting"}}}
+            else:
+                body = engine.readiness()
+            resp = JSONResponse(body, status_code=200 if body["ready"] else 503)
+            await resp(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+@bentoml.service(
+    name="nba_decision",
+    workers=WORKERS,
+    traffic={"timeout": 60},
+    logging={"access": {"enabled": False}},  # console access logs cost ~15 % throughput (PERFORMANCE.md)
+)
+class DecisionService:
+    """One central decision authority for every channel."""
+
+    def __init__(self) -> None:
+        from nba.serving.bundle import load_engine
+
+        settings = Settings()
+        try:
+            self.engine = load_engine(settings, bundle_location(settings))
+        except Exception as exc:  # a broken bundle: readiness says why, decisions answer 503
+            _STATE["error"] = f"{type(exc).__name__}: {exc}"
+            raise
+        self.engine.warm()
+        _STATE["engine"] = self.engine
+
+    @bentoml.api(route="/decide")
+    def decide(self, customer_id: Annotated[int, Field(strict=True, ge=0, description="the customer")],
+               channel: Annotated[str, Field(description="email | sms | push | call_centre | web")],
+               context: Annotated[dict[str, float | int | str], Field(
+                   description="request-time values overriding features of the same name")] = {},  # noqa: B006
+               timestamp: Annotated[datetime | None, Field(description="the moment (ISO 8601); default now")] = None,
+               k: Annotated[int | None, Field(strict=True, description="how many actions to rank")] = None,
+               ) -> Decision:
+        """The next best action(s) for one customer in one channel, with the reasons."""
+        from nba.serving.engine import DecisionRequest
+
+        try:
+            out = self.engine.decide([DecisionRequest(customer_id, channel, context, _epoch(timestamp), k)])[0]
+        except Exception as exc:
+            return _error(exc)  # type: ignore[return-value]
+        return Response(json.dumps(out), media_type="application/json")  # type: ignore[return-value]
+
+    @bentoml.api(route="/decide_batch")
+    def decide_batch(self, requests: Annotated[list[DecideRequest], Field(min_length=1, max_length=1000)]
+                     ) -> list[Decision]:
+        """Decisions for up to 1,000 customers in one call (one vectorised pass of the core)."""
+        from nba.serving.engine import DecisionRequest
+
+        reqs = [DecisionRequest(r.customer_id, r.channel, r.context, _epoch(r.timestamp), r.k) for r in requests]
+        try:
+            out = self.engine.decide(reqs)
+        except Exception as exc:
+            return _error(exc)  # type: ignore[return-value]
+        return Response(json.dumps(out), media_type="application/json")  # type: ignore[return-value]
+
+    @bentoml.api(route="/respond")
+    def respond(self, decision_id: str, action_id: str,
+                outcome: Annotated[str, Field(description="accepted | rejected | ignored")],
+                value: Annotated[float, Field(ge=0, description="value realised (0 unless accepted)")] = 0.0,
+                timestamp: datetime | None = None) -> Outcome:
+        """Record the outcome of a shown action; idempotent on (decision_id, action_id)."""
+        try:
+            out = self.engine.respond(decision_id, action_id, outcome, value, _epoch(timestamp))
+        except Exception as exc:
+            return _error(exc)  # type: ignore[return-value]
+        return Response(json.dumps(out), media_type="application/json")  # type: ignore[return-value]
+
+
+DecisionService.add_asgi_middleware(ReadinessMiddleware)

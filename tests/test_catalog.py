@@ -1,0 +1,122 @@
+"""The action catalog and policies: validated and compiled at load, errors naming the action,
+the rule and the reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nba import schemas
+from nba.catalog import ISSUES, load_catalog
+from nba.errors import ConfigError
+from tests.conftest import PROJECT_ROOT
+
+# The feature names of serving_v1 (tests/test_serving.py checks them against the Feast registry).
+FEATURES = {c for t in schemas.SIM_FEATURE_TABLES for c in t.columns} - {schemas.ENTITY_KEY, schemas.EVENT_TS}
+FEATURES |= {"days_since_last_contact", "hour_of_day", "is_weekend"}
+ACTIONS = PROJECT_ROOT / "serving" / "actions.yaml"
+POLICIES = PROJECT_ROOT / "serving" / "policies.yaml"
+
+
+def _write(tmp_path: Path, actions: dict | None = None, policies: dict | None = None) -> tuple[Path, Path]:
+    a = yaml.safe_load(ACTIONS.read_text()) if actions is None else actions
+    p = yaml.safe_load(POLICIES.read_text()) if policies is None else policies
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(a, sort_keys=False))
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    return tmp_path / "a.yaml", tmp_path / "p.yaml"
+
+
+def _load(tmp_path: Path, mutate_action=None, mutate_policies=None, models=None):
+    a = yaml.safe_load(ACTIONS.read_text())
+    p = yaml.safe_load(POLICIES.read_text())
+    if mutate_action:
+        mutate_action(a)
+    if mutate_policies:
+        mutate_policies(p)
+    ap, pp = _write(tmp_path, a, p)
+    return load_catalog(PROJECT_ROOT, FEATURES, actions=ap, policies=pp, models=models)
+
+
+def test_the_bank_catalog_covers_the_simulator_and_every_issue_kind_it_needs():
+    cat = load_catalog(PROJECT_ROOT, FEATURES)
+    assert cat.action_ids == schemas.ACTIONS
+    assert cat.channel_names == schemas.CHANNELS
+    assert set(cat.actions[i].issue for i in range(len(cat.actions))) <= set(ISSUES)
+    assert {"sales", "retention", "service", "information", "wellbeing", "collections"} <= {
+        a.issue for a in cat.actions}
+    assert cat.version.startswith("bank-1+") and len(cat.version) == len("bank-1+") + 8
+    assert cat.scores == {"churn_risk": "nba-churn", "clv": "nba-clv"}
+    mortgage = cat.actions[schemas.ACTIONS.index("mortgage")]
+    assert [r.stage for r in mortgage.rules] == ["eligibility", "eligibility", "suitability", "suitability",
+                                                 "suitability"]
+    assert mortgage.cooldown_s == 90 * 86400 and [(c.count, c.days) for c in mortgage.caps] == [(1, 30.0)]
+
+
+def _set(action_id: str, key: str, value):
+    def mutate(doc):
+        for a in doc["actions"]:
+            if a["id"] == action_id:
+                a[key] = value
+    return mutate
+
+
+@pytest.mark.parametrize(("mutate", "fragments"), [
+    (_set("mortgage", "suitability", ["credit_scor >= 660"]),
+     ["action 'mortgage' suitability rule", "'credit_scor >= 660'", "unknown name(s) ['credit_scor']",
+      "did you mean 'credit_score'?"]),
+    (_set("rewards_card", "eligibility", "has_credit_card == "),
+     ["action 'rewards_card' eligibility rule", "'has_credit_card == ' is not a valid expression"]),
+    (_set("add_email", "applicability", "__import__('os').getcwd() == 1"),
+     ["action 'add_email' applicability rule", "a call to anything but min, max, abs"]),
+    (_set("payment_plan", "id", "mortgage"), ["action 'mortgage' (position 10): duplicate id"]),
+    (_set("mobile_app", "channels", ["email", "fax"]), ["action 'mobile_app'", "unknown channel(s) ['fax']"]),
+    (_set("mobile_app", "value", "0.1 * lifetime_value"), ["action 'mobile_app' value formula",
+                                                           "unknown name(s) ['lifetime_value']"]),
+    (_set("mobile_app", "issue", "marketing"), ["actions.8.issue", "marketing"]),
+    (_set("mobile_app", "colour", "blue"), ["actions.8.colour", "unknown key"]),
+])
+def test_a_bad_catalog_fails_at_load_naming_action_rule_and_reason(tmp_path, mutate, fragments):
+    with pytest.raises(ConfigError) as exc:
+        _load(tmp_path, mutate)
+    for f in fragments:
+        assert f in str(exc.value), (f, str(exc.value))
+    assert "a.yaml" in str(exc.value)
+
+
+def test_an_unknown_model_fails_at_load_when_the_registry_is_given(tmp_path):
+    registered = {a.model for a in load_catalog(PROJECT_ROOT, FEATURES).actions} | {"nba-churn", "nba-clv"}
+    registered |= {f"nba-uplift-{a}" for a in ("rewards_card", "travel_notification", "annual_fee_waiver",
+                                                "mobile_app", "payment_plan")}
+    _load(tmp_path, models=registered)  # the shipped catalog names only registered models
+    with pytest.raises(ConfigError) as exc:
+        _load(tmp_path, _set("mortgage", "model", "nba-propensity-mortage"), models=registered)
+    assert "action 'mortgage' propensity model 'nba-propensity-mortage' is not a registered model" in str(exc.value)
+    assert "did you mean 'nba-propensity-mortgage'?" in str(exc.value)
+
+
+@pytest.mark.parametrize(("mutate", "fragment"), [
+    (lambda p: p["arbitration"].update(priority="propensity * value * boost"), "unknown name(s) ['boost']"),
+    (lambda p: p["arbitration"].update(priority="uplift * value"), "reads uplift but action(s) ['mortgage',"),
+    (lambda p: p["channels"]["email"].update(requires="consent_mail == 1"), "channel 'email' requires"),
+    (lambda p: p["groups"].update(loans={"caps": [{"count": 1, "days": 30}]}), "group(s) ['loans'] that no action"),
+    (lambda p: p["experiment"].update(holdout_share=0.7), "experiment.holdout_share"),
+    (lambda p: p["suppression"][0].update(when="collections == 1"), "suppression 'collections_open' when"),
+    (lambda p: p["missing_features"]["defaults"].update(has_boat=0), "unknown feature(s) ['has_boat']"),
+    (lambda p: p["arbitration"].update(default_k=20), "default_k 20 exceeds max_k 10"),
+])
+def test_bad_policies_fail_at_load(tmp_path, mutate, fragment):
+    with pytest.raises(ConfigError) as exc:
+        _load(tmp_path, mutate_policies=mutate)
+    assert fragment in str(exc.value), str(exc.value)
+
+
+def test_a_fixed_value_must_not_be_negative_and_dates_must_be_ordered(tmp_path):
+    with pytest.raises(ConfigError, match="value -5.0 is negative"):
+        _load(tmp_path, _set("mobile_app", "value", -5))
+    def dates(doc):
+        _set("mobile_app", "active_from", "2026-01-01")(doc)
+        _set("mobile_app", "active_to", "2025-01-01")(doc)
+    with pytest.raises(ConfigError, match="active_to 2025-01-01 is not after active_from 2026-01-01"):
+        _load(tmp_path, dates)

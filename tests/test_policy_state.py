@@ -1,0 +1,103 @@
+"""Contact-policy state: the same behaviour from SQLite (embedded) and Redis (production)."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+
+from nba.catalog import load_catalog
+from nba.decisioning.state import Contact, PolicyStoreError, RedisPolicyStore, SqlitePolicyStore, to_history
+from tests.conftest import PROJECT_ROOT
+from tests.test_catalog import FEATURES
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+T = 1_764_579_600.0
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        s = SqlitePolicyStore(tmp_path / "state.db")
+        yield s
+        s.close()
+    else:
+        s = RedisPolicyStore(REDIS_URL, prefix=f"nba-test-{uuid.uuid4().hex[:8]}:policy")
+        yield s
+        s.clear()
+        s.close()
+
+
+def test_contacts_and_rejections_round_trip_per_customer(store):
+    store.record_contacts([
+        Contact(1, "mortgage", "lending", "email", T - 100, "d1"),
+        Contact(1, "mobile_app", "digital", "sms", T - 50, "d2"),
+        Contact(2, "mortgage", "lending", "web", T - 10, "d3"),
+        Contact(3, "mortgage", "lending", "web", T - 90 * 86400, "d4"),  # older than the window asked
+    ])
+    store.record_rejection(2, "mortgage", T - 5, "d3")
+    h = store.history(np.array([2, 1, 3, 99]), since=T - 30 * 86400)
+    got = sorted(zip(h.contact_row.tolist(), h.contact_action, h.contact_channel, h.contact_ts.tolist(),
+                     strict=True))
+    assert got == [(0, "mortgage", "web", T - 10), (1, "mobile_app", "sms", T - 50), (1, "mortgage", "email", T - 100)]
+    assert list(zip(h.reject_row.tolist(), h.reject_action, h.reject_ts.tolist(), strict=True)) == [
+        (0, "mortgage", T - 5)]
+
+
+def test_writes_are_idempotent_on_decision_and_action(store):
+    c = Contact(7, "mortgage", "lending", "email", T, "same-decision")
+    store.record_contacts([c])
+    store.record_contacts([c])
+    store.record_rejection(7, "mortgage", T, "same-decision")
+    store.record_rejection(7, "mortgage", T, "same-decision")
+    h = store.history([7], since=T - 1)
+    assert h.contact_row.tolist() == [0] and h.reject_row.tolist() == [0]
+
+
+def test_a_customer_asked_for_twice_gets_the_history_on_both_rows(store):
+    store.record_contacts([Contact(5, "mortgage", "lending", "email", T, "d")])
+    h = store.history([5, 6, 5], since=T - 1)
+    assert sorted(h.contact_row.tolist()) == [0, 2]
+
+
+def test_a_batch_reads_the_whole_window_at_once(store):
+    """More customers than a key lookup is worth: the bulk path gives the same history."""
+    contacts = [Contact(i, "mobile_app", "digital", "email", T - i, f"d{i}") for i in range(3_000)]
+    store.record_contacts(contacts)
+    ids = np.arange(2_999, -1, -1)
+    h = store.history(ids, since=T - 10_000)
+    assert h.contact_row.size == 3_000
+    # row r holds customer ids[r]; its contact was at T - customer id
+    assert np.allclose(h.contact_ts, T - ids[h.contact_row])
+
+
+def test_the_history_maps_onto_catalog_indices():
+    cat = load_catalog(PROJECT_ROOT, FEATURES)
+    from nba.decisioning.state import RawHistory
+
+    raw = RawHistory(np.array([0, 0]), ["mortgage", "retired_offer"], ["lending", "gone"], ["email", "web"],
+                     np.array([T, T]), np.array([0]), ["mobile_app"], np.array([T]))
+    h = to_history(cat, raw)
+    assert h.contact_action.tolist() == [cat.action_ids.index("mortgage"), -1]
+    assert h.contact_group.tolist() == [cat.groups.index("lending"), -1]
+    assert h.contact_channel.tolist() == [cat.channel_names.index("email"), cat.channel_names.index("web")]
+    assert h.reject_action.tolist() == [cat.action_ids.index("mobile_app")]
+
+
+def test_sqlite_state_survives_reopening(tmp_path):
+    s = SqlitePolicyStore(tmp_path / "state.db")
+    s.record_contacts([Contact(1, "mortgage", "lending", "email", T, "d")])
+    s.close()
+    again = SqlitePolicyStore(tmp_path / "state.db")
+    assert again.history([1], since=T - 1).contact_action == ["mortgage"]
+    assert again.prune(before=T + 1) == 1
+    assert again.history([1], since=0).contact_row.size == 0
+
+
+def test_an_unreachable_redis_is_a_clear_error():
+    s = RedisPolicyStore("redis://127.0.0.1:1/0", prefix="nba-test-down")
+    with pytest.raises(PolicyStoreError, match="contact-policy store redis://127.0.0.1:1/0"):
+        s.ping()
+    with pytest.raises(PolicyStoreError):
+        s.history([1], since=0)
