@@ -2,7 +2,8 @@
 
 Classification: ROC AUC, log loss, Brier score and expected calibration error (the
 arbitration multiplies probabilities, so calibration matters more than ranking).
-Uplift: the Qini curve and coefficient. Regression (CLV): error, Gini and top-decile capture.
+Uplift: the Qini curve and coefficient, the uplift curve and its area (AUUC). Regression (CLV):
+error, Gini and top-decile capture.
 """
 
 from __future__ import annotations
@@ -122,6 +123,30 @@ def qini_coefficient(uplift: np.ndarray, y: np.ndarray, treated: np.ndarray) -> 
     x, q = qini_curve(uplift, y, treated)
     random_line = x * q[-1]
     return float(np.trapezoid(q - random_line, x) / len(np.asarray(y)))
+
+
+def uplift_curve(uplift: np.ndarray, y: np.ndarray, treated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Uplift (cumulative gain) curve: targeting the top x customers by predicted uplift, the
+    incremental responders if all x were treated,  (Y_t(x) / N_t(x) - Y_c(x) / N_c(x)) * x
+    (0 until both groups are present). Returns (fraction targeted, gain)."""
+    uplift = np.asarray(uplift, dtype=float)
+    y = np.asarray(y, dtype=float)
+    t = np.asarray(treated).astype(bool)
+    order = np.argsort(-uplift, kind="stable")
+    y, t = y[order], t[order]
+    n_t, n_c = np.cumsum(t), np.cumsum(~t)
+    y_t, y_c = np.cumsum(y * t), np.cumsum(y * ~t)
+    k = np.arange(1, len(y) + 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gain = np.where((n_t > 0) & (n_c > 0), (y_t / n_t - y_c / n_c) * k, 0.0)
+    return np.concatenate([[0.0], k / len(y)]), np.concatenate([[0.0], gain])
+
+
+def auuc(uplift: np.ndarray, y: np.ndarray, treated: np.ndarray) -> float:
+    """Area between the model's uplift curve and the random-targeting line, per customer (the
+    uplift curve's counterpart of `qini_coefficient`; 0: no better than random)."""
+    x, g = uplift_curve(uplift, y, treated)
+    return float(np.trapezoid(g - x * g[-1], x) / len(np.asarray(y)))
 
 
 def gini_and_top_decile(actual: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
