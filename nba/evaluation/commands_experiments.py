@@ -37,7 +37,8 @@ LogOpt = Annotated[Path | None, typer.Option(
     "--log", help="Decision log folder (default: <work>/decision_log, env NBA_WORK_DIR).")]
 ConfidenceOpt = Annotated[float, typer.Option(help="Confidence level of the intervals.", min=0.5, max=0.999)]
 ThresholdOpt = Annotated[float | None, typer.Option(
-    help="The arbitration's 'do nothing' threshold on priority (default: serving/policies.yaml, else 0).")]
+    help="Decision log: also require priority > this for the arbitration's pick (default: only the log's own "
+         "record of candidates the 'do nothing' threshold removed).")]
 PublishOpt = Annotated[bool, typer.Option(help="Also publish the figures to the Evidently dashboards and MLflow.")]
 
 
@@ -97,8 +98,7 @@ def incrementality_cmd(
                 raise ConfigError(f"{name} applies to --data tables; the decision log has its own columns "
                                   "(experiment_group, converted, value, channel, intended action)")
         frames = _read_log(settings, log)
-        thr = arbitration_threshold(settings) if threshold is None else threshold
-        report: Any = inc.log_incrementality(frames, threshold=thr, confidence=confidence, limits=limits)
+        report: Any = inc.log_incrementality(frames, threshold=threshold, confidence=confidence, limits=limits)
         title = "Hold-out incrementality (decision log)"
     else:
         table, source, arm_column, control, outcomes, value_column = _experiment_table(
@@ -399,8 +399,7 @@ def policy_cmd(
         from nba.evaluation.policy import platform_policy_values
 
         frames = _read_log(settings, log)
-        thr = arbitration_threshold(settings) if threshold is None else threshold
-        report: Any = platform_policy_values(frames, outcome=outcome, threshold=thr, reward_model=reward_model,
+        report: Any = platform_policy_values(frames, outcome=outcome, threshold=threshold, reward_model=reward_model,
                                              confidence=confidence, limits=limits)
         payload = report.to_dict()
         table = _policy_frame(payload["policies"])
@@ -487,18 +486,6 @@ def evaluation_limits(settings: Settings) -> Any:
         raise ConfigError(f"{path}: no 'evaluation:' section (min_arm_size, min_responses, min_rows, min_ess, "
                           "max_unsupported_share)")
     return limits
-
-
-def arbitration_threshold(settings: Settings) -> float:
-    """The catalog's "do nothing" threshold (serving/policies.yaml), or 0 without a catalog."""
-    try:
-        from nba.catalog import read_files
-    except ImportError:
-        return 0.0
-    if not (settings.home / "serving" / "policies.yaml").is_file():
-        return 0.0
-    _, policies, _, _ = read_files(settings.home)
-    return float(policies.arbitration.threshold)
 
 
 def _read_log(settings: Settings, log: Path | None) -> Any:

@@ -52,8 +52,10 @@ random sample of customers; with `holdout_treatment: none` it is shown nothing).
   channel's treated decisions are compared with that channel's hold-out decisions.
 * Per action, honestly: a hold-out decision shows `do_nothing`, so its `action_id` cannot be
   the key. The key is the *intended action*: the action the arbitration picks for the decision
-  (the candidate of highest priority above the "do nothing" threshold, ties by the order the
-  candidates were logged, which is the catalog's; `do_nothing` when none is above it). It is a
+  (the candidate of highest priority among those the "do nothing" threshold kept, ties by the
+  order the candidates were logged, which is the catalog's; `do_nothing` when none is left). The
+  log records the threshold's verdict: a candidate below it also has a `filtered` row with stage
+  `threshold` (`nba.serving`); an explicit `threshold` adds priority > threshold. It is a
   pre-treatment quantity computed the same way in every group, from the candidates the log keeps
   for hold-out decisions too, so "per action" compares customers for whom the platform would
   choose that action, treated (nba) or not (hold-out): an intent-to-treat lift. For `explore`
@@ -727,7 +729,7 @@ def segmented(ys: Mapping[str, np.ndarray], arm_codes: np.ndarray, arm_labels: S
 HOLDOUT, NBA_GROUP, EXPLORE = "holdout", "nba", "explore"
 
 
-def decision_outcomes(frames: LogFrames, *, threshold: float = 0.0) -> pd.DataFrame:
+def decision_outcomes(frames: LogFrames, *, threshold: float | None = None) -> pd.DataFrame:
     """One row per logged decision: its group, channel, shown and intended action, `converted`
     (0/1: an `accepted` outcome reported against the decision, any action) and `value` (the sum
     of the values reported against it). See the module docstring for the definitions."""
@@ -752,16 +754,38 @@ def decision_outcomes(frames: LogFrames, *, threshold: float = 0.0) -> pd.DataFr
     out["converted"] = out["converted"].fillna(0).astype(np.int64)
     out["value"] = out["value"].fillna(0.0).astype(np.float64)
     out["reported"] = out["reported"].fillna(0).astype(np.int64)
-    out["intended_action"] = intended_actions(frames.candidates, out["decision_id"], threshold=threshold)
+    out["intended_action"] = intended_actions(frames.candidates, out["decision_id"], filtered=frames.filtered,
+                                              threshold=threshold)
     has_cands = set(frames.candidates["decision_id"].astype(str)) if len(frames.candidates) else set()
     out["has_candidates"] = out["decision_id"].astype(str).isin(has_cands)
     return out
 
 
-def intended_actions(candidates: pd.DataFrame, decision_ids: pd.Series, *, threshold: float = 0.0,
-                     score: str = "priority") -> np.ndarray:
-    """The action the arbitration picks per decision: the candidate of highest `score` above
-    `threshold`, ties by the order the candidates were logged; `do_nothing` without one."""
+def above_threshold(candidates: pd.DataFrame, filtered: pd.DataFrame | None, threshold: float | None = None
+                    ) -> np.ndarray:
+    """Per candidate row: did the "do nothing" threshold keep it? False where the log has a
+    `filtered` row with stage `threshold` for the same decision and action, or (with an explicit
+    `threshold`) where its priority is not above it."""
+    import pandas as pd
+
+    keep = np.ones(len(candidates), dtype=bool)
+    if filtered is not None and len(filtered) and len(candidates):
+        below = filtered[filtered["stage"].astype(str) == "threshold"]
+        if len(below):
+            key = pd.MultiIndex.from_arrays([below["decision_id"].astype(str), below["action_id"].astype(str)])
+            cand = pd.MultiIndex.from_arrays([candidates["decision_id"].astype(str),
+                                               candidates["action_id"].astype(str)])
+            keep &= ~cand.isin(key)
+    if threshold is not None and len(candidates):
+        keep &= candidates["priority"].astype(np.float64).to_numpy() > threshold
+    return keep
+
+
+def intended_actions(candidates: pd.DataFrame, decision_ids: pd.Series, *, filtered: pd.DataFrame | None = None,
+                     threshold: float | None = None, score: str = "priority") -> np.ndarray:
+    """The action the arbitration picks per decision: the candidate of highest `score` that the
+    threshold kept (`above_threshold`), ties by the order the candidates were logged;
+    `do_nothing` without one."""
     import pandas as pd
 
     ids = decision_ids.astype(str).to_numpy()
@@ -771,7 +795,7 @@ def intended_actions(candidates: pd.DataFrame, decision_ids: pd.Series, *, thres
     c = candidates[["decision_id", "action_id", score]].copy()
     c["decision_id"] = c["decision_id"].astype(str)
     c["_order"] = np.arange(len(c))
-    c = c[c[score].astype(np.float64) > threshold]
+    c = c[above_threshold(candidates, filtered, threshold) & c[score].notna().to_numpy()]
     if len(c) == 0:
         return out
     c = c.sort_values(["decision_id", score, "_order"], ascending=[True, False, True], kind="stable")
@@ -831,7 +855,7 @@ class LogIncrementality:
         return {k: float(v) for k, v in out.items() if v == v}
 
 
-def log_incrementality(frames: LogFrames, *, threshold: float = 0.0, confidence: float = DEFAULT_CONFIDENCE,
+def log_incrementality(frames: LogFrames, *, threshold: float | None = None, confidence: float = DEFAULT_CONFIDENCE,
                        limits: EvaluationLimits | None = None) -> LogIncrementality:
     """`nba` and `explore` decisions against the hold-out: overall, per channel and per intended
     action, for conversion and value, clustered by customer."""
@@ -896,12 +920,12 @@ def log_incrementality(frames: LogFrames, *, threshold: float = 0.0, confidence:
             act_flags.append(f"{h_missing} hold-out decision(s) with candidates have none in the log: their "
                              "intended action counts as do_nothing")
         if agreement == agreement and agreement < INTENDED_AGREEMENT_MIN:
-            act_flags.append(f"the intended action (highest priority above threshold {threshold:g}) matches the "
-                             f"shown action in only {agreement:.1%} of nba decisions: the threshold or tie-break "
-                             "assumed is not the arbitration's")
+            act_flags.append(f"the intended action (highest priority kept by the threshold) matches the shown "
+                             f"action in only {agreement:.1%} of nba decisions: the threshold or tie-break assumed "
+                             "is not the arbitration's")
         by_action = by(*_factorize(frame["intended_action"].astype(str).to_numpy()), act_flags)
-        notes.append(f"per action: by the intended action (the arbitration's pick: highest priority above "
-                     f"{threshold:g}, same rule in every group), an intent-to-treat comparison")
+        notes.append("per action: by the intended action (the arbitration's pick: highest priority kept by the "
+                     "threshold, same rule in every group), an intent-to-treat comparison")
     diagnostics = {
         "decisions": len(frame),
         "customers": int(frame["customer_id"].nunique()),
