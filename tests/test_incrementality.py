@@ -211,11 +211,20 @@ def cli_env(tmp_path: Path, data_dir: Path) -> dict[str, str]:
     return e
 
 
-def test_cli_on_hillstrom_writes_the_json_schema(cli_env, tmp_path: Path):
+@pytest.mark.slow
+@pytest.mark.integration
+def test_cli_on_hillstrom_writes_the_json_schema_and_publishes(cli_env, tmp_path: Path):
+    """JSON and HTML outputs, and (without --no-publish) an Evidently snapshot of the `platform`
+    project with the named figures and its HTML report (nba.evaluation.reporting.publish)."""
     out, page = tmp_path / "inc.json", tmp_path / "inc.html"
-    proc = run(["evaluate", "incrementality", "--data", "hillstrom", "--json", str(out), "--html", str(page),
-                "--no-publish"], cli_env)
+    proc = run(["evaluate", "incrementality", "--data", "hillstrom", "--json", str(out), "--html", str(page)],
+               cli_env)
     assert proc.returncode == 0, proc.stderr
+    assert "published to the 'platform' dashboard" in proc.stdout
+    work = tmp_path / "var"
+    assert len(list((work / "reports" / "platform").glob("*-incrementality.html"))) == 1
+    (snapshot,) = list((work / "evidently").glob("*/snapshots/*.json"))
+    assert "incrementality.hillstrom.mens_e_mail.visit.lift" in snapshot.read_text()
     doc = json.loads(out.read_text())
     assert doc["control"] == CONTROL and doc["outcome"] == "visit"
     arms = {a["arm"]: a for a in doc["arms"]}
@@ -257,3 +266,4 @@ def test_cli_bad_inputs_are_one_line(cli_env, tmp_path: Path):
     wrong = run(["evaluate", "incrementality", "--data", str(text), "--arm-column", "arm", "--control", "a",
                  "--outcome", "y", "--no-publish"], cli_env)
     assert_one_line_error(wrong, str(text), "column 'y'", "expected 0/1 or numbers")
+

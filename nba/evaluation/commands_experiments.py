@@ -104,19 +104,9 @@ def incrementality_cmd(
         table, source, arm_column, control, outcomes, value_column = _experiment_table(
             settings, data, arm_column, control, outcome, value_column, cluster_column, by)
         report = inc.experiment_incrementality(
-            table, arm_column=arm_column, control=control, outcome=outcomes[0], value_column=value_column,
+            table, arm_column=arm_column, control=control, outcome=outcomes, value_column=value_column,
             cluster_column=cluster_column, segment_columns=list(by or []), source=source, confidence=confidence,
             limits=limits)
-        if len(outcomes) > 1:
-            from dataclasses import replace
-
-            more = [inc.experiment_incrementality(
-                table, arm_column=arm_column, control=control, outcome=o, cluster_column=cluster_column,
-                segment_columns=list(by or []), source=source, confidence=confidence, limits=limits)
-                for o in outcomes[1:]]
-            report = replace(report, results=(report.results[0], *(m.results[0] for m in more),
-                                               *report.results[1:]),
-                             segments=(*report.segments, *(s for m in more for s in m.segments)))
         title = f"Incrementality: {source}"
     payload = report.to_dict()
     for r in (report.overall if data is None else report.results):

@@ -650,18 +650,22 @@ def column_numbers(table: pa.Table, column: str, source: str) -> np.ndarray:
     return arr
 
 
-def experiment_incrementality(table: pa.Table | pd.DataFrame, *, arm_column: str, control: str, outcome: str,
-                              value_column: str | None = None, cluster_column: str | None = None,
-                              segment_columns: Sequence[str] = (), source: str = "table",
-                              confidence: float = DEFAULT_CONFIDENCE,
+def experiment_incrementality(table: pa.Table | pd.DataFrame, *, arm_column: str, control: str,
+                              outcome: str | Sequence[str], value_column: str | None = None,
+                              cluster_column: str | None = None, segment_columns: Sequence[str] = (),
+                              source: str = "table", confidence: float = DEFAULT_CONFIDENCE,
                               limits: EvaluationLimits | None = None) -> ExperimentReport:
     """Incrementality of every arm over `control` in an experiment table (one row per unit,
-    or per decision with `cluster_column` naming the unit)."""
+    or per decision with `cluster_column` naming the unit), for one outcome column or several
+    (the first is the primary) and the value column if any."""
     import pyarrow as pa
 
     if not isinstance(table, pa.Table):
         table = pa.Table.from_pandas(table, preserve_index=False)
-    needed = [arm_column, outcome, *([value_column] if value_column else []),
+    outcomes = [outcome] if isinstance(outcome, str) else list(dict.fromkeys(outcome))
+    if not outcomes:
+        raise ExperimentDataError(f"{source}: no outcome column given")
+    needed = [arm_column, *outcomes, *([value_column] if value_column else []),
               *([cluster_column] if cluster_column else []), *segment_columns]
     _require_columns(Path(source), needed, table.schema.names)
     if table.num_rows == 0:
@@ -681,8 +685,8 @@ def experiment_incrementality(table: pa.Table | pd.DataFrame, *, arm_column: str
             raise SchemaError(f"{source}: column '{cluster_column}' has {col.null_count} empty value(s); every row "
                               "needs its unit")
         clusters = cluster_codes(col.combine_chunks().to_numpy(zero_copy_only=False))
-    ys = {outcome: column_numbers(table, outcome, source)}
-    if value_column:
+    ys = {name: column_numbers(table, name, source) for name in outcomes}
+    if value_column and value_column not in ys:
         ys[value_column] = column_numbers(table, value_column, source)
     unit = cluster_column or "row"
     results = tuple(segmented(ys, codes, labels, control, np.zeros(len(codes), dtype=np.int64), ["overall"],
