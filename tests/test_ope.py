@@ -276,3 +276,8 @@ def test_cli_refuses_zero_propensities_and_bad_targets(cli_env, tmp_path: Path, 
     proc = run(["evaluate", "ope", "--data", str(logged_csv), "--action-column", "act", "--reward-column", "r",
                 "--propensity-column", "p", "--target", str(target)], cli_env)
     assert_one_line_error(proc, str(target), "2 rows but --data has 5")
+    sums = tmp_path / "sums.csv"
+    pd.DataFrame({"a": [0.5] * 5, "b": [0.2] + [0.5] * 4}).to_csv(sums, index=False)
+    proc = run(["evaluate", "ope", "--data", str(logged_csv), "--action-column", "act", "--reward-column", "r",
+                "--propensity-column", "p", "--target", str(sums)], cli_env)
+    assert_one_line_error(proc, str(sums), "do not sum to 1 (row 0: 0.7)")

@@ -235,8 +235,12 @@ def ope_cmd(
             pi = np.hstack([pi, np.zeros((n, len(actions2) - len(actions)))])
             actions = actions2
     clusters = table.column(cluster_column).to_numpy() if cluster_column else None
-    result = ope.off_policy_value(reward, codes, mu, pi, policy=target_name, q_hat=q, clusters=clusters,
-                                  confidence=confidence, limits=limits, action_names=actions)
+    try:
+        result = ope.off_policy_value(reward, codes, mu, pi, policy=target_name, q_hat=q, clusters=clusters,
+                                      confidence=confidence, limits=limits, action_names=actions)
+    except ope.OpeInputError as exc:  # name the files the rows came from
+        where = f"{source}" + ("" if target == "uniform" else f" with --target {target}")
+        raise ope.OpeInputError(f"{where}{f' and --q-hat {q_hat}' if q_hat else ''}: {exc}") from None
     payload = {"data": source, "policy": target_name, "rows": n, "actions": actions,
                "estimates": [e.to_dict() for e in result.estimates], "diagnostics": result.diagnostics.to_dict(),
                "reliable": result.reliable}

@@ -254,8 +254,8 @@ def diagnostics(w: np.ndarray, a: np.ndarray, mu: np.ndarray, pi: np.ndarray, *,
         if n < limits.min_rows:
             flags.append(f"{n} logged rows, below min_rows {limits.min_rows}")
         if ess < limits.min_ess:
-            flags.append(f"effective sample size {ess:.1f} (of {n} rows) is below min_ess {limits.min_ess:g}: "
-                         "a few heavily weighted rows carry the estimate")
+            why = ": a few heavily weighted rows carry the estimate" if ess < 0.5 * n else ""
+            flags.append(f"effective sample size {ess:.1f} (of {n} rows) is below min_ess {limits.min_ess:g}{why}")
         if unsupported > limits.max_unsupported_share:
             where = f" (actions never logged: {', '.join(never[:5])})" if never else ""
             flags.append(f"{unsupported:.1%} of the target policy's probability is on actions the logging policy "
@@ -300,7 +300,8 @@ def validate(reward: Any, action: Any, logging_prob: Any, target: Any, *,
     return r, a, np.minimum(mu, 1.0), pi
 
 
-def _first_bad(what: str, bad: np.ndarray, expected: str, values: np.ndarray | None = None) -> None:
+def _first_bad(what: str, bad: Any, expected: str, values: np.ndarray | None = None) -> None:
+    bad = np.asarray(bad)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         got = f" ({values[i]:g})" if values is not None else ""
