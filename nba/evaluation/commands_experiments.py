@@ -197,8 +197,9 @@ def ope_cmd(
     json_out: JsonOpt = None,
     confidence: ConfidenceOpt = 0.95,
 ) -> None:
-    """Off-policy value of a target policy from logged decisions: IPS, SNIPS and doubly robust,
-    each with a CI, beside the logged policy's observed value.
+    """Off-policy value of a target policy from logged decisions, with CIs.
+
+    IPS, self-normalised IPS and doubly robust estimates, beside the logged policy's own value.
 
     Diagnostics: the effective sample size of the importance weights and the share of the
     target's probability on actions the logging policy never took; below the `evaluation:`
