@@ -105,6 +105,21 @@ def test_sampling_is_stated_in_the_report(snapshots, limits, tmp_path: Path):
     assert [f.score for f in again.features] == [f.score for f in result.features]
 
 
+def test_categories_compare_by_value_and_a_new_category_drifts(limits):
+    """A 0/1 flag read back as floats with some missing values is the same flag; a region the
+    reference never saw is drift."""
+    rng = np.random.default_rng(SEED)
+    n = 3000
+    reference = pd.DataFrame({"region": rng.choice(["north", "south"], n), "flag": rng.integers(0, 2, n),
+                              "x": rng.normal(size=n), "prediction": 0.1})
+    current = pd.DataFrame({"region": rng.choice(["north", "south", "abroad"], n),
+                            "flag": rng.integers(0, 2, n).astype(float), "x": rng.normal(size=n), "prediction": 0.1})
+    current.loc[:99, "flag"] = np.nan
+    result, _ = drift.compare(reference, current, ["region", "flag", "x"], limits, model="m")
+    verdict = {f.feature: (f.kind, f.drifted) for f in result.features}
+    assert verdict == {"region": ("categorical", True), "flag": ("categorical", False), "x": ("numerical", False)}
+
+
 def test_bad_frames_name_the_frame_and_the_column(snapshots, limits):
     reference, current = months(snapshots)
     with pytest.raises(SchemaError, match=r"served\.parquet: missing column\(s\) \['income'\] of m"):

@@ -221,17 +221,22 @@ def sample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
     return frame.sample(n=rows, random_state=seed).reset_index(drop=True)
 
 
-def _prepared(frame: pd.DataFrame, kinds: dict[str, str], prediction: str | None) -> pd.DataFrame:
-    """Only the compared columns; numbers as float, categories as plain objects (Evidently's
-    value counts treat pandas' string dtype and missing values inconsistently)."""
+def _prepared(frame: pd.DataFrame, kinds: dict[str, str], prediction: str | None,
+              coded: set[str]) -> pd.DataFrame:
+    """Only the compared columns: numbers as float; categories as pandas categoricals (value
+    counts of a category column are ~10x faster than of strings), of the number for a coded
+    category (`coded`: numeric in the reference, so 1 and 1.0 are one category) and of the
+    text otherwise."""
     cols = list(kinds) + ([prediction] if prediction else [])
     out = pd.DataFrame(index=frame.index)
     for col in cols:
         s = frame[col]
         if col == prediction or kinds.get(col) == "numerical":
             out[col] = pd.to_numeric(s, errors="coerce").astype("float64")
+        elif col in coded:
+            out[col] = pd.to_numeric(s, errors="coerce").astype("float64").astype("category")
         else:
-            out[col] = s.astype(object).where(s.notna(), None)
+            out[col] = s.astype(str).where(s.notna(), None).astype("category")
     return out
 
 
@@ -258,15 +263,19 @@ def compare(reference: pd.DataFrame, current: pd.DataFrame, features: Sequence[s
         if len(frame) < limits.min_rows:
             raise DriftError(f"{model}: {source} has {len(frame):,} rows; drift needs at least {limits.min_rows:,} "
                              "(monitoring.drift.min_rows in evaluation/gates.yaml)")
-    skipped = tuple(c for c in features if reference[c].isna().all() or current[c].isna().all())
+    # Everything below works on the samples (typing a million-row column alone costs seconds).
+    ref_sample = sample(reference[wanted], limits.sample_rows, seed)
+    cur_sample = sample(current[wanted], limits.sample_rows, seed + 1)
+    skipped = tuple(c for c in features if ref_sample[c].isna().all() or cur_sample[c].isna().all())
     compared = [c for c in features if c not in skipped]
     if not compared:
         raise DriftError(f"{model}: no feature has values in both frames ({reference_source}; {current_source})")
-    kinds = column_kinds(reference, compared, limits)
+    kinds = column_kinds(ref_sample, compared, limits)
     tests = {c: test_for(c, kinds[c], limits) for c in compared}
 
-    ref = _prepared(sample(reference, limits.sample_rows, seed), kinds, prediction)
-    cur = _prepared(sample(current, limits.sample_rows, seed + 1), kinds, prediction)
+    coded = {c for c in compared if kinds[c] == "categorical" and pd.api.types.is_numeric_dtype(ref_sample[c])}
+    ref = _prepared(ref_sample, kinds, prediction, coded)
+    cur = _prepared(cur_sample, kinds, prediction, coded)
     sampled = len(ref) < len(reference) or len(cur) < len(current)
     sampling = (f"seeded uniform random sample without replacement of at most {limits.sample_rows:,} rows per "
                 f"frame (seed {seed})" if sampled else f"all rows (at most {limits.sample_rows:,} per frame)")
