@@ -23,6 +23,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts say "[default: ...]" literally; rich markup would swallow it
 )
 data_app = typer.Typer(help="Real data sets (Hillstrom, CDNOW), the bank simulator, RFM.", no_args_is_help=True)
 features_app = typer.Typer(help="The Feast feature store: apply, materialize, read.", no_args_is_help=True)

@@ -6,10 +6,12 @@ A log is a folder:
                                    (one transaction per request, committed before the response
                                    returns) and every outcome
     <log>/batch/<batch_id>/*.parquet
-                                   the decisions of one `nba decide-batch` run, written when the
-                                   run completes (a crashed run leaves no partial segment)
+                                   the candidates, filtered actions and features of one
+                                   `nba decide-batch` run, written when the run completes (a
+                                   crashed run leaves no partial segment); its decisions go to
+                                   log.db too, so outcomes can be reported against them
 
-Both hold the same records, in four tables:
+Together they hold the same records for every decision, in four tables:
 
 * `decisions` (`nba.schemas.DECISIONS`): one row per decision.
 * `candidates`: one row per decision and action left after rules and contact policies, with
@@ -46,6 +48,7 @@ CANDIDATE_COLUMNS = ("decision_id", "action_id", "rank", "propensity", "value", 
 FILTERED_COLUMNS = ("decision_id", "action_id", "stage", "rule")
 OUTCOME_COLUMNS = tuple(schemas.OUTCOMES.columns)
 TIME_COLUMNS = {"decided_at", "responded_at"}
+SEGMENT_TABLES = ("candidates", "filtered", "features")  # what a batch segment holds
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -181,6 +184,35 @@ class DecisionLog:
         conn.execute("COMMIT")
         return len(dec_rows)
 
+    def append_table(self, decisions: Any, model_versions: Mapping[str, str]) -> int:
+        """Append a batch run's decisions (a pyarrow Table with the DECISIONS columns) in one
+        transaction; their candidates, filtered actions and features are in its batch segment."""
+        import numpy as np
+        import pyarrow as pa
+
+        cols: dict[str, list[Any]] = {}
+        for name in DECISION_COLUMNS:
+            col = decisions.column(name)
+            if name == "decided_at":
+                cols[name] = (col.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy() / 1e6).tolist()
+            elif pa.types.is_floating(col.type):
+                v = col.to_numpy(zero_copy_only=False).astype(float)
+                cols[name] = np.where(np.isnan(v), None, v).tolist()
+            else:
+                cols[name] = col.to_pylist()
+        n = decisions.num_rows
+        versions = json.dumps(dict(model_versions), sort_keys=True)
+        rows = zip(*(cols[c] for c in DECISION_COLUMNS), [versions] * n, ["{}"] * n, strict=True)
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(f"INSERT INTO decisions VALUES ({','.join('?' * 18)})", rows)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return n
+
     def decision(self, decision_id: str) -> dict[str, Any] | None:
         """The logged decision's scalar columns, or None."""
         cur = self._conn().execute(
@@ -253,9 +285,9 @@ def _jsonable(features: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def write_batch(folder: Path, batch_id: str, tables: Mapping[str, Any]) -> Path:
-    """Write one batch run's `decisions`, `candidates`, `filtered` and `features` tables
-    (pyarrow Tables or DataFrames) as Parquet under `<log>/batch/<batch_id>/`, atomically:
-    the folder appears complete or not at all."""
+    """Write one batch run's `candidates`, `filtered` and `features` tables (pyarrow Tables or
+    DataFrames) as Parquet under `<log>/batch/<batch_id>/`, atomically: the folder appears
+    complete or not at all. Its decisions go to `DecisionLog.append_table`."""
     import os
     import shutil
 
@@ -270,7 +302,7 @@ def write_batch(folder: Path, batch_id: str, tables: Mapping[str, Any]) -> Path:
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        for name in ("decisions", "candidates", "filtered", "features"):
+        for name in SEGMENT_TABLES:
             table = tables[name]
             if not isinstance(table, pa.Table):
                 table = pa.Table.from_pandas(table, preserve_index=False)
@@ -331,7 +363,7 @@ def read_log(folder: Path, *, with_features: bool = False, decision_columns: Seq
             parts["filtered"].append(pd.read_sql_query(f"SELECT {','.join(FILTERED_COLUMNS)} FROM filtered", conn))
             outcomes = pd.read_sql_query(f"SELECT {','.join(OUTCOME_COLUMNS)} FROM outcomes", conn)
             if with_features:
-                raw = pd.read_sql_query("SELECT decision_id, features FROM decisions", conn)
+                raw = pd.read_sql_query("SELECT decision_id, features FROM decisions WHERE source != 'batch'", conn)
                 feats = pd.DataFrame([json.loads(f) for f in raw["features"]], index=raw.index)
                 feats.insert(0, "decision_id", raw["decision_id"])
                 parts["features"].append(feats)
@@ -340,11 +372,11 @@ def read_log(folder: Path, *, with_features: bool = False, decision_columns: Seq
     for seg in sorted((folder / "batch").glob("*/")) if (folder / "batch").is_dir() else []:
         if seg.name.startswith("."):
             continue
-        parts["decisions"].append(pd.read_parquet(seg / "decisions.parquet", columns=cols))
         parts["candidates"].append(pd.read_parquet(seg / "candidates.parquet"))
         parts["filtered"].append(pd.read_parquet(seg / "filtered.parquet"))
         if with_features:
             parts["features"].append(pd.read_parquet(seg / "features.parquet"))
+    parts["decisions"] = [_typed(f, schemas.DECISIONS.columns) for f in parts["decisions"]]
     decisions = _concat(parts["decisions"], cols, schemas.DECISIONS.columns)
     candidates = _concat(parts["candidates"], CANDIDATE_COLUMNS, None)
     filtered = _concat(parts["filtered"], FILTERED_COLUMNS, None)
@@ -379,8 +411,11 @@ def _typed(frame: pd.DataFrame, dtypes: Mapping[str, str]) -> pd.DataFrame:
         want = dtypes.get(col)
         if want is None:
             continue
-        if col in TIME_COLUMNS and not str(frame[col].dtype).startswith("datetime64"):
-            frame[col] = pd.to_datetime(frame[col].astype("float64"), unit="s", utc=True)
+        if col in TIME_COLUMNS:  # epoch seconds (SQLite) or timestamps of any unit (Parquet)
+            s = frame[col]
+            s = pd.to_datetime(s.astype("float64"), unit="s", utc=True) if pd.api.types.is_numeric_dtype(s) \
+                else pd.to_datetime(s, utc=True)
+            frame[col] = s.dt.as_unit("ns")
         elif want == "string":
             frame[col] = frame[col].astype("string")
         elif not str(frame[col].dtype).startswith("datetime64"):

@@ -1,7 +1,8 @@
 """Outbound batch decisions: `nba decide-batch --customers FILE --channel email --out FILE`.
 
 The same engine as `/decide` (the bundle's models, catalog and policies, the same core), run
-vectorised over chunks of customers. Features come from the file when it holds every stored
+vectorised over chunks of customers. Outcomes of batch decisions are reported to `/respond`
+like any other (the decisions are in the log's database). Features come from the file when it holds every stored
 feature of the feature service (a snapshot export: the request-time features are computed by
 the feature service's own on-demand transformation), else from the online store, as for
 `/decide`. Every decision is logged (one Parquet segment of the decision log per run, written
@@ -86,7 +87,7 @@ def decide_batch(settings: Settings, customers: Path, channel: str, out: Path, *
     import pyarrow as pa
     from tqdm import tqdm
 
-    from nba.decisioning.log import write_batch
+    from nba.decisioning.log import SEGMENT_TABLES, write_batch
     from nba.io import write_parquet
     from nba.serving.bundle import load_engine
     from nba.serving.engine import DecisionRequest
@@ -131,8 +132,8 @@ def decide_batch(settings: Settings, customers: Path, channel: str, out: Path, *
     bar.close()
     joined = {name: pa.concat_tables(ts) if name != "ranked" else pd.concat(ts, ignore_index=True)
               for name, ts in parts.items()}
-    write_batch(settings.decision_log_dir, batch_id,
-                {n: joined[n] for n in ("decisions", "candidates", "filtered", "features")})
+    write_batch(settings.decision_log_dir, batch_id, {n: joined[n] for n in SEGMENT_TABLES})
+    engine.log.append_table(joined["decisions"], engine.model_versions)
     from nba.decisioning.state import Contact
 
     contacts = [Contact(*c) for cs in contacts_all for c in cs]

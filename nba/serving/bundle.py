@@ -300,4 +300,12 @@ def load_engine(settings: Settings, bundle_dir: Path | None = None, *, nthread: 
     return DecisionEngine(settings, cat, models=lambda: load_models(settings, cat, manifest, nthread=nthread),
                           features=features, policy=lambda: policy_store(settings, cat),
                           log=DecisionLog(settings.decision_log_dir), model_versions=versions,
-                          bundle=manifest.get("bento", str(bundle_dir)))
+                          bundle=manifest.get("bento") or _bento_of(bundle_dir) or str(bundle_dir))
+
+
+def _bento_of(bundle_dir: Path) -> str | None:
+    """The tag of the Bento a bundle folder sits in (<store>/bentos/<name>/<version>/src/bundle)."""
+    parts = bundle_dir.resolve().parts
+    if len(parts) >= 5 and parts[-2] == "src" and parts[-5] == "bentos":
+        return f"{parts[-4]}:{parts[-3]}"
+    return None

@@ -1,0 +1,342 @@
+"""The decision service for real: champions trained on the simulated bank, the bundle built into
+a Bento, `bentoml serve` answering HTTP on a free localhost port, Feast online reads, the decision
+log and the contact-policy state on disk (and in Redis)."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import uuid
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nba import schemas
+from nba.decisioning import experiment
+from nba.decisioning.log import read_log
+from nba.decisioning.state import RedisPolicyStore, SqlitePolicyStore
+from nba.settings import Settings
+from tests.serving_env import DECISION_EPOCH, DECISION_TIME, build_served_bank, call, start_server
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+@pytest.fixture(scope="module")
+def served(feature_env: Settings, tmp_path_factory) -> Settings:
+    return build_served_bank(feature_env, tmp_path_factory.mktemp("served"))
+
+
+@pytest.fixture(scope="module")
+def server(served: Settings, tmp_path_factory):
+    srv = start_server(served, tmp_path_factory.mktemp("logs") / "server.log")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def customers(served: Settings) -> np.ndarray:
+    """Customers with a snapshot at the bank's last month (fresh online features)."""
+    profile = pd.read_parquet(served.feast_repo / "data" / "profile.parquet", columns=["customer_id", "event_timestamp"])
+    last = profile[profile["event_timestamp"] == profile["event_timestamp"].max()]
+    return np.sort(last["customer_id"].to_numpy())
+
+
+def _catalog(settings: Settings):
+    from nba.serving.bundle import load_catalog_from_bundle, read_manifest
+
+    return load_catalog_from_bundle(settings.bundle_dir, read_manifest(settings.bundle_dir))
+
+
+def _not_holdout(settings: Settings, ids: np.ndarray) -> np.ndarray:
+    exp = _catalog(settings).experiment
+    return ids[~experiment.in_holdout(ids, exp.salt, exp.holdout_share)]
+
+
+def test_health_readiness_and_the_openapi_page(server):
+    status, _ = call(server.url, "/healthz")
+    assert status == 200
+    status, ready = call(server.url, "/readyz")
+    assert status == 200 and ready["ready"] is True
+    assert set(ready["checks"]) == {"models", "feature_store", "policy_store", "decision_log"}
+    assert "12 models loaded" in ready["checks"]["models"]["detail"]
+    assert "serving_v1 (39 features)" in ready["checks"]["feature_store"]["detail"]
+    status, spec = call(server.url, "/docs.json")
+    assert status == 200 and {"/decide", "/decide_batch", "/respond"} <= set(spec["paths"])
+
+
+def test_a_decision_follows_the_contract_and_is_logged(server, served, customers):
+    cid = int(_not_holdout(served, customers)[3])
+    status, d = call(server.url, "/decide", {"customer_id": cid, "channel": "web", "k": 3,
+                                            "timestamp": DECISION_TIME})
+    assert status == 200, d
+    assert d["customer_id"] == cid and d["channel"] == "web" and d["features_missing"] is False
+    assert d["decided_at"] == "2025-12-01T09:00:00.000Z"
+    assert d["experiment_group"] in ("nba", "explore")
+    assert len(d["decision_id"]) == 32
+    assert d["versions"]["catalog"].startswith("bank-1+") and d["versions"]["bundle"].startswith("nba_decision:")
+    assert len(d["versions"]["models"]) == 12 and set(d["versions"]["models"].values()) == {"1"}
+    assert 1 <= len(d["actions"]) <= 3 or d["actions"] == []
+    pri = [a["priority"] for a in d["actions"]]
+    if d["experiment_group"] == "nba":
+        assert pri == sorted(pri, reverse=True)
+    for a in d["actions"]:
+        assert a["priority"] == pytest.approx(a["propensity"] * a["value"] * (1 + a["lever"]))
+        assert 0 < a["propensity"] < 1 and a["reason"]
+    assert {f["stage"] for f in d["filtered"]} <= {"inactive", "channel", "eligibility", "applicability",
+                                                    "suitability", "consent", "suppression", "cooldown", "cap",
+                                                    "threshold"}
+    assert all(f["rule"] for f in d["filtered"])
+    shown = {a["action_id"] for a in d["actions"]}
+    assert not shown & {f["action_id"] for f in d["filtered"]}
+    # the log holds it, durably, with its candidates
+    log = read_log(served.decision_log_dir, with_features=True)
+    row = log.decisions.set_index("decision_id").loc[d["decision_id"]]
+    assert row["customer_id"] == cid and row["source"] == "api"
+    assert row["probability"] == pytest.approx(d["probability"])
+    assert row["action_id"] == (d["actions"][0]["action_id"] if d["actions"] else schemas.NO_ACTION)
+    cands = log.candidates[log.candidates["decision_id"] == d["decision_id"]]
+    assert set(cands.loc[cands["rank"] > 0, "action_id"]) == shown
+    feats = log.features.set_index("decision_id").loc[d["decision_id"]]
+    assert 0 <= feats["churn_risk"] <= 1 and feats["clv"] >= 0 and not math.isnan(feats["age"])
+
+
+BAD = [
+    ("/decide", b"{not json", 400, "json_invalid"),
+    ("/decide", b'{"channel": "web"}', 400, "customer_id"),
+    ("/decide", b'{"customer_id": 5, "channel": "fax"}', 400, "channel 'fax' is not a channel"),
+    ("/decide", b'{"customer_id": 5, "channel": "web", "k": 0}', 400, "k = 0 is out of range; expected 1 to 10"),
+    ("/decide", b'{"customer_id": 5, "channel": "web", "k": 11}', 400, "k = 11 is out of range"),
+    ("/decide", b'{"customer_id": "abc", "channel": "web"}', 400, "customer_id"),
+    ("/decide", b'{"customer_id": -3, "channel": "web"}', 400, "greater_than_equal"),
+    ("/decide", b'{"customer_id": 5, "channel": "web", "context": {"agee": 40}}', 400, "context key 'agee'"),
+    ("/decide", b'{"customer_id": 5, "channel": "web", "context": {"age": "old"}}', 400, "context.age"),
+    ("/decide", b'{"customer_id": 5, "channel": "web", "timestamp": "yesterday"}', 400, "timestamp"),
+    ("/decide_batch", b'{"requests": []}', 400, "too_short"),
+    ("/respond", b'{"decision_id": "0123", "action_id": "mortgage", "outcome": "accepted"}', 404,
+     "decision_id '0123' is not in the decision log"),
+    ("/respond", b'{"decision_id": "0123", "action_id": "mortgage", "outcome": "maybe"}', 400,
+     "outcome 'maybe' is not one of accepted, rejected, ignored"),
+    ("/respond", b'{"decision_id": "0123", "action_id": "yacht", "outcome": "accepted"}', 400,
+     "action_id 'yacht' is not an action of the catalog"),
+    ("/respond", b'{"decision_id": "0123", "action_id": "mortgage", "outcome": "accepted", "value": -1}', 400,
+     "value"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "fragment"), BAD)
+def test_bad_input_is_a_4xx_naming_the_field(server, path, body, status, fragment):
+    got, payload = call(server.url, path, raw=body)
+    assert got == status, payload
+    assert fragment in str(payload), payload
+
+
+def test_a_customer_without_features_gets_a_flagged_decision_from_the_defaults(server):
+    status, d = call(server.url, "/decide", {"customer_id": 987_654_321, "channel": "web",
+                                            "timestamp": DECISION_TIME})
+    assert status == 200 and d["features_missing"] is True
+    # the defaults hold no consent but the bank's own site: e-mail has nothing to offer
+    status, e = call(server.url, "/decide", {"customer_id": 987_654_321, "channel": "email",
+                                            "timestamp": DECISION_TIME})
+    assert status == 200 and e["actions"] == [] and e["features_missing"] is True
+    assert {f["stage"] for f in e["filtered"]} <= {"consent", "channel", "eligibility", "applicability",
+                                                    "suitability", "suppression"}
+
+
+def test_outcomes_are_idempotent_and_a_rejection_starts_the_cooldown(server, served, customers):
+    ids = _not_holdout(served, customers)
+    for cid in ids[10:60]:  # a customer with at least two actions to choose from
+        status, d = call(server.url, "/decide", {"customer_id": int(cid), "channel": "web", "k": 2,
+                                                "timestamp": DECISION_TIME})
+        if len(d["actions"]) == 2:
+            break
+    else:
+        pytest.fail("no customer had two actions on the web")
+    first, second = d["actions"][0]["action_id"], d["actions"][1]["action_id"]
+    body = {"decision_id": d["decision_id"], "action_id": first, "outcome": "accepted", "value": 12.5,
+            "timestamp": DECISION_TIME}
+    status, r1 = call(server.url, "/respond", body)
+    assert status == 200 and r1["recorded"] is True and r1["value"] == 12.5
+    status, r2 = call(server.url, "/respond", {**body, "outcome": "ignored", "value": 0})
+    assert status == 200 and r2["duplicate"] is True and r2["outcome"] == "accepted" and r2["value"] == 12.5
+    status, r3 = call(server.url, "/respond", {"decision_id": d["decision_id"], "action_id": second,
+                                               "outcome": "rejected", "timestamp": DECISION_TIME})
+    assert status == 200 and r3["recorded"] is True
+    log = read_log(served.decision_log_dir)
+    mine = log.outcomes[log.outcomes["decision_id"] == d["decision_id"]].set_index("action_id")
+    assert mine.loc[first, "outcome"] == "accepted" and mine.loc[second, "outcome"] == "rejected"
+    assert len(mine) == 2
+    # the rejected action is now cooling down for this customer, on every channel
+    status, again = call(server.url, "/decide", {"customer_id": int(cid), "channel": "email", "k": 10,
+                                                "timestamp": "2025-12-02T09:00:00Z"})
+    stages = {f["action_id"]: f for f in again["filtered"]}
+    assert stages[second]["stage"] == "cooldown"
+    assert "rejected in the last" in stages[second]["rule"]
+
+
+def _exhaust(url: str, cid: int, timestamp: str = DECISION_TIME) -> tuple[list[str], dict]:
+    """Ask for the same customer on the web until nothing is left; the shown actions."""
+    shown: list[str] = []
+    for _ in range(12):
+        status, d = call(url, "/decide", {"customer_id": cid, "channel": "web", "k": 1, "timestamp": timestamp})
+        assert status == 200, d
+        if not d["actions"]:
+            return shown, d
+        shown.append(d["actions"][0]["action_id"])
+    raise AssertionError(f"customer {cid} was never capped: {shown}")
+
+
+def _within_caps(settings: Settings, shown: list[str]) -> None:
+    """Each action shown no more often than its tightest cap allows (all at one moment)."""
+    cat = _catalog(settings)
+    assert len(shown) >= 2
+    for a in set(shown):
+        tightest = min(c.count for c in cat.actions[cat.action_ids.index(a)].caps)
+        assert shown.count(a) <= tightest, (a, shown)
+
+
+def test_caps_hold_across_requests_and_across_a_restart(served, customers, tmp_path):
+    srv = start_server(served, tmp_path / "a.log", workers=1)
+    try:
+        for cid in _not_holdout(served, customers)[100:160].tolist():
+            shown, last = _exhaust(srv.url, cid)
+            if len(shown) >= 2:
+                break
+        _within_caps(served, shown)
+        assert {f["action_id"] for f in last["filtered"] if f["stage"] == "cap"} >= set(shown)
+    finally:
+        srv.stop()
+    srv = start_server(served, tmp_path / "b.log", workers=1)
+    try:
+        status, d = call(srv.url, "/decide", {"customer_id": cid, "channel": "web", "k": 3,
+                                             "timestamp": "2025-12-03T09:00:00Z"})
+        assert status == 200 and d["actions"] == []
+        capped = {f["action_id"] for f in d["filtered"] if f["stage"] == "cap"}
+        assert capped >= set(shown)
+        # a week later the per-action caps have expired (the 30-day caps still count)
+        status, later = call(srv.url, "/decide", {"customer_id": cid, "channel": "web", "k": 3,
+                                                 "timestamp": "2025-12-09T09:00:00Z"})
+        assert status == 200
+        assert {f["rule"] for f in later["filtered"] if f["stage"] == "cap"} != {
+            f["rule"] for f in d["filtered"] if f["stage"] == "cap"}
+    finally:
+        srv.stop()
+
+
+def test_the_holdout_share_is_the_setting_and_stable_per_customer(server, served, customers):
+    ids = customers[:1000]
+    reqs = [{"customer_id": int(c), "channel": "web", "timestamp": "2025-12-04T09:00:00Z"} for c in ids]
+    status, first = call(server.url, "/decide_batch", {"requests": reqs})
+    assert status == 200 and len(first) == 1000
+    status, second = call(server.url, "/decide_batch", {"requests": reqs})
+    hold1 = np.array([d["experiment_group"] == "holdout" for d in first])
+    hold2 = np.array([d["experiment_group"] == "holdout" for d in second])
+    assert (hold1 == hold2).all()
+    exp = _catalog(served).experiment
+    assert (hold1 == experiment.in_holdout(ids, exp.salt, exp.holdout_share)).all()
+    share = exp.holdout_share
+    assert abs(hold1.mean() - share) < 4 * math.sqrt(share * (1 - share) / len(ids))
+    assert all(d["actions"] == [] and d["probability"] == 1.0 for d, h in zip(first, hold1, strict=True) if h)
+    # the whole population: the share is within tolerance of the setting
+    everyone = experiment.in_holdout(customers, exp.salt, share)
+    assert abs(everyone.mean() - share) < 4 * math.sqrt(share * (1 - share) / len(customers))
+
+
+def test_decide_batch_agrees_with_decide(server, served, customers, tmp_path):
+    """The same customers at the same moment, from the same (empty) contact state: the same
+    candidates with the same P, V, L and priority, the same hold-out, the same winner."""
+    from nba.serving.batch import decide_batch
+
+    ids = customers[200:260]
+    ts = "2025-12-05T09:00:00Z"
+    state = SqlitePolicyStore(served.policy_state_path)
+    state.prune(before=float("inf"))
+    api = [call(server.url, "/decide", {"customer_id": int(c), "channel": "email", "k": 3, "timestamp": ts})[1]
+           for c in ids]
+    state.prune(before=float("inf"))
+    pd.DataFrame({"customer_id": ids}).to_parquet(tmp_path / "c.parquet")
+    summary = decide_batch(served, tmp_path / "c.parquet", "email", tmp_path / "out.parquet", k=3,
+                           timestamp=DECISION_EPOCH + 4 * 86400)
+    assert summary.customers == len(ids) and summary.feature_source.startswith("the online store")
+    log = read_log(served.decision_log_dir)
+    dec = log.decisions.set_index("decision_id")
+    batch_ids = dec[(dec["source"] == "batch") & dec["customer_id"].isin(ids)]
+    assert len(batch_ids) == len(ids)
+    cand = log.candidates
+    for d in api:
+        b = batch_ids[batch_ids["customer_id"] == d["customer_id"]]
+        assert len(b) == 1
+        assert (d["experiment_group"] == "holdout") == (b["experiment_group"].iloc[0] == "holdout")
+        a_c = cand[cand["decision_id"] == d["decision_id"]].set_index("action_id").sort_index()
+        b_c = cand[cand["decision_id"] == b.index[0]].set_index("action_id").sort_index()
+        assert list(a_c.index) == list(b_c.index)
+        for col in ("propensity", "value", "lever", "priority"):
+            assert np.allclose(a_c[col].astype(float), b_c[col].astype(float), rtol=1e-5, equal_nan=True), col
+        if d["experiment_group"] == "nba" and b["experiment_group"].iloc[0] == "nba":
+            expected = d["actions"][0]["action_id"] if d["actions"] else schemas.NO_ACTION
+            assert b["action_id"].iloc[0] == expected
+    out = pd.read_parquet(tmp_path / "out.parquet")
+    assert set(out["customer_id"]) == set(ids.tolist())
+    assert (out.groupby("customer_id")["rank"].min() == 1).all()
+    # an outcome of an outbound (batch) decision is reported like any other
+    sent = out[out["action_id"] != schemas.NO_ACTION].iloc[0]
+    status, r = call(server.url, "/respond", {"decision_id": sent["decision_id"], "action_id": sent["action_id"],
+                                              "outcome": "accepted", "value": 5.0, "timestamp": ts})
+    assert status == 200 and r["recorded"] is True and r["customer_id"] == sent["customer_id"]
+
+
+def test_the_service_answers_503_while_a_store_is_down_and_recovers(served, tmp_path):
+    """A corrupt online store and an unreadable model in the BentoML store: readiness names both,
+    /decide answers 503 with the reason; once the online store is back, it reads again."""
+    work = tmp_path / "var"
+    shutil.copytree(served.work, work, symlinks=True, ignore=shutil.ignore_patterns("decision_log", "policy"))
+    broken = served.model_copy(update={"work_dir": work})
+    online = work / "feature_repo" / "data" / "online.db"
+    good = online.read_bytes()
+    online.write_bytes(b"this is not a database" * 100)
+    version = next(p for p in (work / "bentoml" / "models" / "nba-churn").iterdir() if p.is_dir())
+    (version / "mlflow_model" / "model.pkl").write_bytes(b"truncated")  # an unreadable model file
+    srv = start_server(broken, tmp_path / "down.log", workers=1, ready=False)
+    try:
+        status, ready = call(srv.url, "/readyz")
+        assert status == 503 and ready["ready"] is False
+        assert ready["checks"]["feature_store"]["ok"] is False
+        assert "online store read" in ready["checks"]["feature_store"]["detail"]
+        assert ready["checks"]["models"]["ok"] is False
+        assert "nba-churn:v1" in ready["checks"]["models"]["detail"]
+        status, d = call(srv.url, "/decide", {"customer_id": 1, "channel": "web", "timestamp": DECISION_TIME})
+        assert status == 503 and "online store read of feature view" in d["error"]
+        online.write_bytes(good)
+        import time
+
+        time.sleep(1.5)  # the engine retries a failed component at most once a second
+        status, ready = call(srv.url, "/readyz")
+        assert ready["checks"]["feature_store"]["ok"] is True and ready["checks"]["models"]["ok"] is False
+    finally:
+        srv.stop()
+
+
+def test_caps_in_redis_hold_across_requests_and_a_restart(served, customers, tmp_path):
+    prefix = f"nba-test-{uuid.uuid4().hex[:8]}"
+    env = {"NBA_POLICY_STORE": "redis", "NBA_REDIS_PREFIX": prefix}
+    srv = start_server(served, tmp_path / "r1.log", workers=1, extra_env=env)
+    try:
+        status, ready = call(srv.url, "/readyz")
+        assert ready["checks"]["policy_store"]["detail"] == "RedisPolicyStore"
+        for cid in _not_holdout(served, customers)[160:220].tolist():
+            shown, _ = _exhaust(srv.url, cid, "2025-12-06T09:00:00Z")
+            if len(shown) >= 2:
+                break
+        _within_caps(served, shown)
+    finally:
+        srv.stop()
+    srv = start_server(served, tmp_path / "r2.log", workers=1, extra_env=env)
+    try:
+        status, d = call(srv.url, "/decide", {"customer_id": cid, "channel": "web", "k": 3,
+                                             "timestamp": "2025-12-06T10:00:00Z"})
+        assert d["actions"] == [] and {f["action_id"] for f in d["filtered"] if f["stage"] == "cap"} >= set(shown)
+        h = RedisPolicyStore(served.redis_url, prefix=f"{prefix}:policy").history([cid], since=0)
+        assert sorted(h.contact_action) == sorted(shown)
+    finally:
+        srv.stop()
+        RedisPolicyStore(served.redis_url, prefix=f"{prefix}:policy").clear()
