@@ -85,11 +85,11 @@ def reason_table(catalog: Catalog) -> tuple[Reason, ...]:
 
 
 @functools.cache
-def _reasons(catalog: Catalog) -> tuple[tuple[Reason, ...], dict[tuple[str, Any], int]]:
+def _reasons(catalog: Catalog) -> tuple[tuple[Reason, ...], dict[tuple[Any, ...], int]]:
     table: list[Reason] = []
-    index: dict[tuple[str, Any], int] = {}
+    index: dict[tuple[Any, ...], int] = {}
 
-    def add(key: tuple[str, Any], stage: str, rule: str) -> None:
+    def add(key: tuple[Any, ...], stage: str, rule: str) -> None:
         index[key] = len(table)
         table.append(Reason(stage, rule))
 
@@ -209,7 +209,7 @@ def decide(catalog: Catalog, env: Mapping[str, Any], n: int, *, channel: np.ndar
     alive = np.ones((n, A), dtype=bool)
     reason = np.full((n, A), -1, dtype=np.int32)
 
-    def remove(mask: Any, j: int, key: tuple[str, Any]) -> None:
+    def remove(mask: Any, j: int, key: tuple[Any, ...]) -> None:
         """Remove action j for the customers in `mask` (an array of n, or one bool) still alive."""
         _remove_col(alive, reason, np.broadcast_to(np.asarray(mask, dtype=bool), (n,)), j, rindex[key])
 
@@ -364,19 +364,19 @@ def _values(catalog: Catalog, st: _Static, env: Mapping[str, Any], n: int, rows:
     return np.maximum(np.nan_to_num(v, nan=0.0), 0.0)
 
 
-def _apply_history(catalog: Catalog, st: _Static, rindex: Mapping[tuple[str, Any], int], h: ContactHistory,
+def _apply_history(catalog: Catalog, st: _Static, rindex: Mapping[tuple[Any, ...], int], h: ContactHistory,
                    now: np.ndarray, channel: np.ndarray, alive: np.ndarray, reason: np.ndarray, n: int) -> None:
     """Cool-downs after rejections, then caps per action, group and channel."""
     if h.reject_row.size:
         known = h.reject_action >= 0
-        r, a, ts = h.reject_row[known], h.reject_action[known], h.reject_ts[known]
-        cooling = (now[r] - ts) < st.cooldown_s[a]
-        r, a = r[cooling], a[cooling]
-        hit = alive[r, a]
+        r, ra, ts = h.reject_row[known], h.reject_action[known], h.reject_ts[known]
+        cooling = (now[r] - ts) < st.cooldown_s[ra]
+        r, ra = r[cooling], ra[cooling]
+        hit = alive[r, ra]
         if hit.any():
-            for j in np.unique(a[hit]):
+            for j in np.unique(ra[hit]):
                 rows = np.zeros(n, dtype=bool)
-                rows[r[hit & (a == j)]] = True
+                rows[r[hit & (ra == j)]] = True
                 _remove_col(alive, reason, rows, int(j), rindex[("cooldown", int(j))])
     if not h.contact_row.size:
         return
@@ -391,8 +391,8 @@ def _apply_history(catalog: Catalog, st: _Static, rindex: Mapping[tuple[str, Any
             r = h.contact_row[m]
             out = {"action": np.zeros((n, A), np.int64), "group": np.zeros((n, G), np.int64),
                    "channel": np.zeros((n, C), np.int64)}
-            a, g, c = h.contact_action[m], h.contact_group[m], h.contact_channel[m]
-            np.add.at(out["action"], (r[a >= 0], a[a >= 0]), 1)
+            ca, g, c = h.contact_action[m], h.contact_group[m], h.contact_channel[m]
+            np.add.at(out["action"], (r[ca >= 0], ca[ca >= 0]), 1)
             np.add.at(out["group"], (r[g >= 0], g[g >= 0]), 1)
             np.add.at(out["channel"], (r[c >= 0], c[c >= 0]), 1)
             windows[days] = out

@@ -134,7 +134,7 @@ class Compare(Node):
                     part = np.isin(left, np.asarray(right, dtype=object if isinstance(right[0], str) else None))
                     part = ~part if op == "not in" else part
                 else:
-                    part = (left in right) if op == "in" else (left not in right)
+                    part = (left in right) if op == "in" else (left not in right)  # type: ignore[assignment]
             else:
                 part = _COMPARE[op](left, right)
                 if isinstance(part, np.ndarray):

@@ -156,7 +156,9 @@ class DecisionLog:
 
     def append(self, records: Iterable[DecisionRecord]) -> int:
         """Append decisions in one transaction; returns how many."""
-        dec_rows, cand_rows, filt_rows = [], [], []
+        dec_rows: list[tuple] = []
+        cand_rows: list[tuple] = []
+        filt_rows: list[tuple] = []
         for r in records:
             d = r.decision
             did = d["decision_id"]
@@ -197,7 +199,7 @@ class DecisionLog:
                 cols[name] = (col.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy() / 1e6).tolist()
             elif pa.types.is_floating(col.type):
                 v = col.to_numpy(zero_copy_only=False).astype(float)
-                cols[name] = np.where(np.isnan(v), None, v).tolist()
+                cols[name] = list(np.where(np.isnan(v), None, v))
             else:
                 cols[name] = col.to_pylist()
         n = decisions.num_rows

@@ -291,7 +291,9 @@ class DecisionEngine:
         k = max(r.k or self.catalog.default_k for r in requests)
         d, env, missing, dids = self.run_core(ids, channel, now, cols, found, k, [r.context for r in requests])
         t_decide = time.perf_counter()
-        records, responses, contacts = [], [], []
+        records: list[DecisionRecord] = []
+        responses: list[dict[str, Any]] = []
+        contacts: list[Contact] = []
         missing_set = set(missing)
         for i, r in enumerate(requests):
             rec, resp = self._record(d, i, r, dids[i], ids[i], float(now[i]), env, n, i in missing_set, source,
@@ -339,8 +341,8 @@ class DecisionEngine:
                             "uplift": None if math.isnan(u) else u, "reason": reason})
         filtered = core.trace(cat, d, i)
         candidates = []
-        for j in np.flatnonzero(d.alive[i]):
-            j = int(j)
+        for jj in np.flatnonzero(d.alive[i]):
+            j = int(jj)
             candidates.append({"action_id": cat.actions[j].id,
                                "rank": ranked_idx.index(j) + 1 if j in ranked_idx else 0,
                                "propensity": d.propensity[i, j], "value": d.value[i, j], "lever": d.lever[j],

@@ -105,9 +105,16 @@ class TreeEnsemble:
         if not self.supported:
             return
         base = float(str(config["learner"]["learner_model_param"]["base_score"]).strip("[]").split(",")[0])
-        self.base_margin = {"logit": float(np.log(base / (1 - base))) if 0 < base < 1 else 0.0,
-                            "log": float(np.log(base)) if base > 0 else 0.0, "identity": base}[self.link]
-        feat, thr, yes, no, miss, leaf, roots = [], [], [], [], [], [], []
+        margins = {"logit": float(np.log(base / (1 - base))) if 0 < base < 1 else 0.0,
+                   "log": float(np.log(base)) if base > 0 else 0.0, "identity": base}
+        self.base_margin = margins[str(self.link)]
+        feat: list[int] = []
+        thr: list[float] = []
+        yes: list[int] = []
+        no: list[int] = []
+        miss: list[int] = []
+        leaf: list[float] = []
+        roots: list[int] = []
         depth = 0
         for dump in booster.get_dump(dump_format="json"):
             nodes: dict[int, dict] = {}
@@ -192,7 +199,7 @@ class FastModel:
         self.booster.set_param({"nthread": nthread})
         self.trees = TreeEnsemble(self.booster)
         self.inputs = sorted({c.name for c in self.columns} - {"action_id"})
-        self.action_values = {c.category: j for j, c in enumerate(self.columns) if c.name == "action_id"}
+        self.action_values = {str(c.category): j for j, c in enumerate(self.columns) if c.name == "action_id"}
         if self.action is not None and self.action not in self.action_values:
             raise ModelLoadError(f"model {name} is bound to action '{self.action}', which its pooled model never "
                                  f"saw (it knows {sorted(self.action_values)})")
@@ -250,12 +257,13 @@ class ModelSet:
             groups.setdefault(self.propensity_models[a].fingerprint, []).append(j)
         self.groups = [(self.propensity_models[self.action_ids[js[0]]], np.array(js, dtype=np.int64))
                        for js in groups.values()]
-        self._onehot = {}
+        # pooled models: the one-hot column of each action's id in the shared encoding
+        self._onehot: dict[str, dict[int, int]] = {}
         for model, js in self.groups:
             if model.action is not None:
-                cols = np.array([self.propensity_models[self.action_ids[j]].action_values[
-                    self.propensity_models[self.action_ids[j]].action] for j in js])
-                self._onehot[model.fingerprint] = dict(zip(js.tolist(), cols.tolist(), strict=True))
+                bound = [self.propensity_models[self.action_ids[j]] for j in js]
+                self._onehot[model.fingerprint] = {int(j): m.action_values[str(m.action)]
+                                                   for j, m in zip(js, bound, strict=True)}
 
     @property
     def inputs(self) -> set[str]:

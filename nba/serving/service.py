@@ -211,4 +211,4 @@ class DecisionService:
         return Response(json.dumps(out), media_type="application/json")  # type: ignore[return-value]
 
 
-DecisionService.add_asgi_middleware(ReadinessMiddleware)
+DecisionService.add_asgi_middleware(ReadinessMiddleware)  # type: ignore[attr-defined]
