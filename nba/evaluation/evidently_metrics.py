@@ -86,8 +86,12 @@ def value_metric(name: str, value: float, model: str | None = None, group: str |
 
 
 def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if hasattr(v, "item") and not isinstance(v, str | bytes):  # numpy scalars
+        v = v.item()
     if isinstance(v, float):
-        if math.isnan(v):
+        if not math.isfinite(v):
             return "n/a"
         return f"{v:.4g}" if abs(v) < 1e5 else f"{v:,.0f}"
     return str(v)

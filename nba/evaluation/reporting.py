@@ -165,7 +165,12 @@ def _naive_utc(when: datetime | None) -> datetime:
 
 
 def _printable(frame: pd.DataFrame) -> pd.DataFrame:
-    """A table as Evidently's Dataset accepts it: flat string column names, no index."""
-    out = frame.reset_index(drop=True).copy()
-    out.columns = [str(c) for c in out.columns]
-    return out
+    """A table as shown: flat string column names, no index, every cell formatted as text (so
+    any dtype, missing values and objects included, passes through Evidently's Dataset)."""
+    import pandas as pd
+
+    from nba.evaluation.evidently_metrics import _fmt
+
+    out = frame.reset_index(drop=True)
+    text = {str(c): [_fmt(v) for v in out.iloc[:, i].tolist()] for i, c in enumerate(out.columns)}
+    return pd.DataFrame(text, index=range(len(out)), dtype=object) if text else pd.DataFrame({"": []}, dtype=object)
