@@ -40,7 +40,7 @@ from evidently.core.metric_types import SingleValue, SingleValueCalculation, Sin
 from evidently.legacy.tests.base_test import TestStatus
 
 from nba.errors import ConfigError, DataFileError, NbaError, SchemaError
-from nba.evaluation.champions import Champion, ChampionError, champion_names, load_champion
+from nba.evaluation.champions import Champion, champion_names, load_champion
 from nba.settings import Settings
 from nba.training.gates import DriftLimits, DriftTest, gates_path, load_gates
 
@@ -464,18 +464,25 @@ def evaluate_model(settings: Settings, name: str, *, current: pd.DataFrame | Non
     return result
 
 
-def write_summary(result: DriftResult | Sequence[DriftResult], path: Path) -> Path:
+def write_summary(result: Any, path: Path) -> Path:
+    """One result's `summary()` (or a list of them) as JSON; a figure that is not finite is null."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data = [r.summary() for r in result] if isinstance(result, Sequence) else result.summary()
-    path.write_text(json.dumps(data, indent=2, default=_json_default))
+    path.write_text(json.dumps(_jsonable(data), indent=2, allow_nan=False))
     return path
 
 
-def _json_default(x: Any) -> Any:
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if hasattr(x, "item") and not isinstance(x, str | bytes):
+        x = x.item()
     if isinstance(x, float) and not math.isfinite(x):
         return None
-    if hasattr(x, "item"):
-        return x.item()
+    if x is None or isinstance(x, bool | int | float | str):
+        return x
     return str(x)
 
 
@@ -510,7 +517,7 @@ def evaluate_drift(settings: Settings, models: Sequence[str] | None = None, *, c
         try:
             results.append(evaluate_model(settings, name, current=frame, current_source=str(current or ""),
                                           served=served, publish=publish, limits=limits))
-        except (DriftError, ChampionError) as exc:
+        except NbaError as exc:  # one model without usable data must not hide the others
             if named:
                 raise
             skipped.append((name, str(exc)))

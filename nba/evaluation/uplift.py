@@ -32,7 +32,7 @@ from evidently.core.datasets import Dataset
 from evidently.core.metric_types import SingleValue, SingleValueCalculation, SingleValueMetric
 
 from nba.errors import NbaError, SchemaError
-from nba.evaluation.champions import HOLDOUT_ARTIFACT, ChampionError, champion_names, load_champion
+from nba.evaluation.champions import HOLDOUT_ARTIFACT, champion_names, load_champion
 from nba.settings import Settings
 from nba.training.metrics import auuc, qini_coefficient, qini_curve, uplift_curve
 
@@ -392,7 +392,7 @@ def evaluate_uplift(settings: Settings, models: Sequence[str] | None = None, *, 
         try:
             results.append(evaluate_model(settings, name, current=frame, current_source=str(current or ""),
                                           publish=publish))
-        except (UpliftEvaluationError, ChampionError) as exc:
+        except NbaError as exc:  # one model without usable data must not hide the others
             if named:
                 raise
             skipped.append((name, str(exc)))
