@@ -451,17 +451,21 @@ def quickstart(
     data_dir: DataDirOpt = None,
     train: Annotated[bool, typer.Option(help="Also tune, train, register and promote every model.")] = True,
     tune_trials: Annotated[int, typer.Option(help="Optuna trials per tuned model (0: no tuning).", min=0)] = 3,
+    serve: Annotated[bool, typer.Option(help="End by running the decision service until Ctrl-C.")] = True,
+    port: Annotated[int, typer.Option(help="Port of the decision service on localhost.", min=1, max=65535)] = 3000,
 ) -> None:
     """Run the main job end to end on embedded defaults.
 
     Loads and verifies the real data sets (when NBA_DATA_DIR is set), simulates the bank,
     applies and materialises the feature store, reads one customer online, then tunes (a
-    small budget), trains, registers and promotes every model to @champion.
+    small budget), trains, registers and promotes every model to @champion, builds the serving
+    bundle, and ends with the decision service running on localhost (its URL, OpenAPI page and a
+    ready-to-paste curl are printed).
     """
     from nba.quickstart import run
 
     run(_settings(data_dir=data_dir), customers=customers, seed=seed, echo=_echo, train=train,
-        tune_trials=tune_trials)
+        tune_trials=tune_trials, serve=serve, port=port)
 
 
 def _register_evaluation() -> None:

@@ -20,9 +20,10 @@ def _step(echo: Callable[[str], None], title: str):
 
 
 def run(settings: Settings, *, customers: int, seed: int, echo: Callable[[str], None] = print,
-        train: bool = True, tune_trials: int = 3) -> dict[str, Any]:
+        train: bool = True, tune_trials: int = 3, serve: bool = True, port: int = 3000) -> dict[str, Any]:
     """Load real data (if available), simulate, apply and materialise Feast, read online, then
-    (with `train`) tune, train, register and promote every model."""
+    (with `train`) tune, train, register and promote every model, build the serving bundle and
+    (with `serve`) run the decision service on localhost until interrupted."""
     from nba.data.simulator import simulate_to_dir
     from nba.features import store
     from nba.io import write_parquet
@@ -77,6 +78,12 @@ def run(settings: Settings, *, customers: int, seed: int, echo: Callable[[str], 
 
     if train:
         result["models"] = train_all(settings, tune_trials=tune_trials, echo=echo)
+        with _step(echo, "Bundle: pin every @champion, import them into BentoML, build the Bento"):
+            from nba.serving.bundle import build
+
+            built = build(settings)
+            echo(f"    {len(built.models)} models, catalog {built.catalog_version} -> Bento {built.bento_tag}")
+            result["bento"] = built.bento_tag
 
     echo("")
     echo("Where to look:")
@@ -88,6 +95,14 @@ def run(settings: Settings, *, customers: int, seed: int, echo: Callable[[str], 
         from nba.training.tracking import tracking_uri
 
         echo(f"  experiments and registry:    .venv/bin/mlflow ui --backend-store-uri {tracking_uri(settings)}")
+        echo(f"  serving bundle:              {settings.bundle_dir}  (nba bundle show; nba serve)")
+        echo("  outbound batch:              nba decide-batch --customers FILE --channel email --out FILE")
+    if train and serve:
+        from nba.serving.run import serve as run_service
+
+        echo("")
+        echo(f"==> The decision service (BentoML, {settings.serve_workers} workers) on http://127.0.0.1:{port}")
+        run_service(settings, port=port, echo=echo)
     return result
 
 

@@ -46,5 +46,6 @@ def in_holdout(customer_ids: np.ndarray, salt: str, share: float) -> np.ndarray:
 
 
 def decision_keys(decision_ids: list[str] | np.ndarray) -> np.ndarray:
-    """64-bit integers from hexadecimal decision ids (their first 16 hex digits)."""
-    return np.array([int(d[:16], 16) for d in decision_ids], dtype=np.uint64).view(np.int64)
+    """64-bit integers from 32-hex-digit decision ids: the two halves xor-ed, so ids that share
+    a prefix (a batch's sequential ids) still get distinct keys (the hash then spreads them)."""
+    return np.array([int(d[:16], 16) ^ int(d[16:32], 16) for d in decision_ids], dtype=np.uint64).view(np.int64)

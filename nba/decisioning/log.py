@@ -6,12 +6,12 @@ A log is a folder:
                                    (one transaction per request, committed before the response
                                    returns) and every outcome
     <log>/batch/<batch_id>/*.parquet
-                                   the candidates, filtered actions and features of one
-                                   `nba decide-batch` run, written when the run completes (a
-                                   crashed run leaves no partial segment); its decisions go to
-                                   log.db too, so outcomes can be reported against them
+                                   the decisions of one `nba decide-batch` run, written when the
+                                   run completes (a crashed run leaves no partial segment); an
+                                   index of their ids goes to log.db (`batch_index`), so outcomes
+                                   can be reported against them like any other
 
-Together they hold the same records for every decision, in four tables:
+Both hold the same records, in four tables:
 
 * `decisions` (`nba.schemas.DECISIONS`): one row per decision.
 * `candidates`: one row per decision and action left after rules and contact policies, with
@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +47,7 @@ CANDIDATE_COLUMNS = ("decision_id", "action_id", "rank", "propensity", "value", 
 FILTERED_COLUMNS = ("decision_id", "action_id", "stage", "rule")
 OUTCOME_COLUMNS = tuple(schemas.OUTCOMES.columns)
 TIME_COLUMNS = {"decided_at", "responded_at"}
-SEGMENT_TABLES = ("candidates", "filtered", "features")  # what a batch segment holds
+SEGMENT_TABLES = ("decisions", "candidates", "filtered", "features")  # what a batch segment holds
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -67,7 +66,6 @@ CREATE TABLE IF NOT EXISTS decisions (
     model_versions TEXT NOT NULL,        -- JSON: registered model -> version
     features TEXT NOT NULL               -- JSON: feature name -> value
 );
-CREATE INDEX IF NOT EXISTS decisions_customer ON decisions (customer_id, decided_at);
 CREATE TABLE IF NOT EXISTS candidates (
     decision_id TEXT NOT NULL, action_id TEXT NOT NULL, rank INTEGER NOT NULL,
     propensity REAL, value REAL, lever REAL, priority REAL, uplift REAL,
@@ -76,6 +74,9 @@ CREATE TABLE IF NOT EXISTS candidates (
 CREATE TABLE IF NOT EXISTS filtered (
     decision_id TEXT NOT NULL, action_id TEXT NOT NULL, stage TEXT NOT NULL, rule TEXT NOT NULL,
     PRIMARY KEY (decision_id, action_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS batch_index (
+    decision_id TEXT PRIMARY KEY, customer_id INTEGER NOT NULL, channel TEXT NOT NULL, batch TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outcomes (
     decision_id TEXT NOT NULL, action_id TEXT NOT NULL, outcome TEXT NOT NULL,
@@ -91,10 +92,6 @@ class DecisionLogError(NbaError):
 
 class UnknownDecision(DecisionLogError):
     """An outcome names a decision id the log does not hold."""
-
-
-def new_decision_id() -> str:
-    return uuid.uuid4().hex
 
 
 @dataclass(frozen=True)
@@ -186,50 +183,20 @@ class DecisionLog:
         conn.execute("COMMIT")
         return len(dec_rows)
 
-    def append_table(self, decisions: Any, model_versions: Mapping[str, str]) -> int:
-        """Append a batch run's decisions (a pyarrow Table with the DECISIONS columns) in one
-        transaction; their candidates, filtered actions and features are in its batch segment."""
-        import numpy as np
-        import pyarrow as pa
-
-        cols: dict[str, list[Any]] = {}
-        for name in DECISION_COLUMNS:
-            col = decisions.column(name)
-            if name == "decided_at":
-                cols[name] = (col.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy() / 1e6).tolist()
-            elif pa.types.is_floating(col.type):
-                v = col.to_numpy(zero_copy_only=False).astype(float)
-                cols[name] = list(np.where(np.isnan(v), None, v))
-            else:
-                cols[name] = col.to_pylist()
-        n = decisions.num_rows
-        versions = json.dumps(dict(model_versions), sort_keys=True)
-        rows = zip(*(cols[c] for c in DECISION_COLUMNS), [versions] * n, ["{}"] * n, strict=True)
+    def index_batch(self, batch_id: str, decision_ids: Sequence[str], customer_ids: Sequence[int], channel: str) -> int:
+        """Record where a batch run's decisions are (their full records are in its segment), in
+        one transaction, so `/respond` finds them."""
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(f"INSERT INTO decisions VALUES ({','.join('?' * 18)})", rows)
+            conn.executemany("INSERT INTO batch_index VALUES (?,?,?,?)",
+                             zip(decision_ids, customer_ids, [channel] * len(decision_ids), [batch_id] * len(decision_ids),
+                                 strict=True))
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
-        return n
-
-    def decision(self, decision_id: str) -> dict[str, Any] | None:
-        """The logged decision's scalar columns, or None."""
-        cur = self._conn().execute(
-            "SELECT decision_id, customer_id, channel, decided_at, experiment_group, action_id "
-            "FROM decisions WHERE decision_id = ?", (decision_id,))
-        row = cur.fetchone()
-        if row is None:
-            return None
-        return dict(zip(("decision_id", "customer_id", "channel", "decided_at", "experiment_group", "action_id"),
-                        row, strict=True))
-
-    def shown_actions(self, decision_id: str) -> list[str]:
-        cur = self._conn().execute(
-            "SELECT action_id FROM candidates WHERE decision_id = ? AND rank > 0 ORDER BY rank", (decision_id,))
-        return [r[0] for r in cur.fetchall()]
+        return len(decision_ids)
 
     def append_outcome(self, decision_id: str, action_id: str, outcome: str, value: float,
                        responded_at: float) -> OutcomeResult:
@@ -241,7 +208,8 @@ class DecisionLog:
         conn.execute("BEGIN IMMEDIATE")
         try:
             row = conn.execute("SELECT customer_id, channel FROM decisions WHERE decision_id = ?",
-                               (decision_id,)).fetchone()
+                               (decision_id,)).fetchone() or conn.execute(
+                "SELECT customer_id, channel FROM batch_index WHERE decision_id = ?", (decision_id,)).fetchone()
             if row is None:
                 conn.execute("ROLLBACK")
                 raise UnknownDecision(f"decision_id '{decision_id}' is not in the decision log")
@@ -287,9 +255,9 @@ def _jsonable(features: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def write_batch(folder: Path, batch_id: str, tables: Mapping[str, Any]) -> Path:
-    """Write one batch run's `candidates`, `filtered` and `features` tables (pyarrow Tables or
-    DataFrames) as Parquet under `<log>/batch/<batch_id>/`, atomically: the folder appears
-    complete or not at all. Its decisions go to `DecisionLog.append_table`."""
+    """Write one batch run's `decisions`, `candidates`, `filtered` and `features` tables (pyarrow
+    Tables or DataFrames) as Parquet under `<log>/batch/<batch_id>/`, atomically: the folder appears
+    complete or not at all; then `DecisionLog.index_batch` records its decision ids."""
     import os
     import shutil
 
@@ -308,7 +276,9 @@ def write_batch(folder: Path, batch_id: str, tables: Mapping[str, Any]) -> Path:
             table = tables[name]
             if not isinstance(table, pa.Table):
                 table = pa.Table.from_pandas(table, preserve_index=False)
-            pq.write_table(table, tmp / f"{name}.parquet")
+            # dictionary-encode the repeated strings, not the unique decision ids
+            pq.write_table(table, tmp / f"{name}.parquet",
+                           use_dictionary=[f.name for f in table.schema if f.name != "decision_id"])
             with open(tmp / f"{name}.parquet", "rb") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, final)
@@ -365,7 +335,7 @@ def read_log(folder: Path, *, with_features: bool = False, decision_columns: Seq
             parts["filtered"].append(pd.read_sql_query(f"SELECT {','.join(FILTERED_COLUMNS)} FROM filtered", conn))
             outcomes = pd.read_sql_query(f"SELECT {','.join(OUTCOME_COLUMNS)} FROM outcomes", conn)
             if with_features:
-                raw = pd.read_sql_query("SELECT decision_id, features FROM decisions WHERE source != 'batch'", conn)
+                raw = pd.read_sql_query("SELECT decision_id, features FROM decisions", conn)
                 feats = pd.DataFrame([json.loads(f) for f in raw["features"]], index=raw.index)
                 feats.insert(0, "decision_id", raw["decision_id"])
                 parts["features"].append(feats)
@@ -374,6 +344,7 @@ def read_log(folder: Path, *, with_features: bool = False, decision_columns: Seq
     for seg in sorted((folder / "batch").glob("*/")) if (folder / "batch").is_dir() else []:
         if seg.name.startswith("."):
             continue
+        parts["decisions"].append(pd.read_parquet(seg / "decisions.parquet", columns=cols))
         parts["candidates"].append(pd.read_parquet(seg / "candidates.parquet"))
         parts["filtered"].append(pd.read_parquet(seg / "filtered.parquet"))
         if with_features:

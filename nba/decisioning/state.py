@@ -20,7 +20,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -35,8 +35,9 @@ class PolicyStoreError(NbaError):
     exit_code = 3
 
 
-@dataclass(frozen=True)
-class Contact:
+class Contact(NamedTuple):
+    """One shown action. A tuple, so a batch's million contacts go to the store as they are."""
+
     customer_id: int
     action_id: str
     group: str
@@ -168,9 +169,8 @@ class SqlitePolicyStore:
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany("INSERT OR IGNORE INTO contacts VALUES (?,?,?,?,?,?)",
-                             [(int(c.customer_id), float(c.ts), c.action_id, c.group, c.channel, c.decision_id)
-                              for c in contacts])
+            conn.executemany("INSERT OR IGNORE INTO contacts (customer_id, action_id, grp, channel, ts, decision_id) "
+                             "VALUES (?,?,?,?,?,?)", contacts)
         except BaseException:
             conn.execute("ROLLBACK")
             raise

@@ -57,8 +57,9 @@ def workspace_path(settings: Settings) -> Path:
 
 
 def ui_command(settings: Settings, port: int = 8000) -> str:
-    """The exact command that opens the dashboards."""
-    return f"evidently ui --workspace {workspace_path(settings)} --port {port}"
+    """The exact command that opens the dashboards. Evidently's UI reports usage unless
+    DO_NOT_TRACK is set, so the command sets it (nba.settings.TELEMETRY_OFF)."""
+    return f"DO_NOT_TRACK=true evidently ui --workspace {workspace_path(settings)} --port {port}"
 
 
 def open_workspace(settings: Settings, create: bool = True) -> Workspace:
@@ -125,12 +126,12 @@ def drift_panels(model: str) -> list[Panel]:
     return [
         Panel(OVERVIEW, line_plot_panel(
             title="Share of drifted features",
-            values=[_metric(VALUE_METRIC, {"name": "drift.share_drifted_features"}, legend="{{model}}")],
+            values=[_metric("FeatureDriftShare", {}, legend="{{model}}")],
             description="per champion; the limit is monitoring.drift.max_drift_share in evaluation/gates.yaml",
             size="half")),
         Panel(OVERVIEW, line_plot_panel(
             title="Prediction drift score",
-            values=[_metric(VALUE_METRIC, {"name": "drift.prediction_score"}, legend="{{model}}")],
+            values=[_metric("PredictionDrift", {}, legend="{{model}}")],
             description="drift score of the model's output (served scores vs the training frame)", size="half")),
         Panel(model, line_plot_panel(
             title=f"{model}: drifted features (count and share)",
@@ -191,3 +192,22 @@ def read_values(ws: Workspace, project_name: str) -> list[dict]:
                                 "labels": {**params, **(dict(loc.param) if loc is not None else {})},
                                 "value": single.value})
     return sorted(out, key=lambda r: r["timestamp"])
+
+
+def panel_points(ws: Workspace, project_name: str) -> dict[tuple[str, str], int]:
+    """(tab, panel title) -> how many stored values the panel plots, matched the way the
+    workspace's UI matches them (metric type, labels a subset of the metric's parameters,
+    tags a subset of the snapshot's): a panel at 0 would be an empty plot."""
+    rows = read_values(ws, project_name)
+    out: dict[tuple[str, str], int] = {}
+    for proj in ws.search_project(project_name):
+        model = proj.dashboard.model()
+        for tab in model.tabs:
+            for panel in (p for p in model.panels if p.id in tab.panels):
+                n = 0
+                for v in panel.values:
+                    metric = v.metric.rsplit(":", 1)[-1]
+                    n += sum(1 for r in rows if r["metric"] == metric and set(v.tags) <= set(r["tags"])
+                             and all(str(r["labels"].get(k)) == str(x) for k, x in v.metric_labels.items()))
+                out[(tab.title, panel.title)] = n
+    return out

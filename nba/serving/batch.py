@@ -14,6 +14,7 @@ whom nothing is worth sending gets one row with `do_nothing`).
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,15 +133,15 @@ def decide_batch(settings: Settings, customers: Path, channel: str, out: Path, *
     bar.close()
     joined = {name: pa.concat_tables(ts) if name != "ranked" else pd.concat(ts, ignore_index=True)
               for name, ts in parts.items()}
+    joined["decisions"] = joined["decisions"].replace_schema_metadata(
+        {"nba.model_versions": json.dumps(engine.model_versions, sort_keys=True), "nba.bundle": engine.bundle})
     write_batch(settings.decision_log_dir, batch_id, {n: joined[n] for n in SEGMENT_TABLES})
-    engine.log.append_table(joined["decisions"], engine.model_versions)
-    from nba.decisioning.state import Contact
-
-    contacts = [Contact(*c) for cs in contacts_all for c in cs]
-    engine.policy.record_contacts(contacts)
+    dec = joined["decisions"]
+    engine.log.index_batch(batch_id, dec.column("decision_id").to_pylist(), dec.column("customer_id").to_pylist(),
+                           channel)
+    engine.policy.record_contacts([c for cs in contacts_all for c in cs])
     ranked = joined["ranked"]
     write_parquet(ranked, Path(out))
-    dec = joined["decisions"]
     groups = dec.column("experiment_group").to_numpy(zero_copy_only=False)
     actions = dec.column("action_id").to_numpy(zero_copy_only=False)
     counts = pd.Series(actions).value_counts().to_dict()
@@ -167,6 +168,13 @@ def _column(series: Any) -> list[Any]:
     return series.astype(object).where(series.notna(), None).to_numpy()
 
 
+def _dict(codes: np.ndarray, names: Any) -> Any:
+    """A dictionary-encoded string column: one small integer per row (no string per row)."""
+    import pyarrow as pa
+
+    return pa.DictionaryArray.from_arrays(pa.array(np.asarray(codes, dtype=np.int32)), pa.array(list(names), pa.string()))
+
+
 def _tables(engine: Any, d: Any, env: dict[str, Any], ids: np.ndarray, dids: list[str], channel: str, now: float,
             missing: list[int], k: int) -> dict[str, Any]:
     """The decision-log tables and the ranked output of one chunk, built column-wise."""
@@ -177,9 +185,10 @@ def _tables(engine: Any, d: Any, env: dict[str, Any], ids: np.ndarray, dids: lis
 
     cat = engine.catalog
     n = d.n
-    action_ids = np.array([*cat.action_ids, schemas.NO_ACTION], dtype=object)  # index -1 -> do_nothing
-    dids_arr = np.array(dids, dtype=object)
-    shown = d.shown
+    A = len(cat.actions)
+    names = [*cat.action_ids, schemas.NO_ACTION]  # code A = do_nothing
+    did = pa.array(dids, pa.string())
+    zeros = np.zeros(n, dtype=np.int32)
     top = d.ranked[:, 0]
     has = top >= 0
     ti = np.where(has, top, 0)
@@ -191,65 +200,54 @@ def _tables(engine: Any, d: Any, env: dict[str, Any], ids: np.ndarray, dids: lis
     fm = np.zeros(n, dtype=np.int64)
     fm[missing] = 1
     decisions = pa.table({
-        "decision_id": dids_arr.astype(str), "customer_id": ids.astype(np.int64),
-        "channel": np.full(n, channel, dtype=object).astype(str),
-        "decided_at": pa.array(np.full(n, int(now * 1e6), dtype="int64"), pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-        "experiment_group": np.array(core.GROUPS, dtype=object)[d.group].astype(str),
-        "action_id": action_ids[shown].astype(str), "probability": d.probability,
-        "propensity": at_top(d.propensity), "value": at_top(d.value),
+        "decision_id": did, "customer_id": ids.astype(np.int64), "channel": _dict(zeros, [channel]),
+        "decided_at": pa.array(np.full(n, int(now * 1e6), dtype="int64")).cast(pa.timestamp("us", tz="UTC")),
+        "experiment_group": _dict(d.group, core.GROUPS), "action_id": _dict(np.where(d.shown >= 0, d.shown, A), names),
+        "probability": d.probability, "propensity": at_top(d.propensity), "value": at_top(d.value),
         "lever": np.where(has, d.lever[ti], np.nan), "priority": at_top(d.priority), "uplift": at_top(d.uplift),
         "n_candidates": d.alive.sum(axis=1).astype(np.int64), "features_missing": fm,
-        "catalog_version": np.full(n, cat.version, dtype=object).astype(str),
-        "source": np.full(n, "batch", dtype=object).astype(str),
+        "catalog_version": _dict(zeros, [cat.version]), "source": _dict(zeros, ["batch"]),
     })
-    # ranks of the shown list
-    rank = np.zeros(d.alive.shape, dtype=np.int64)
     kk = min(k, d.ranked.shape[1])
+    rank = np.zeros(d.alive.shape, dtype=np.int64)
     for r in range(kk):
         col = d.ranked[:, r]
         ok = col >= 0
         rank[rows[ok], col[ok]] = r + 1
     cr, cc = np.nonzero(d.alive)
     candidates = pa.table({
-        "decision_id": dids_arr[cr].astype(str), "action_id": action_ids[cc].astype(str), "rank": rank[cr, cc],
+        "decision_id": did.take(pa.array(cr)), "action_id": _dict(cc, names), "rank": rank[cr, cc],
         "propensity": d.propensity[cr, cc], "value": d.value[cr, cc], "lever": d.lever[cc],
         "priority": d.priority[cr, cc], "uplift": d.uplift[cr, cc]})
     fr, fc = np.nonzero(d.reason >= 0)
     table = core.reason_table(cat)
-    stages = np.array([r.stage for r in table], dtype=object)
-    rules = np.array([r.rule for r in table], dtype=object)
     codes = d.reason[fr, fc]
-    filtered = pa.table({"decision_id": dids_arr[fr].astype(str), "action_id": action_ids[fc].astype(str),
-                         "stage": pa.array(stages[codes].astype(str)).dictionary_encode(),
-                         "rule": pa.array(rules[codes].astype(str)).dictionary_encode()})
-    feats = {"decision_id": dids_arr.astype(str)}
+    filtered = pa.table({"decision_id": did.take(pa.array(fr)), "action_id": _dict(fc, names),
+                         "stage": _dict(codes, [r.stage for r in table]),
+                         "rule": _dict(codes, [r.rule for r in table])})
+    feats: dict[str, Any] = {"decision_id": did}
     for name, value in env.items():
         arr = np.asarray(value)
-        feats[name] = arr if arr.dtype != object else np.array([None if v is None else str(v) for v in arr],
-                                                                dtype=object)
+        feats[name] = arr if arr.dtype != object else pa.array(arr.tolist(), pa.string())
     features = pa.table(feats)
-    # ranked output: one row per shown action, or do_nothing
-    out_rows, out_cols = [], []
-    for r in range(kk):
-        col = d.ranked[:, r]
-        ok = col >= 0
-        out_rows.append(rows[ok])
-        out_cols.append(np.full(ok.sum(), r + 1))
-    rr = np.concatenate(out_rows) if out_rows else np.zeros(0, np.int64)
-    rk = np.concatenate(out_cols) if out_cols else np.zeros(0, np.int64)
-    ra = d.ranked[rr, rk - 1] if rr.size else np.zeros(0, np.int64)
-    nothing = np.flatnonzero(~has)
+    # the ranked output: one row per shown action, or one do_nothing row
+    pos = [(rows[d.ranked[:, r] >= 0], r) for r in range(kk)]
+    rr = np.concatenate([p for p, _ in pos] + [np.flatnonzero(~has)])
+    rk = np.concatenate([np.full(p.size, r + 1) for p, r in pos] + [np.ones((~has).sum(), dtype=np.int64)])
+    ra = np.concatenate([d.ranked[p, r] for p, r in pos] + [np.full((~has).sum(), A)])
+    shown = ra < A
+    sa = np.where(shown, ra, 0)
     ranked = pd.DataFrame({
-        "customer_id": np.concatenate([ids[rr], ids[nothing]]).astype(np.int64),
-        "decision_id": np.concatenate([dids_arr[rr], dids_arr[nothing]]).astype(str),
-        "rank": np.concatenate([rk, np.ones(nothing.size, np.int64)]),
-        "action_id": np.concatenate([action_ids[ra], np.full(nothing.size, schemas.NO_ACTION, dtype=object)]).astype(str),
-        "propensity": np.concatenate([d.propensity[rr, ra], np.full(nothing.size, np.nan)]),
-        "value": np.concatenate([d.value[rr, ra], np.full(nothing.size, np.nan)]),
-        "lever": np.concatenate([d.lever[ra], np.full(nothing.size, np.nan)]),
-        "priority": np.concatenate([d.priority[rr, ra], np.full(nothing.size, np.nan)]),
-        "experiment_group": np.array(core.GROUPS, dtype=object)[d.group[np.concatenate([rr, nothing])]].astype(str),
-        "probability": d.probability[np.concatenate([rr, nothing])],
+        "customer_id": ids[rr].astype(np.int64),
+        "decision_id": np.asarray(dids, dtype=object)[rr],
+        "rank": rk.astype(np.int64),
+        "action_id": pd.Categorical.from_codes(ra, names),
+        "propensity": np.where(shown, d.propensity[rr, sa], np.nan),
+        "value": np.where(shown, d.value[rr, sa], np.nan),
+        "lever": np.where(shown, d.lever[sa], np.nan),
+        "priority": np.where(shown, d.priority[rr, sa], np.nan),
+        "experiment_group": pd.Categorical.from_codes(d.group[rr], core.GROUPS),
+        "probability": d.probability[rr],
     }).sort_values(["customer_id", "rank"], kind="stable").reset_index(drop=True)
     return {"decisions": decisions, "candidates": candidates, "filtered": filtered, "features": features,
             "ranked": ranked}
@@ -257,11 +255,16 @@ def _tables(engine: Any, d: Any, env: dict[str, Any], ids: np.ndarray, dids: lis
 
 def _contacts(engine: Any, d: Any, ids: np.ndarray, dids: list[str], channel: str, now: float,
               k: int) -> list[tuple]:
+    """(customer, action, group, channel, time, decision) of every shown action, as plain tuples."""
     cat = engine.catalog
-    out = []
+    action_ids = np.array(cat.action_ids, dtype=object)
+    groups = np.array([a.group for a in cat.actions], dtype=object)
+    did = np.asarray(dids, dtype=object)
+    out: list[tuple] = []
     for r in range(min(k, d.ranked.shape[1])):
         col = d.ranked[:, r]
-        for i in np.flatnonzero(col >= 0):
-            a = cat.actions[int(col[i])]
-            out.append((int(ids[i]), a.id, a.group, channel, now, dids[i]))
+        i = np.flatnonzero(col >= 0)
+        a = col[i]
+        out.extend(zip(ids[i].tolist(), action_ids[a].tolist(), groups[a].tolist(), [channel] * i.size,
+                       [now] * i.size, did[i].tolist(), strict=True))
     return out

@@ -259,13 +259,16 @@ def load_models(settings: Settings, cat: catalog_mod.Catalog, manifest: dict[str
         except Exception as exc:
             raise ModelLoadError(f"model {info['bento_model']} cannot be loaded from {path}: {exc}") from exc
     prop, scores, uplift = {}, {}, {}
+    fast: dict[str, FastModel] = {}  # one compiled model per registered model, however many actions share it
     for name, info in manifest["models"].items():
         for role in info["roles"]:
             kind, _, who = role.partition(":")
+            if kind in ("propensity", "score") and name not in fast:
+                fast[name] = FastModel(name, loaded[name], nthread=nthread)
             if kind == "propensity":
-                prop[who] = FastModel(name, loaded[name], nthread=nthread)
+                prop[who] = fast[name]
             elif kind == "score":
-                scores[who] = FastModel(name, loaded[name], nthread=nthread)
+                scores[who] = fast[name]
             elif kind == "uplift":
                 uplift[who] = loaded[name]
     models = ModelSet(cat.action_ids, prop, scores, uplift)

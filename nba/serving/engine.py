@@ -71,9 +71,13 @@ def _now() -> float:
 
 
 def new_decision_ids(n: int) -> list[str]:
-    """n random 128-bit decision ids as 32 hex characters (uuid4-strength randomness)."""
-    raw = os.urandom(16 * n).hex()
-    return [raw[32 * i:32 * (i + 1)] for i in range(n)]
+    """n unique decision ids of 32 hex characters. One request: 128 random bits. A batch: 64
+    random bits then a counter, so a million ids are appended in key order (a random key per
+    row made the log's index inserts ten times slower)."""
+    if n == 1:
+        return [os.urandom(16).hex()]
+    prefix = os.urandom(8).hex()
+    return [f"{prefix}{i:016x}" for i in range(n)]
 
 
 def iso(ts: float) -> str:
@@ -228,17 +232,18 @@ class DecisionEngine:
         for name, values in cols.items():
             if name == schemas.ENTITY_KEY:
                 continue
-            values = list(values)
-            for i, ctx in enumerate(contexts):
-                if name in ctx:
-                    values[i] = ctx[name]
+            overrides = [(i, ctx[name]) for i, ctx in enumerate(contexts) if name in ctx]
+            if overrides:
+                values = list(values)
+                for i, v in overrides:
+                    values[i] = v
             if n == 1:
                 v = values[0]
                 env[name] = (np.nan if v is None else float(v)) if name in numbers else v
             elif name in numbers:
-                env[name] = np.array(values, dtype=np.float64)
+                env[name] = np.asarray(values, dtype=np.float64)
             else:
-                env[name] = np.array(values, dtype=object)
+                env[name] = np.asarray(values, dtype=object)
         return env
 
     def _fill_defaults(self, cols: dict[str, list[Any]], missing: Sequence[int]) -> None:
@@ -259,7 +264,7 @@ class DecisionEngine:
             raise RequestError(f"customer {ids[missing[0]]} has no online features in "
                                f"{self.catalog.feature_service}", field="customer_id", status=404)
         self._fill_defaults(cols, missing)
-        env = self._env(cols, n, contexts or [{}] * n)
+        env = self._env(cols, n, contexts or ())
         models = self.models
         scores = models.score(env, n)
         env.update({name: (float(v[0]) if n == 1 else v) for name, v in scores.items()})

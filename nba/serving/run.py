@@ -115,22 +115,29 @@ def stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
         proc.wait(timeout=timeout)
 
 
-def example_customer(settings: Settings) -> int:
+def example_request(settings: Settings) -> tuple[int, str]:
+    """A customer with fresh features and the moment the online features are for: the newest
+    snapshot (for the simulated bank, a day in its past; a live channel omits the timestamp)."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    ids = pq.read_table(settings.feast_repo / "data" / "profile.parquet", columns=["customer_id"]).column(0)
-    return int(ids[0].as_py())
+    table = pq.read_table(settings.feast_repo / "data" / "profile.parquet", columns=["customer_id", "event_timestamp"])
+    newest = pc.max(table.column("event_timestamp")).as_py()
+    ids = table.filter(pc.equal(table.column("event_timestamp"), newest)).column("customer_id")
+    return int(ids[0].as_py()), (newest.replace(hour=9)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def announce(url: str, customer: int, echo: Callable[[str], None]) -> None:
+def announce(url: str, customer: int, timestamp: str, echo: Callable[[str], None]) -> None:
     echo(f"decision service:  {url}")
     echo(f"OpenAPI:           {url}/docs.json  (Swagger UI: {url}/)")
     echo(f"readiness:         curl -s {url}/readyz")
-    body = json.dumps({"customer_id": customer, "channel": "web", "k": 3})
+    body = json.dumps({"customer_id": customer, "channel": "web", "k": 3, "timestamp": timestamp})
     echo(f"a decision:        curl -s -X POST {url}/decide -H 'Content-Type: application/json' -d '{body}'")
     echo(f"an outcome:        curl -s -X POST {url}/respond -H 'Content-Type: application/json' "
          "-d '{\"decision_id\": \"<from the decision>\", \"action_id\": \"<its action>\", \"outcome\": \"accepted\", "
          "\"value\": 10}'")
+    echo("(the timestamp is the simulated bank's newest snapshot day: its features are fresh then; a live "
+         "channel omits it and decides now)")
 
 
 def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 3000, workers: int | None = None,
@@ -140,7 +147,7 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 3000, work
     url = f"http://{host}:{port}"
     try:
         wait_ready(url, proc)
-        announce(url, example_customer(settings), echo)
+        announce(url, *example_request(settings), echo)
         echo("press Ctrl-C to stop")
         proc.wait()
     except KeyboardInterrupt:
