@@ -21,7 +21,7 @@ import pytest
 from nba.errors import ConfigError
 from nba.evaluation import dashboards
 from nba.evaluation.reporting import ReportError, publish
-from nba.settings import Settings
+from nba.settings import TELEMETRY_OFF, Settings
 from tests.conftest import PROJECT_ROOT
 from tests.constants import SEED
 
@@ -63,6 +63,9 @@ def test_published_values_read_back_in_order_with_their_panels(settings: Setting
     assert set(by_title) == {"Incremental value over the universal hold-out", "Policy value (off-policy estimates)"}
     series = by_title["Incremental value over the universal hold-out"].values[0]
     assert (series.metric, series.metric_labels) == ("evidently:metric_v2:NbaValue", {"group": "incrementality"})
+    assert dashboards.panel_points(ws, "platform") == {
+        ("Overview", "Incremental value over the universal hold-out"): 3,
+        ("Overview", "Policy value (off-policy estimates)"): 3}
 
 
 def test_publish_refuses_what_it_cannot_store(settings: Settings):
@@ -150,6 +153,8 @@ def test_uplift_metrics_are_the_training_metrics_and_reach_the_dashboard(setting
     assert stored[("QiniCoefficient", "")] == pytest.approx(m["qini"])
     assert stored[("UpliftAtTop", "0.3")] == pytest.approx(m["uplift_top30"])
     assert stored[("UpliftTruthCorrelation", "")] == pytest.approx(m["truth_corr"])
+    points = dashboards.panel_points(dashboards.open_workspace(settings), "uplift")
+    assert len(points) == 5 and all(n > 0 for n in points.values()), points
 
 
 def exploration_data(action: str = "travel_notification"):
@@ -246,14 +251,15 @@ def test_nba_report_and_evidently_ui_show_the_trend(settings: Settings):
     assert f"skipped: no decision log at {settings.decision_log_dir}" in out
     assert "incrementality.overall.lift" in out and "0.012" in out
     assert f"Evidently workspace: {settings.evidently_workspace} (projects: platform)" in out
-    assert f"evidently ui --workspace {settings.evidently_workspace} --port 8123" in out
+    assert f"DO_NOT_TRACK=true evidently ui --workspace {settings.evidently_workspace} --port 8123" in out
 
     # the printed command opens the workspace: projects over HTTP, and the panel's series
     port = free_port()
     exe = Path(sys.executable).parent / "evidently"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "evidently"]
     ui = subprocess.Popen([*cmd, "ui", "--workspace", str(settings.evidently_workspace), "--port", str(port)],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          env={**os.environ, **TELEMETRY_OFF})
     try:
         base = f"http://127.0.0.1:{port}/api"
         deadline = time.monotonic() + 90
