@@ -203,6 +203,9 @@ def test_champion_drift_from_the_decision_log_and_a_shifted_batch(champion_env: 
     run = drift.evaluate_drift(settings, [MODEL])
     (result,) = run.results
     assert not result.exceeded and not result.drifted_features
+    # the moment of the decision is not compared (monitoring.drift.ignore)
+    assert result.ignored_features == ("hour_of_day", "is_weekend")
+    assert not {"hour_of_day", "is_weekend"} & {f.feature for f in result.features}
     assert "decision log" in result.current_source and "served propensity" in result.current_source
     assert result.prediction is not None and result.prediction.score < 0.01
     # published: snapshot in the propensity project, HTML + JSON, the HTML on the champion's run

@@ -139,6 +139,7 @@ class DriftResult:
     prediction: FeatureDrift | None
     max_drift_share: float
     skipped_features: tuple[str, ...] = ()
+    ignored_features: tuple[str, ...] = ()
     champion_version: str | None = None
     html: str | None = None
     snapshot_id: str | None = None
@@ -184,6 +185,8 @@ class DriftResult:
                 for f in self.drifted_features]
         if self.skipped_features:
             out.append(f"  not compared (no values in one frame): {', '.join(self.skipped_features)}")
+        if self.ignored_features:
+            out.append(f"  not compared (monitoring.drift.ignore): {', '.join(self.ignored_features)}")
         return out
 
 
@@ -446,11 +449,12 @@ def evaluate_model(settings: Settings, name: str, *, current: pd.DataFrame | Non
         frame, source = current_for(champion, served)
     else:
         raise DriftError(f"{name}: nothing to compare with: give a current frame or a decision log")
-    features = [c for c in champion.inputs if c != "action_id"]
+    ignored = tuple(c for c in champion.inputs if c in limits.ignore)
+    features = [c for c in champion.inputs if c != "action_id" and c not in ignored]
     result, snapshot = compare(reference, frame, features, limits, model=name, family=champion.family,
                                seed=settings.seed, reference_source=champion.source,
                                current_source=source, timestamp=timestamp)
-    result = replace(result, champion_version=champion.version)
+    result = replace(result, champion_version=champion.version, ignored_features=ignored)
     if not publish:
         return result
     from nba.evaluation import dashboards

@@ -109,6 +109,7 @@ class DriftLimits(BaseModel):
     categorical: DriftTest
     prediction: DriftTest
     features: dict[str, DriftTest] = Field(default_factory=dict)
+    ignore: list[str] = Field(default_factory=list)
     categorical_max_values: int = Field(ge=0)
     max_drift_share: float = Field(ge=0, le=1)
     sample_rows: int = Field(gt=0)
