@@ -145,9 +145,10 @@ def main() -> None:
 
     from nba.serving.bundle import build
     from nba.serving.run import start, stop, wait_ready
-    from nba.settings import Settings, disable_telemetry
+    from nba.settings import Settings, disable_telemetry, quiet_console
 
     disable_telemetry()
+    quiet_console()
     bank = args.work.resolve()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
           f"load {os.getloadavg()[0]:.1f}")

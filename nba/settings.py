@@ -58,7 +58,9 @@ class Settings(BaseSettings):
         None, description="contact-policy state [default: sqlite (local), redis (production)]"
     )
     redis_prefix: str = Field("nba", description="prefix of every Redis key the platform writes")
-    serve_workers: int = Field(2, ge=1, description="worker processes of the decision service (one per core)")
+    serve_workers: int = Field(
+        3, ge=1, description="worker processes of the decision service (cores + 1: one waits on its log fsync)"
+    )
 
     def path(self, p: Path) -> Path:
         return p if p.is_absolute() else (self.home / p)

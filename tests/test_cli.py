@@ -151,3 +151,19 @@ def test_quickstart_runs_the_main_job_on_a_small_bank(env, tmp_path: Path):
     for produced in ("sim/manifest.json", "feature_repo/data/online.db", "feature_repo/data/registry.db",
                      "real/hillstrom_experiment.parquet", "feature_repo/data/cdnow_rfm.parquet"):
         assert (work / produced).is_file(), produced
+
+
+def test_decide_batch_names_a_bad_customers_file(env, tmp_path: Path):
+    bad = tmp_path / "c.csv"
+    pd.DataFrame({"client": [1, 2]}).to_csv(bad, index=False)
+    proc = run(["decide-batch", "--customers", str(bad), "--channel", "email", "--out", str(tmp_path / "o.parquet")],
+               env)
+    assert_one_line_error(proc, str(bad), "no column 'customer_id'")
+    proc = run(["decide-batch", "--customers", str(tmp_path / "missing.parquet"), "--channel", "email",
+                "--out", str(tmp_path / "o.parquet")], env)
+    assert_one_line_error(proc, "missing.parquet", "not found")
+
+
+def test_serving_before_a_bundle_says_what_to_run(env):
+    proc = run(["serve", "--port", "3999"], env)
+    assert_one_line_error(proc, "no serving bundle", "nba bundle build")

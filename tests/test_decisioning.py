@@ -240,3 +240,31 @@ def test_one_customer_and_a_batch_decide_alike(tmp_path):
         assert np.allclose(one.priority[0], batch.priority[i], equal_nan=True)
         assert (one.ranked[0] == batch.ranked[i]).all() and one.shown[0] == batch.shown[i]
         assert one.probability[0] == batch.probability[i]
+
+
+def test_the_priority_formula_is_configurable(tmp_path):
+    """Uplift x value, and a context weight per channel: the same candidates, another order."""
+    p = yaml.safe_load((PROJECT_ROOT / "serving" / "policies.yaml").read_text())
+    p["experiment"].update(holdout_share=0.0, exploration_share=0.0)
+    p["arbitration"]["priority"] = "uplift * value * channel_weight"
+    p["channels"]["sms"]["weight"] = 2.0
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    a = yaml.safe_load((PROJECT_ROOT / "serving" / "actions.yaml").read_text())
+    for action in a["actions"]:
+        action["uplift_model"] = f"nba-uplift-{action['id']}"
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(a, sort_keys=False))
+    cat = load_catalog(PROJECT_ROOT, FEATURES, actions=tmp_path / "a.yaml", policies=tmp_path / "p.yaml")
+    assert cat.uses_uplift
+    env = _batch([_customer(), _customer()])
+    j = {x: i for i, x in enumerate(cat.action_ids)}
+    P = np.full((2, 10), 0.5)
+    U = np.zeros((2, 10))
+    U[:, j["mobile_app"]] = 0.10  # 0.10 x 12 = 1.2
+    U[:, j["travel_notification"]] = 0.20  # 0.20 x 4 = 0.8
+    d = decide(cat, env, 2, channel=np.array([cat.channel_names.index("web"), cat.channel_names.index("sms")]),
+               now=np.full(2, NOW), history=ContactHistory.empty(), scorer=MatrixScorer(P, U),
+               customer_ids=np.arange(2), decision_keys=np.arange(2) + 1, k=1)
+    assert cat.action_ids[int(d.shown[0])] == "mobile_app"
+    assert d.priority[0, j["mobile_app"]] == pytest.approx(1.2)
+    assert d.priority[1, j["mobile_app"]] == pytest.approx(2.4)  # the sms weight doubles it
+    assert d.priority[0, j["rewards_card"]] == pytest.approx(0.0)  # no uplift, no priority

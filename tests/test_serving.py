@@ -317,19 +317,42 @@ def test_the_service_answers_503_while_a_store_is_down_and_recovers(served, tmp_
 
 
 def test_caps_in_redis_hold_across_requests_and_a_restart(served, customers, tmp_path):
+    """The production policy store. The first server is started the way a user does, with
+    `nba serve`, which prints where it is and a curl to paste."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.serving_env import free_port
+
     prefix = f"nba-test-{uuid.uuid4().hex[:8]}"
     env = {"NBA_POLICY_STORE": "redis", "NBA_REDIS_PREFIX": prefix}
-    srv = start_server(served, tmp_path / "r1.log", workers=1, extra_env=env)
+    port = free_port()
+    cli_env = {**os.environ, **env, "NBA_HOME": str(served.home), "NBA_WORK_DIR": str(served.work),
+               "NBA_MLFLOW_DIR": str(served.mlflow_path), "NBA_SERVE_WORKERS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "nba", "serve", "--port", str(port)], env=cli_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    printed = []
     try:
-        status, ready = call(srv.url, "/readyz")
+        for line in proc.stdout:
+            printed.append(line)
+            if line.startswith("press Ctrl-C"):
+                break
+        text = "".join(printed)
+        assert f"decision service:  http://127.0.0.1:{port}" in text, text[-3000:]
+        assert f"http://127.0.0.1:{port}/docs.json" in text and f"curl -s -X POST http://127.0.0.1:{port}/decide" in text
+        url = f"http://127.0.0.1:{port}"
+        status, ready = call(url, "/readyz")
         assert ready["checks"]["policy_store"]["detail"] == "RedisPolicyStore"
         for cid in _not_holdout(served, customers)[160:220].tolist():
-            shown, _ = _exhaust(srv.url, cid, "2025-12-06T09:00:00Z")
+            shown, _ = _exhaust(url, cid, "2025-12-06T09:00:00Z")
             if len(shown) >= 2:
                 break
         _within_caps(served, shown)
     finally:
-        srv.stop()
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+        proc.wait(timeout=60)
     srv = start_server(served, tmp_path / "r2.log", workers=1, extra_env=env)
     try:
         status, d = call(srv.url, "/decide", {"customer_id": cid, "channel": "web", "k": 3,
@@ -340,3 +363,87 @@ def test_caps_in_redis_hold_across_requests_and_a_restart(served, customers, tmp
     finally:
         srv.stop()
         RedisPolicyStore(served.redis_url, prefix=f"{prefix}:policy").clear()
+
+
+def test_reject_mode_answers_404_for_a_customer_without_features(served, tmp_path):
+    """`missing_features.mode: reject` in the policies: no decision from defaults."""
+    import yaml
+
+    from nba.decisioning.log import DecisionLog
+    from nba.serving.bundle import load_engine, read_manifest, write_bundle
+    from nba.serving.engine import DecisionRequest, RequestError
+    from tests.serving_env import make_home
+
+    home = make_home(tmp_path, policies={"missing_features__mode": "reject"})
+    strict = served.model_copy(update={"home": home})
+    manifest = read_manifest(served.bundle_dir)
+    from nba.serving.bundle import ResolvedModel, compile_for_build
+
+    cat, fields, _ = compile_for_build(strict)
+    models = [ResolvedModel(n, m["version"], m["run_id"], tuple(m["roles"])) for n, m in manifest["models"].items()]
+    bundle = write_bundle(strict, cat, fields, models, target=tmp_path / "bundle")
+    assert yaml.safe_load((bundle / "policies.yaml").read_text())["missing_features"]["mode"] == "reject"
+    engine = load_engine(served, bundle)
+    engine.log = DecisionLog(tmp_path / "log")
+    with pytest.raises(RequestError) as exc:
+        engine.decide([DecisionRequest(987_654_321, "web", {}, float(DECISION_EPOCH), 1)])
+    assert exc.value.status == 404 and exc.value.field == "customer_id"
+    assert "customer 987654321 has no online features in serving_v1" in str(exc.value)
+
+
+def test_the_fast_paths_equal_feast_and_the_models_own_predictions(served, customers):
+    """The online reader (one SQLite query; the provider's online_read otherwise) gives what
+    Feast's get_online_features gives, and the champions scored on numpy (one row, a few rows)
+    or by XGBoost (many rows) give what the models' own predict_proba / predict give."""
+    from nba.features.online import OnlineFeatureReader
+    from nba.features.store import online_features
+    from nba.serving.bundle import load_models, read_manifest
+    from nba.serving.models import SMALL
+    from nba.training.tracking import configure
+
+    ids = [*customers[:20].tolist(), 987_654_321, int(customers[0])]
+    reader = OnlineFeatureReader(served, "serving_v1")
+    cols, found = reader.read(ids, DECISION_EPOCH)
+    reference = online_features(served, "serving_v1", ids, request_ts=DECISION_EPOCH)
+    assert {k: v for k, v in cols.items()} == {k: v for k, v in reference.items() if k != "customer_id"}
+    assert found == [True] * 20 + [False, True]
+    reader._sqlite = None  # the provider's online_read, as for the Redis online store
+    assert reader.read(ids, DECISION_EPOCH) == (cols, found)
+
+    configure(served)
+    manifest = read_manifest(served.bundle_dir)
+    cat = _catalog(served)
+    models = load_models(served, cat, manifest)
+    frame = pd.DataFrame({k: v for k, v in cols.items()})[:20]
+    numbers = {f.name for f in reader.fields if f.kind == "number"}
+    env = {k: (frame[k].astype(float).to_numpy() if k in numbers else frame[k].to_numpy(dtype=object))
+           for k in frame.columns}
+    import mlflow
+
+    big = {k: np.tile(v, 20) for k, v in env.items()}  # 400 customers: XGBoost's own predictor
+    for j, action in enumerate(cat.action_ids):
+        bento = manifest["models"][cat.actions[j].model]["bento_model"]
+        import bentoml
+
+        own = mlflow.sklearn.load_model(bentoml.models.get(bento).path_of("mlflow_model"))
+        inputs = [c for c in own.model.feature_names_in_ if c != "action_id"]
+        expected = own.predict_proba(frame[inputs])[:, 1]
+        rows = np.arange(20)
+        few = models.propensity(env, 20, rows, np.full(20, j))
+        one = [models.propensity({k: (v[i] if k not in numbers else float(v[i])) for k, v in env.items()}, 1,
+                                 np.zeros(1, int), np.array([j]))[0] for i in range(20)]
+        many = models.propensity(big, 400, np.arange(400), np.full(400, j))
+        assert SMALL < 400  # "many" really takes the XGBoost path
+        assert np.allclose(few, expected, rtol=1e-5, atol=1e-7), action
+        assert np.allclose(one, expected, rtol=1e-5, atol=1e-7), action
+        assert np.allclose(many, np.tile(expected, 20), rtol=1e-5, atol=1e-7), action
+    for name, model in models.score_models.items():
+        own = mlflow.sklearn.load_model(bentoml.models.get(manifest["models"][model.name]["bento_model"])
+                                        .path_of("mlflow_model"))
+        inputs = list(own.feature_names_in_)
+        expected = own.predict_proba(frame[inputs])[:, 1] if name == "churn_risk" else own.predict(frame[inputs])
+        got = models.score(env, 20)[name]
+        one = [models.score({k: (v[i] if k not in numbers else float(v[i])) for k, v in env.items()}, 1)[name][0]
+               for i in range(20)]
+        assert np.allclose(got, expected, rtol=1e-4, atol=1e-6), name
+        assert np.allclose(one, expected, rtol=1e-4, atol=1e-6), name

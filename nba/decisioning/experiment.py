@@ -13,6 +13,7 @@ serves one request.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import numpy as np
@@ -22,6 +23,7 @@ _M2 = np.uint64(0x94D049BB133111EB)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
+@functools.cache
 def salt_key(salt: str) -> np.uint64:
     return np.uint64(int.from_bytes(hashlib.blake2b(salt.encode(), digest_size=8).digest(), "little"))
 
@@ -33,8 +35,22 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+_MASK = (1 << 64) - 1
+
+
+def _splitmix_int(x: int) -> int:
+    z = (x + 0x9E3779B97F4A7C15) & _MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return z ^ (z >> 31)
+
+
 def unit_hash(ids: np.ndarray, salt: str) -> np.ndarray:
     """A uniform number in [0, 1) per id, stable for a given salt."""
+    ids = np.asarray(ids)
+    if ids.size == 1:  # one request: Python integers, the same numbers without numpy's overhead
+        x = int(ids.reshape(-1)[0]) & _MASK
+        return np.array([(_splitmix_int(x ^ int(salt_key(salt))) >> 11) * (1.0 / (1 << 53))])
     with np.errstate(over="ignore"):
         z = splitmix64(np.asarray(ids).astype(np.int64).view(np.uint64) ^ salt_key(salt))
     return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))

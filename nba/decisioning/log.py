@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,36 +119,24 @@ class OutcomeResult:
 class DecisionLog:
     """The SQLite part of a decision log, safe to share between threads and processes.
 
-    Each `append` is one transaction, committed with `synchronous=FULL` before it returns:
-    once it has returned, neither a crash of the process nor of the machine loses it.
+    Each `append` is committed with `synchronous=FULL` before it returns (concurrent appends of
+    a process share one transaction: `nba.sqlite.SqliteFile`): once it has returned, neither a
+    crash of the process nor of the machine loses it.
     """
 
     def __init__(self, folder: Path):
+        from nba.sqlite import SqliteFile
+
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.path = self.folder / "log.db"
-        self._local = threading.local()
-        conn = self._conn()
         try:
-            conn.executescript(_SCHEMA)
+            self.db = SqliteFile(self.path, synchronous="FULL", schema=_SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise DecisionLogError(f"decision log {self.path}: {exc}") from None
 
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=30000")
-            self._local.conn = conn
-        return conn
-
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self.db.close()
 
     def append(self, records: Iterable[DecisionRecord]) -> int:
         """Append decisions in one transaction; returns how many."""
@@ -171,31 +158,21 @@ class DecisionLog:
             filt_rows.extend((did, f["action_id"], f["stage"], f["rule"]) for f in r.filtered)
         if not dec_rows:
             return 0
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+
+        def write(conn: sqlite3.Connection) -> int:
             conn.executemany(f"INSERT INTO decisions VALUES ({','.join('?' * 18)})", dec_rows)
             conn.executemany("INSERT INTO candidates VALUES (?,?,?,?,?,?,?,?)", cand_rows)
             conn.executemany("INSERT INTO filtered VALUES (?,?,?,?)", filt_rows)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return len(dec_rows)
+            return len(dec_rows)
+
+        return self.db.submit(write)
 
     def index_batch(self, batch_id: str, decision_ids: Sequence[str], customer_ids: Sequence[int], channel: str) -> int:
         """Record where a batch run's decisions are (their full records are in its segment), in
         one transaction, so `/respond` finds them."""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany("INSERT INTO batch_index VALUES (?,?,?,?)",
-                             zip(decision_ids, customer_ids, [channel] * len(decision_ids), [batch_id] * len(decision_ids),
-                                 strict=True))
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        rows = zip(decision_ids, customer_ids, [channel] * len(decision_ids), [batch_id] * len(decision_ids),
+                   strict=True)
+        self.db.submit(lambda conn: conn.executemany("INSERT INTO batch_index VALUES (?,?,?,?)", rows))
         return len(decision_ids)
 
     def append_outcome(self, decision_id: str, action_id: str, outcome: str, value: float,
@@ -204,33 +181,25 @@ class DecisionLog:
 
         Raises `UnknownDecision` if the decision is not in the log.
         """
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        def write(conn: sqlite3.Connection) -> OutcomeResult:
             row = conn.execute("SELECT customer_id, channel FROM decisions WHERE decision_id = ?",
                                (decision_id,)).fetchone() or conn.execute(
                 "SELECT customer_id, channel FROM batch_index WHERE decision_id = ?", (decision_id,)).fetchone()
             if row is None:
-                conn.execute("ROLLBACK")
                 raise UnknownDecision(f"decision_id '{decision_id}' is not in the decision log")
             cur = conn.execute("INSERT OR IGNORE INTO outcomes VALUES (?,?,?,?,?)",
                                (decision_id, action_id, outcome, float(value), float(responded_at)))
             recorded = cur.rowcount == 1
-            if not recorded:
-                prev = conn.execute("SELECT outcome, value, responded_at FROM outcomes WHERE decision_id = ? "
-                                    "AND action_id = ?", (decision_id, action_id)).fetchone()
-                outcome, value, responded_at = prev
-        except UnknownDecision:
-            raise
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return OutcomeResult(decision_id, action_id, int(row[0]), str(row[1]), recorded, outcome, float(value),
-                             float(responded_at))
+            kept = (outcome, value, responded_at) if recorded else conn.execute(
+                "SELECT outcome, value, responded_at FROM outcomes WHERE decision_id = ? AND action_id = ?",
+                (decision_id, action_id)).fetchone()
+            return OutcomeResult(decision_id, action_id, int(row[0]), str(row[1]), recorded, kept[0],
+                                 float(kept[1]), float(kept[2]))
+
+        return self.db.submit(write)
 
     def count(self) -> int:
-        return int(self._conn().execute("SELECT count(*) FROM decisions").fetchone()[0])
+        return int(self.db.read(lambda conn: conn.execute("SELECT count(*) FROM decisions").fetchone()[0]))
 
 
 def _num(x: Any) -> float | None:

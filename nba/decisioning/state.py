@@ -16,7 +16,6 @@ core's index arrays with `to_history`.
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,86 +118,65 @@ _BULK = 2_000
 
 
 class SqlitePolicyStore:
-    """Contact-policy state in one SQLite file (WAL): safe across threads and processes."""
+    """Contact-policy state in one SQLite file (WAL): safe across threads and processes.
+
+    `synchronous=NORMAL`: a committed write survives a crash or restart of the process (the
+    serving tests restart the server); only a power cut may lose the last commits, which would
+    let a customer be contacted once more than a cap allows.
+    """
 
     def __init__(self, path: Path):
+        from nba.sqlite import SqliteFile
+
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
         try:
-            self._conn().executescript(_SQLITE_SCHEMA)
+            self.db = SqliteFile(self.path, synchronous="NORMAL", schema=_SQLITE_SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise PolicyStoreError(f"contact-policy store {self.path}: {exc}") from None
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode: a committed write survives a crash or restart of the process
-            # (the state tests restart the server); only a power cut may lose the last commits.
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=30000")
-            self._local.conn = conn
-        return conn
 
     def history(self, customer_ids: Sequence[int] | np.ndarray, since: float) -> RawHistory:
         ids = np.asarray(customer_ids, dtype=np.int64)
         if ids.size == 0:
             return _empty_raw()
-        conn = self._conn()
-        if ids.size <= _BULK:
-            uniq = sorted(set(ids.tolist()))
-            marks = ",".join("?" * len(uniq))
-            contacts = conn.execute(
-                f"SELECT customer_id, action_id, grp, channel, ts FROM contacts WHERE customer_id IN ({marks}) "
-                "AND ts > ?", (*uniq, since)).fetchall()
-            rejects = conn.execute(
-                f"SELECT customer_id, action_id, ts FROM rejections WHERE customer_id IN ({marks}) AND ts > ?",
-                (*uniq, since)).fetchall()
-        else:
-            contacts = conn.execute("SELECT customer_id, action_id, grp, channel, ts FROM contacts WHERE ts > ?",
-                                    (since,)).fetchall()
-            rejects = conn.execute("SELECT customer_id, action_id, ts FROM rejections WHERE ts > ?",
-                                   (since,)).fetchall()
+
+        def read(conn: sqlite3.Connection) -> tuple[list, list]:
+            if ids.size <= _BULK:
+                uniq = sorted(set(ids.tolist()))
+                marks = ",".join("?" * len(uniq))
+                return (conn.execute(f"SELECT customer_id, action_id, grp, channel, ts FROM contacts WHERE "
+                                     f"customer_id IN ({marks}) AND ts > ?", (*uniq, since)).fetchall(),
+                        conn.execute(f"SELECT customer_id, action_id, ts FROM rejections WHERE customer_id IN "
+                                     f"({marks}) AND ts > ?", (*uniq, since)).fetchall())
+            return (conn.execute("SELECT customer_id, action_id, grp, channel, ts FROM contacts WHERE ts > ?",
+                                 (since,)).fetchall(),
+                    conn.execute("SELECT customer_id, action_id, ts FROM rejections WHERE ts > ?", (since,)).fetchall())
+
+        contacts, rejects = self.db.read(read)
         return _rows_to_raw(ids, contacts, rejects)
 
     def record_contacts(self, contacts: Sequence[Contact]) -> None:
-        if not contacts:
-            return
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany("INSERT OR IGNORE INTO contacts (customer_id, action_id, grp, channel, ts, decision_id) "
-                             "VALUES (?,?,?,?,?,?)", contacts)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        if contacts:
+            self.db.submit(lambda conn: conn.executemany(
+                "INSERT OR IGNORE INTO contacts (customer_id, action_id, grp, channel, ts, decision_id) "
+                "VALUES (?,?,?,?,?,?)", contacts))
 
     def record_rejection(self, customer_id: int, action_id: str, ts: float, decision_id: str) -> None:
-        conn = self._conn()
-        conn.execute("INSERT OR IGNORE INTO rejections VALUES (?,?,?,?)",
-                     (int(customer_id), float(ts), action_id, decision_id))
+        self.db.submit(lambda conn: conn.execute("INSERT OR IGNORE INTO rejections VALUES (?,?,?,?)",
+                                                 (int(customer_id), float(ts), action_id, decision_id)))
 
     def prune(self, before: float) -> int:
         """Forget contacts and rejections older than `before` (no policy looks that far back)."""
-        conn = self._conn()
-        n = conn.execute("DELETE FROM contacts WHERE ts <= ?", (before,)).rowcount
-        n += conn.execute("DELETE FROM rejections WHERE ts <= ?", (before,)).rowcount
-        return n
+        return self.db.submit(lambda conn: conn.execute("DELETE FROM contacts WHERE ts <= ?", (before,)).rowcount
+                              + conn.execute("DELETE FROM rejections WHERE ts <= ?", (before,)).rowcount)
 
     def ping(self) -> None:
         try:
-            self._conn().execute("SELECT 1 FROM contacts LIMIT 1").fetchall()
+            self.db.read(lambda conn: conn.execute("SELECT 1 FROM contacts LIMIT 1").fetchall())
         except sqlite3.DatabaseError as exc:
             raise PolicyStoreError(f"contact-policy store {self.path}: {exc}") from None
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self.db.close()
 
 
 def _rows_to_raw(ids: np.ndarray, contacts: list[tuple], rejects: list[tuple]) -> RawHistory:

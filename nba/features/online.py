@@ -3,13 +3,18 @@
 `FeatureStore.get_online_features` costs about 3 ms for the 39 features of `serving_v1`
 (1.5 ms without the on-demand view): most of it builds a response object feature by
 feature. The decision service reads the same values through the same Feast objects one level
-down: the service's feature views are resolved once from the registry; each request calls
-the provider's `online_read` once per view (the SQLite or Redis online store, whatever the
-profile's `feature_store.yaml` says), applies each view's TTL the way Feast does (an older
-value is missing), and runs the on-demand view's own Python transformation from the registry
-on the request time. About 0.8 ms for one customer.
+down: the service's feature views are resolved once from the registry; a request reads every
+view of the service, applies each view's TTL the way Feast does (an older value is missing),
+and runs the on-demand view's own Python transformation from the registry on the request time.
 
-A test checks this reader against `get_online_features` for the same customers.
+* The SQLite online store (the local profile) is read with one query over the views' tables
+  (named and keyed by Feast's own `_table_id` and `serialize_entity_key`, values decoded from
+  Feast's `ValueProto`): about 0.3 ms for one customer, against 0.8 ms for five `online_read`
+  calls, each of which serialises the keys again.
+* Any other online store (Redis in production) is read through the provider's `online_read`,
+  once per view.
+
+A test checks both paths against `get_online_features` for the same customers.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nba import schemas
@@ -73,6 +79,8 @@ class OnlineFeatureReader:
         self.provider = self.store._get_provider()
         self.config = self.store.config
         self.join_key = schemas.ENTITY_KEY
+        self._sqlite = _SqliteViews(self.config, [v.view for v in self.views]) \
+            if str(self.config.online_store.type) == "sqlite" else None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -93,13 +101,23 @@ class OnlineFeatureReader:
         keys = [EntityKey(join_keys=[self.join_key], entity_values=[Value(int64_val=int(c))]) for c in customer_ids]
         out: dict[str, list[Any]] = {}
         found = [False] * n
-        for v in self.views:
+        per_view = None
+        if self._sqlite is not None:
             try:
-                rows = self.provider.online_read(config=self.config, table=v.view, entity_keys=keys,
-                                                 requested_features=list(v.features))
-            except Exception as exc:  # the online store (SQLite file, Redis) is unreachable or broken
-                raise FeatureStoreError(f"online store read of feature view '{v.view.name}' failed: "
+                per_view = self._sqlite.read(keys)
+            except Exception as exc:  # the SQLite file is missing, locked or not a database
+                raise FeatureStoreError(f"online store read of feature view '{self.views[0].view.name}' failed: "
                                         f"{type(exc).__name__}: {exc}") from exc
+        for vi, v in enumerate(self.views):
+            if per_view is not None:
+                rows = per_view[vi]
+            else:
+                try:
+                    rows = self.provider.online_read(config=self.config, table=v.view, entity_keys=keys,
+                                                     requested_features=list(v.features))
+                except Exception as exc:  # the online store (Redis...) is unreachable or broken
+                    raise FeatureStoreError(f"online store read of feature view '{v.view.name}' failed: "
+                                            f"{type(exc).__name__}: {exc}") from exc
             cols = {f: [None] * n for f in v.features}
             for i, (event_ts, values) in enumerate(rows):
                 if values is None:
@@ -133,4 +151,83 @@ class OnlineFeatureReader:
             result = odfv.feature_transformation.udf(inputs)
             for f in odfv.features:
                 out[f.name] = list(result[f.name])
+        return out
+
+
+class _SqliteViews:
+    """Every view of a feature service read from Feast's SQLite online store in one query."""
+
+    CHUNK = 5_000  # keys per query (x views, under SQLite's limit of bound parameters)
+
+    def __init__(self, config: Any, views: Sequence[Any]):
+        import threading
+
+        from feast.infra.online_stores.sqlite import SqliteOnlineStore, _table_id
+
+        self.config = config
+        self.path = SqliteOnlineStore._get_db_path(config)
+        versioning = bool(getattr(config.registry, "enable_online_feature_view_versioning", False))
+        self.tables = [_table_id(config.project, v, versioning) for v in views]
+        self.features = [{f.name for f in v.features} for v in views]
+        self._local = threading.local()
+        self._sql: dict[int, str] = {}
+
+    def _conn(self) -> Any:
+        import sqlite3
+
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if not Path(self.path).is_file():
+                raise FileNotFoundError(f"online store {self.path} does not exist: run `nba features materialize`")
+            # the types Feast declared (event_ts timestamp) come back as Python values, as in Feast
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False,
+                                   detect_types=sqlite3.PARSE_DECLTYPES | sqlite3.PARSE_COLNAMES)
+            self._local.conn = conn
+        return conn
+
+    def _query(self, k: int) -> str:
+        if k not in self._sql:
+            marks = ",".join("?" * k)
+            self._sql[k] = " UNION ALL ".join(
+                f'SELECT {i}, entity_key, feature_name, value, event_ts FROM "{t}" WHERE entity_key IN ({marks})'
+                for i, t in enumerate(self.tables))
+        return self._sql[k]
+
+    def read(self, keys: Sequence[Any]) -> list[list[tuple[Any, dict[str, Any] | None]]]:
+        """Per view, per key: (event time, feature -> ValueProto) or (None, None), as `online_read` gives."""
+        from datetime import UTC
+
+        from feast.infra.key_encoding_utils import serialize_entity_key
+        from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
+        version = self.config.entity_key_serialization_version
+        blobs = [serialize_entity_key(k, entity_key_serialization_version=version) for k in keys]
+        where: dict[bytes, list[int]] = {}  # a customer asked for twice gets its values twice
+        for i, b in enumerate(blobs):
+            where.setdefault(b, []).append(i)
+        unique = list(where)
+        found: list[list[dict[str, Any]]] = [[{} for _ in blobs] for _ in self.tables]
+        times: list[list[Any]] = [[None] * len(blobs) for _ in self.tables]
+        conn = self._conn()
+        for start in range(0, len(unique), self.CHUNK):
+            part = unique[start:start + self.CHUNK]
+            rows = conn.execute(self._query(len(part)), part * len(self.tables)).fetchall()
+            for vi, key, feature, value, event_ts in rows:
+                if feature not in self.features[vi]:
+                    continue
+                proto = ValueProto.FromString(value)
+                for i in where[key]:
+                    found[vi][i][feature] = proto
+                    times[vi][i] = event_ts
+        out = []
+        for vi in range(len(self.tables)):
+            view_rows: list[tuple[Any, dict[str, Any] | None]] = []
+            for i in range(len(blobs)):
+                if not found[vi][i]:
+                    view_rows.append((None, None))
+                    continue
+                t = times[vi][i]
+                t = t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
+                view_rows.append((t, found[vi][i]))
+            out.append(view_rows)
         return out

@@ -142,7 +142,14 @@ def announce(url: str, customer: int, timestamp: str, echo: Callable[[str], None
 
 def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 3000, workers: int | None = None,
           echo: Callable[[str], None] = print) -> None:
-    """Start the service, print where it is, and keep it running until interrupted."""
+    """Start the service, print where it is, and keep it running until interrupted (Ctrl-C or
+    SIGTERM: either way the workers are stopped with it)."""
+    import signal
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     proc = start(settings, host=host, port=port, workers=workers)
     url = f"http://{host}:{port}"
     try:
@@ -154,5 +161,6 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 3000, work
         echo("stopping")
     finally:
         stop(proc)
+        signal.signal(signal.SIGTERM, previous)
     if proc.returncode not in (0, -15, None):
         raise ServerError(f"the decision service exited with code {proc.returncode}")

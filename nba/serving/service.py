@@ -33,7 +33,13 @@ from nba.settings import Settings, disable_telemetry
 
 disable_telemetry()  # this module is an entry point (bentoml serve): no library phones home
 
-WORKERS = int(os.environ.get("NBA_SERVE_WORKERS", "2"))
+# One request at a time per worker (async API: no thread hop); a worker waiting on its log's
+# fsync leaves its core to the others, so the default is one worker more than the 2 cores.
+WORKERS = int(os.environ.get("NBA_SERVE_WORKERS", "3"))
+# BentoML's Prometheus middleware and an OpenTelemetry span per request cost about 20 % of the
+# CPU of a decision (py-spy on a serving worker); both are off unless NBA_SERVE_METRICS=1.
+METRICS = os.environ.get("NBA_SERVE_METRICS", "0") == "1"
+UNTRACED = [] if METRICS else ["/decide", "/decide_batch", "/respond", "/readyz", "/healthz"]
 _STATE: dict[str, Any] = {"engine": None, "error": None}
 
 
@@ -152,6 +158,8 @@ class ReadinessMiddleware:
     workers=WORKERS,
     traffic={"timeout": 60},
     logging={"access": {"enabled": False}},  # console access logs cost ~15 % throughput (PERFORMANCE.md)
+    metrics={"enabled": METRICS},
+    tracing={"excluded_urls": UNTRACED},
 )
 class DecisionService:
     """One central decision authority for every channel."""
@@ -169,7 +177,7 @@ class DecisionService:
         _STATE["engine"] = self.engine
 
     @bentoml.api(route="/decide")
-    def decide(self, customer_id: Annotated[int, Field(strict=True, ge=0, description="the customer")],
+    async def decide(self, customer_id: Annotated[int, Field(strict=True, ge=0, description="the customer")],
                channel: Annotated[str, Field(description="email | sms | push | call_centre | web")],
                context: Annotated[dict[str, float | int | str], Field(
                    description="request-time values overriding features of the same name")] = {},  # noqa: B006
@@ -199,7 +207,7 @@ class DecisionService:
         return Response(json.dumps(out), media_type="application/json")  # type: ignore[return-value]
 
     @bentoml.api(route="/respond")
-    def respond(self, decision_id: str, action_id: str,
+    async def respond(self, decision_id: str, action_id: str,
                 outcome: Annotated[str, Field(description="accepted | rejected | ignored")],
                 value: Annotated[float, Field(ge=0, description="value realised (0 unless accepted)")] = 0.0,
                 timestamp: datetime | None = None) -> Outcome:

@@ -1,0 +1,140 @@
+"""One SQLite file shared by the threads and processes of a busy service.
+
+The decision log and the contact-policy state each live in a SQLite file in WAL mode that
+every worker of the decision service writes to. Three things keep that fast under load:
+
+* a connection per thread (SQLite connections are not shared between threads);
+* group commit: the writes that arrive while another thread of the process is committing
+  wait for it, then go together in one transaction and one fsync (each in its own savepoint,
+  so one failing write fails alone). Each `submit` still returns only once its write is
+  committed: nothing acknowledged is lost;
+* the write lock between processes is polled every 0.2-2 ms. SQLite's own busy handler sleeps
+  1, 2, 5, 10 ... 100 ms between tries, which made 16 concurrent clients wait up to a second.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from nba.errors import NbaError
+
+T = TypeVar("T")
+LOCK_TIMEOUT_S = 30.0
+
+
+class StoreLocked(NbaError):
+    """The file's write lock was not free for LOCK_TIMEOUT_S seconds."""
+
+    exit_code = 3
+
+
+@dataclass
+class _Write:
+    fn: Callable[[sqlite3.Connection], Any]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
+class SqliteFile:
+    """A SQLite file in WAL mode: per-thread connections, group-committed writes."""
+
+    def __init__(self, path: Path, *, synchronous: str = "FULL", schema: str = ""):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.synchronous = synchronous
+        self._local = threading.local()
+        self._queue: list[_Write] = []
+        self._queue_lock = threading.Lock()
+        self._writer = threading.Lock()
+        if schema:  # every worker of a service may create it at the same moment
+            _retry(lambda: self.conn().executescript(schema), self.path)
+
+    def conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=0.002, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read; retried while the file is momentarily busy (a checkpoint)."""
+        return _retry(lambda: fn(self.conn()), self.path)
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        _retry(lambda: conn.execute("BEGIN IMMEDIATE"), self.path)
+
+    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(connection)` inside a write transaction and return its result once committed.
+        Writes submitted while another is committing share the next transaction."""
+        item = _Write(fn)
+        with self._queue_lock:
+            self._queue.append(item)
+        while not item.done.is_set():
+            if self._writer.acquire(blocking=False):
+                try:
+                    with self._queue_lock:
+                        batch, self._queue = self._queue, []
+                    if batch:
+                        self._commit(batch)
+                finally:
+                    self._writer.release()
+            else:
+                item.done.wait(0.0005)
+        if item.error is not None:
+            raise item.error
+        return item.result
+
+    def _commit(self, batch: list[_Write]) -> None:
+        conn = self.conn()
+        try:
+            self._begin(conn)
+            for w in batch:
+                conn.execute("SAVEPOINT one")
+                try:
+                    w.result = w.fn(conn)
+                    conn.execute("RELEASE one")
+                except Exception as exc:  # this write fails alone
+                    conn.execute("ROLLBACK TO one")
+                    conn.execute("RELEASE one")
+                    w.error = exc
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for w in batch:
+                if w.error is None:
+                    w.error = exc
+                    w.result = None
+        finally:
+            for w in batch:
+                w.done.set()
+
+
+def _retry(fn: Callable[[], T], path: Path) -> T:
+    deadline = time.monotonic() + LOCK_TIMEOUT_S
+    pause = 0.0002
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() > deadline:
+                raise StoreLocked(f"{path}: the write lock was not free for {LOCK_TIMEOUT_S:.0f} s ({exc})") from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.002)
