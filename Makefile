@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 NBA_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 export NBA_DATA_DIR
 
-.PHONY: quickstart test install lint bench clean
+.PHONY: quickstart test install lint bench bench-serving clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/bench_simulator.py
 	$(BIN)/python benchmarks/bench_online_read.py
+	$(BIN)/python benchmarks/bench_incrementality.py
+	$(BIN)/python benchmarks/bench_drift.py
+
+# The decision service and batch: after `make quickstart` (they serve its models and features).
+bench-serving: install
+	$(BIN)/python benchmarks/bench_decide.py
+	$(BIN)/python benchmarks/bench_decide_batch.py
 
 clean:
 	rm -rf var .pytest_cache

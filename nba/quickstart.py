@@ -97,6 +97,11 @@ def run(settings: Settings, *, customers: int, seed: int, echo: Callable[[str], 
         echo(f"  experiments and registry:    .venv/bin/mlflow ui --backend-store-uri {tracking_uri(settings)}")
         echo(f"  serving bundle:              {settings.bundle_dir}  (nba bundle show; nba serve)")
         echo("  outbound batch:              nba decide-batch --customers FILE --channel email --out FILE")
+        from nba.evaluation.dashboards import ui_command
+
+        echo(f"  evaluation reports (HTML):   {settings.reports_dir}  (written by nba report and nba evaluate ..."
+             " once decisions are logged)")
+        echo(f"  dashboards:                  {ui_command(settings)}")
     if train and serve:
         from nba.serving.run import serve as run_service
 
