@@ -2,7 +2,7 @@
 
 Needs a work folder with a materialised feature store, trained champions and a built bundle
 (`make quickstart`). Starts the built Bento with `bentoml serve` on a free localhost port
-(2 workers, features from the SQLite online store, contact state and decision log in a private
+(3 workers, the default, features from the SQLite online store, contact state and decision log in a private
 copy of the work folder so the bank's own are untouched), then:
 
 1. one client, sequential keep-alive requests: `/decide` p50 / p99 and, interleaved in the same
@@ -159,7 +159,7 @@ def main() -> None:
         tmp = Path(tmp)
         settings = Settings(home=ROOT, work_dir=private_work(bank, tmp / "w10"), mlflow_dir=ROOT / "mlflow")
         port = 3900 + random.randint(0, 90)
-        proc = start(settings, port=port, workers=2, log_file=tmp / "server.log")
+        proc = start(settings, port=port, log_file=tmp / "server.log")
         try:
             wait_ready(f"http://127.0.0.1:{port}", proc, timeout=180)
             decide, health, timings = asyncio.run(sequential(port, customers, args.requests))
@@ -184,7 +184,7 @@ def main() -> None:
         result = build(s200)
         print(f"200-action bundle {result.bento_tag} (catalog {result.catalog_version})")
         port = 3990 + random.randint(0, 9)
-        proc = start(s200, port=port, workers=2, log_file=tmp / "server200.log")
+        proc = start(s200, port=port, log_file=tmp / "server200.log")
         try:
             wait_ready(f"http://127.0.0.1:{port}", proc, timeout=240)
             decide, health, timings = asyncio.run(sequential(port, customers, args.requests // 2))

@@ -65,15 +65,15 @@ CREATE TABLE IF NOT EXISTS decisions (
     model_versions TEXT NOT NULL,        -- JSON: registered model -> version
     features TEXT NOT NULL               -- JSON: feature name -> value
 );
+-- append-only, read whole: no key to maintain on the hot path (a 200-action catalog writes
+-- ~200 filtered rows per decision)
 CREATE TABLE IF NOT EXISTS candidates (
     decision_id TEXT NOT NULL, action_id TEXT NOT NULL, rank INTEGER NOT NULL,
-    propensity REAL, value REAL, lever REAL, priority REAL, uplift REAL,
-    PRIMARY KEY (decision_id, action_id)
-) WITHOUT ROWID;
+    propensity REAL, value REAL, lever REAL, priority REAL, uplift REAL
+);
 CREATE TABLE IF NOT EXISTS filtered (
-    decision_id TEXT NOT NULL, action_id TEXT NOT NULL, stage TEXT NOT NULL, rule TEXT NOT NULL,
-    PRIMARY KEY (decision_id, action_id)
-) WITHOUT ROWID;
+    decision_id TEXT NOT NULL, action_id TEXT NOT NULL, stage TEXT NOT NULL, rule TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS batch_index (
     decision_id TEXT PRIMARY KEY, customer_id INTEGER NOT NULL, channel TEXT NOT NULL, batch TEXT NOT NULL
 ) WITHOUT ROWID;

@@ -112,9 +112,10 @@ CREATE TABLE IF NOT EXISTS rejections (
     PRIMARY KEY (customer_id, decision_id, action_id)
 ) WITHOUT ROWID;
 """
-# Above this many customers a call reads the whole window and joins in numpy (a batch);
-# below, it asks for its customers by key (a request).
-_BULK = 2_000
+# Customers per key lookup: a batch asks for its customers in chunks, so the cost follows the
+# customers asked for, not the size of the store (reading the whole window for a 10,000-customer
+# batch took 4 s once the store held a million contacts).
+_CHUNK = 2_000
 
 
 class SqlitePolicyStore:
@@ -140,16 +141,17 @@ class SqlitePolicyStore:
             return _empty_raw()
 
         def read(conn: sqlite3.Connection) -> tuple[list, list]:
-            if ids.size <= _BULK:
-                uniq = sorted(set(ids.tolist()))
-                marks = ",".join("?" * len(uniq))
-                return (conn.execute(f"SELECT customer_id, action_id, grp, channel, ts FROM contacts WHERE "
-                                     f"customer_id IN ({marks}) AND ts > ?", (*uniq, since)).fetchall(),
-                        conn.execute(f"SELECT customer_id, action_id, ts FROM rejections WHERE customer_id IN "
-                                     f"({marks}) AND ts > ?", (*uniq, since)).fetchall())
-            return (conn.execute("SELECT customer_id, action_id, grp, channel, ts FROM contacts WHERE ts > ?",
-                                 (since,)).fetchall(),
-                    conn.execute("SELECT customer_id, action_id, ts FROM rejections WHERE ts > ?", (since,)).fetchall())
+            uniq = sorted(set(ids.tolist()))
+            contacts: list = []
+            rejects: list = []
+            for start in range(0, len(uniq), _CHUNK):
+                part = uniq[start:start + _CHUNK]
+                marks = ",".join("?" * len(part))
+                contacts += conn.execute(f"SELECT customer_id, action_id, grp, channel, ts FROM contacts WHERE "
+                                         f"customer_id IN ({marks}) AND ts > ?", (*part, since)).fetchall()
+                rejects += conn.execute(f"SELECT customer_id, action_id, ts FROM rejections WHERE customer_id IN "
+                                        f"({marks}) AND ts > ?", (*part, since)).fetchall()
+            return contacts, rejects
 
         contacts, rejects = self.db.read(read)
         return _rows_to_raw(ids, contacts, rejects)
