@@ -99,6 +99,10 @@ def test_log_without_a_usable_holdout_is_an_error_or_flagged(frames):
     lifts = log_incrementality(unreported, limits=LIMITS).overall[0]
     assert all(any("no outcome was reported against any hold-out decision" in f for f in a.flags) for a in lifts.arms)
 
+    silent = replace(frames, outcomes=frames.outcomes.iloc[0:0])  # decisions made, no outcome reported yet
+    with pytest.raises(ExperimentDataError, match="no outcome: nothing was reported to /respond"):
+        platform_policy_values(silent, limits=LIMITS)
+
     no_cands = replace(frames, candidates=frames.candidates[~frames.candidates["decision_id"].isin(holdout_ids)])
     report = log_incrementality(no_cands, limits=LIMITS)
     assert report.by_action == () and any("per-action incrementality is not reported" in n for n in report.notes)

@@ -195,6 +195,10 @@ def platform_policy_values(frames: LogFrames, *, outcome: str = "converted", thr
     if reward_model not in REWARD_MODELS:
         raise ExperimentDataError(f"reward model '{reward_model}' is unknown; expected one of "
                                   f"{', '.join(REWARD_MODELS)}")
+    if len(frames.outcomes) == 0 and len(frames.decisions):
+        raise ExperimentDataError(
+            f"the decision log holds {len(frames.decisions):,} decisions and no outcome: nothing was reported to "
+            "/respond, so every reward would be 0 by omission, not measured; report outcomes first")
     frame = decision_outcomes(frames, threshold=threshold)
     groups = frame["experiment_group"].astype(str)
     is_h = (groups == HOLDOUT).to_numpy()
