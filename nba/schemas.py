@@ -323,9 +323,9 @@ DECISIONS = TableSchema(
         "catalog_version": "string",
         "source": "string",  # api | batch
     },
-    "One row per decision. `read_log` adds `ranked`, `candidates` (every action left after rules "
-    "and policies with its propensity, value, lever, priority, uplift: what a counterfactual policy "
-    "could have chosen), `filtered` and `model_versions` as lists/dicts, and the served features.",
+    "One row per decision. `read_log` gives beside it `candidates` (every action left after rules and "
+    "policies with its propensity, value, lever, priority, uplift and rank, 0 if not shown: what a "
+    "counterfactual policy could have chosen), `filtered` (action, stage, rule) and the served features.",
 )
 
 OUTCOMES = TableSchema(
