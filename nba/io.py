@@ -51,6 +51,26 @@ def write_text(text: str, target: Path) -> Path:
     return Path(target)
 
 
+def read_table(path: Path, what: str, error: type[Exception] | None = None) -> pd.DataFrame:
+    """A user's table file, Parquet or CSV, as a DataFrame. `what` names it in the errors
+    ("customers file", "entity file"), raised as `error` (default `DataFileError`)."""
+    import pandas as pd
+
+    from nba.errors import DataFileError
+
+    error = error or DataFileError
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} {path} does not exist (expected a Parquet or CSV file)")
+    suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".pq", ".csv"):
+        raise error(f"{what} {path}: unknown format '{suffix}' (expected .parquet or .csv)")
+    try:
+        return pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
+    except Exception as exc:  # a corrupt file: one line naming it
+        raise error(f"{what} {path}: cannot be read ({type(exc).__name__}: {exc})") from None
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -161,7 +161,7 @@ def test_decide_batch_names_a_bad_customers_file(env, tmp_path: Path):
     assert_one_line_error(proc, str(bad), "no column 'customer_id'")
     proc = run(["decide-batch", "--customers", str(tmp_path / "missing.parquet"), "--channel", "email",
                 "--out", str(tmp_path / "o.parquet")], env)
-    assert_one_line_error(proc, "missing.parquet", "not found")
+    assert_one_line_error(proc, "customers file", "missing.parquet", "does not exist")
 
 
 def test_serving_before_a_bundle_says_what_to_run(env):

@@ -39,7 +39,7 @@ from evidently.core.datasets import Dataset
 from evidently.core.metric_types import SingleValue, SingleValueCalculation, SingleValueMetric
 from evidently.legacy.tests.base_test import TestStatus
 
-from nba.errors import ConfigError, DataFileError, NbaError, SchemaError
+from nba.errors import ConfigError, NbaError, SchemaError
 from nba.evaluation.champions import Champion, champion_names, load_champion
 from nba.settings import Settings
 from nba.training.gates import DriftLimits, DriftTest, gates_path, load_gates
@@ -348,18 +348,9 @@ def _verdicts(snapshot: Snapshot) -> dict[str, tuple[float, bool]]:
 
 def read_frame(path: Path) -> pd.DataFrame:
     """A batch frame from Parquet or CSV; errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataFileError(f"current frame {path} does not exist (expected a Parquet or CSV file)")
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".parquet", ".pq"):
-            return pd.read_parquet(path)
-        if suffix == ".csv":
-            return pd.read_csv(path)
-    except Exception as exc:  # a corrupt file: one line naming it
-        raise DataFileError(f"current frame {path}: cannot be read ({type(exc).__name__}: {exc})") from None
-    raise DataFileError(f"current frame {path}: unknown format '{suffix}' (expected .parquet or .csv)")
+    from nba.io import read_table
+
+    return read_table(path, "current frame")
 
 
 @dataclass

@@ -286,17 +286,9 @@ def _needs_request_ts(service) -> bool:
 
 def read_entities(path: Path, keys: Sequence[str] = (schemas.ENTITY_KEY,)) -> pd.DataFrame:
     """Read an entity frame (CSV or Parquet) with the join key(s) and `event_timestamp` columns."""
-    import pandas as pd
+    from nba.io import read_table
 
-    path = Path(path)
-    if not path.is_file():
-        raise FeatureStoreError(f"entity file {path} not found")
-    if path.suffix.lower() in {".parquet", ".pq"}:
-        frame = pd.read_parquet(path)
-    elif path.suffix.lower() == ".csv":
-        frame = pd.read_csv(path)
-    else:
-        raise FeatureStoreError(f"entity file {path}: expected a .csv or .parquet file, got '{path.suffix}'")
+    frame = read_table(path, "entity file", FeatureStoreError)
     return validate_entities(frame, keys=keys, source=str(path))
 
 

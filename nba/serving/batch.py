@@ -54,18 +54,10 @@ class BatchSummary:
 
 
 def read_customers(path: Path) -> Any:
-    import pandas as pd
+    from nba.io import read_table
 
     path = Path(path)
-    if not path.is_file():
-        raise DataFileError(f"customers file {path} not found")
-    suffix = path.suffix.lower()
-    if suffix in {".parquet", ".pq"}:
-        frame = pd.read_parquet(path)
-    elif suffix == ".csv":
-        frame = pd.read_csv(path)
-    else:
-        raise DataFileError(f"customers file {path}: expected .parquet or .csv, got '{path.suffix}'")
+    frame = read_table(path, "customers file")
     if schemas.ENTITY_KEY not in frame.columns:
         raise DataFileError(f"customers file {path}: no column '{schemas.ENTITY_KEY}' (columns: {list(frame.columns)[:20]})")
     ids = frame[schemas.ENTITY_KEY]
