@@ -41,6 +41,8 @@ CHANNELS = ("web", "email", "sms", "push", "call_centre")
 
 
 def private_work(bank: Path, own: Path, share_bundle: bool = True) -> Path:
+    """A work folder sharing the bank's feature store (and models and bundle), with its own
+    decision log and contact state: a benchmark must not cap the bank's customers."""
     own.mkdir(parents=True)
     for name in ("feature_repo", "sim", *(("bentoml", "bundle") if share_bundle else ())):
         if (bank / name).exists():

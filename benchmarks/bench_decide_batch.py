@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from bench_decide import private_work  # one way to share the bank and keep the log private
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMESTAMP = "2025-12-01T09:00:00Z"
@@ -46,17 +47,6 @@ def snapshot_file(settings, customers: int, out: Path, seed: int = 7) -> Path:
     rows["customer_id"] = np.arange(10_000_000, 10_000_000 + customers, dtype=np.int64)
     rows.to_parquet(out, index=False)
     return out
-
-
-def private_work(work: Path, tmp: Path) -> Path:
-    """A work folder sharing the bank's feature store, models and bundle, with its own decision
-    log and contact state (a benchmark must not cap the bank's customers)."""
-    own = tmp / "work"
-    own.mkdir()
-    for name in ("feature_repo", "bentoml", "bundle", "sim"):
-        if (work / name).exists():
-            (own / name).symlink_to(work / name, target_is_directory=True)
-    return own
 
 
 def run_batch(work: Path, customers: Path, out: Path, extra_env: dict[str, str]) -> tuple[float, float, str]:
@@ -91,7 +81,7 @@ def main() -> None:
           f"load {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        work = private_work(bank, tmp)
+        work = private_work(bank, tmp / "work")
         settings = Settings(home=ROOT, work_dir=work)
         log_env: dict[str, str] = {}
         big = snapshot_file(settings, args.customers, tmp / "big.parquet")

@@ -8,7 +8,7 @@ training frame; older runs: `evaluation/holdout.parquet`); uplift scores the run
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,3 +133,21 @@ def load_champion(settings: Settings, name: str,
     if found != artifacts[0]:
         tags["fallback"] = "1"
     return Champion(name, family, str(version.version), run_id, tags, _load_model(uri), list(inputs), frame, found)
+
+
+def evaluate_each(names: Sequence[str], named: bool, evaluate: Callable[[str], Any],
+                  progress: Callable[[str], None] | None = None) -> tuple[list[Any], list[tuple[str, str]]]:
+    """`evaluate(name)` for each model. A model without usable data is skipped with the reason,
+    so it does not hide the others; a model the user named fails loudly instead."""
+    results: list[Any] = []
+    skipped: list[tuple[str, str]] = []
+    for name in names:
+        if progress:
+            progress(name)
+        try:
+            results.append(evaluate(name))
+        except NbaError as exc:
+            if named:
+                raise
+            skipped.append((name, str(exc)))
+    return results, skipped

@@ -40,7 +40,7 @@ from evidently.core.metric_types import SingleValue, SingleValueCalculation, Sin
 from evidently.legacy.tests.base_test import TestStatus
 
 from nba.errors import ConfigError, NbaError, SchemaError
-from nba.evaluation.champions import Champion, champion_names, load_champion
+from nba.evaluation.champions import Champion, champion_names, evaluate_each, load_champion
 from nba.settings import Settings
 from nba.training.gates import DriftLimits, DriftTest, gates_path, load_gates
 
@@ -505,17 +505,9 @@ def evaluate_drift(settings: Settings, models: Sequence[str] | None = None, *, c
     served = None
     if frame is None:
         served = served_data(log_dir or settings.decision_log_dir, since, days)
-    results, skipped = [], []
-    for name in names:
-        if progress:
-            progress(name)
-        try:
-            results.append(evaluate_model(settings, name, current=frame, current_source=str(current or ""),
-                                          served=served, publish=publish, limits=limits))
-        except NbaError as exc:  # one model without usable data must not hide the others
-            if named:
-                raise
-            skipped.append((name, str(exc)))
+    results, skipped = evaluate_each(
+        names, bool(named), lambda name: evaluate_model(settings, name, current=frame, current_source=str(current or ""),
+                                                        served=served, publish=publish, limits=limits), progress)
     if not results:
         raise DriftError("no champion could be compared: " + "; ".join(f"{n}: {why}" for n, why in skipped))
     return DriftRun(tuple(results), tuple(skipped))

@@ -32,7 +32,7 @@ from evidently.core.datasets import Dataset
 from evidently.core.metric_types import SingleValue, SingleValueCalculation, SingleValueMetric
 
 from nba.errors import NbaError, SchemaError
-from nba.evaluation.champions import HOLDOUT_ARTIFACT, champion_names, load_champion
+from nba.evaluation.champions import HOLDOUT_ARTIFACT, champion_names, evaluate_each, load_champion
 from nba.settings import Settings
 from nba.training.metrics import auuc, qini_coefficient, qini_curve, uplift_curve
 
@@ -385,17 +385,9 @@ def evaluate_uplift(settings: Settings, models: Sequence[str] | None = None, *, 
         raise UpliftEvaluationError("no nba-uplift-* model has a @champion; train and promote one first "
                                     "(nba train uplift; nba promote NAME)")
     frame = read_frame(current) if current is not None else None
-    results, skipped = [], []
-    for name in names:
-        if progress:
-            progress(name)
-        try:
-            results.append(evaluate_model(settings, name, current=frame, current_source=str(current or ""),
-                                          publish=publish))
-        except NbaError as exc:  # one model without usable data must not hide the others
-            if named:
-                raise
-            skipped.append((name, str(exc)))
+    results, skipped = evaluate_each(
+        names, bool(named), lambda name: evaluate_model(settings, name, current=frame, current_source=str(current or ""),
+                                                        publish=publish), progress)
     if not results:
         raise UpliftEvaluationError("no uplift champion could be evaluated: "
                                     + "; ".join(f"{n}: {why}" for n, why in skipped))
