@@ -8,7 +8,10 @@ copy of the work folder so the bank's own are untouched), then:
 1. one client, sequential keep-alive requests: `/decide` p50 / p99 and, interleaved in the same
    run, `/healthz` p50 and the ratio of the two;
 2. 16 concurrent keep-alive clients for `--seconds`: decisions per second and latency;
-3. the same catalog grown to 200 actions (each of the ten bank actions in 20 variants with their
+3. the floor: `benchmarks/floor_service.py`, the same BentoML configuration and `/decide`
+   signature answering a fixed body, one client as in 1 (what BentoML's request path costs
+   before any deciding, against its own `/healthz`);
+4. the same catalog grown to 200 actions (each of the ten bank actions in 20 variants with their
    own rules; the variants share the ten registered propensity models), bundled and served:
    `/decide` p50.
 
@@ -141,6 +144,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--skip-200", action="store_true", help="leave out the 200-action catalog (3 minutes)")
     args = parser.parse_args()
 
     import pandas as pd
@@ -174,6 +178,18 @@ def main() -> None:
                   f"p50 {q(lat, .5):.1f} ms, p99 {q(lat, .99):.1f} ms, {errors} errors")
         finally:
             stop(proc)
+
+        port = 3900 + random.randint(0, 90)
+        proc = start(settings, port=port, log_file=tmp / "floor.log", target="benchmarks.floor_service:FloorService")
+        try:
+            wait_ready(f"http://127.0.0.1:{port}", proc, timeout=120)
+            decide, health, _ = asyncio.run(sequential(port, customers, args.requests))
+            print(f"floor (a @bentoml.api /decide answering a fixed body), one client: p50 {q(decide, .5):.2f} ms, "
+                  f"p99 {q(decide, .99):.2f} ms; /healthz p50 {q(health, .5):.2f} ms; ratio {q(decide, .5) / q(health, .5):.2f}")
+        finally:
+            stop(proc)
+        if args.skip_200:
+            return
 
         home = tmp / "home200"
         (home / "serving").mkdir(parents=True)

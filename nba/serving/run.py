@@ -47,6 +47,7 @@ def server_env(settings: Settings, workers: int | None = None, extra: dict[str, 
         "NBA_SERVE_WORKERS": str(workers or settings.serve_workers),
         "NBA_REDIS_URL": settings.redis_url,
         "NBA_REDIS_PREFIX": settings.redis_prefix,
+        "NBA_POSTGRES_DSN": settings.postgres_dsn,
         "OMP_NUM_THREADS": "1",  # one XGBoost thread per worker: workers x threads <= cores
     })
     if settings.policy_store:
@@ -71,13 +72,18 @@ def start(settings: Settings, *, host: str = "127.0.0.1", port: int = 3000, work
 def readiness(url: str, timeout: float = 2.0) -> tuple[int, dict[str, Any]]:
     try:
         with urllib.request.urlopen(f"{url}/readyz", timeout=timeout) as resp:  # noqa: S310 - loopback
-            return resp.status, json.loads(resp.read() or b"{}")
+            return resp.status, _body(resp.read())
     except urllib.error.HTTPError as exc:
-        body = exc.read()
-        try:
-            return exc.code, json.loads(body or b"{}")
-        except json.JSONDecodeError:
-            return exc.code, {"detail": body.decode(errors="replace")}
+        return exc.code, _body(exc.read())
+
+
+def _body(raw: bytes) -> dict[str, Any]:
+    """A readiness body: ours is JSON; a plain BentoML service answers text."""
+    try:
+        body = json.loads(raw or b"{}")
+    except json.JSONDecodeError:
+        body = None
+    return body if isinstance(body, dict) else {"detail": raw.decode(errors="replace").strip()}
 
 
 def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 120.0,
