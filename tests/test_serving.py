@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 import shutil
 import uuid
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -447,3 +449,96 @@ def test_the_fast_paths_equal_feast_and_the_models_own_predictions(served, custo
                for i in range(20)]
         assert np.allclose(got, expected, rtol=1e-4, atol=1e-6), name
         assert np.allclose(one, expected, rtol=1e-4, atol=1e-6), name
+
+
+def _by_customer(log_dir: Path) -> dict[int, dict[str, Any]]:
+    """Per customer (one decision each): its features, candidates and filtered actions."""
+    log = read_log(log_dir, with_features=True)
+    dec = log.decisions.set_index("decision_id")["customer_id"]
+    out: dict[int, dict[str, Any]] = {}
+    for did, cid in dec.items():
+        cand = log.candidates[log.candidates["decision_id"] == did].set_index("action_id").sort_index()
+        filt = log.filtered[log.filtered["decision_id"] == did]
+        feats = log.features[log.features["decision_id"] == did].drop(columns="decision_id").iloc[0]
+        out[int(cid)] = {"candidates": cand[["propensity", "value", "lever", "priority"]].astype(float),
+                         "filtered": sorted(zip(filt["action_id"], filt["stage"], filt["rule"], strict=True)),
+                         "features": feats.to_dict()}
+    return out
+
+
+def test_the_production_profile_serves_from_redis_and_a_postgres_registry(served, customers, tmp_path):
+    """NBA_PROFILE=production end to end: `apply` registers the Feast repository in a Postgres
+    registry (a database of its own), `materialize` loads the Redis online store, and the
+    decision service started under the profile reads its features from Redis and keeps its
+    contact state in Redis. It decides as the embedded profile does for the same customers at
+    the same moment: the same features, the same candidates with the same P, V, L and
+    priority, the same filtered actions with the same stage and rule."""
+    import psycopg
+
+    from nba.features import store
+    from nba.features.online import OnlineFeatureReader
+    from nba.serving.bundle import load_engine
+    from nba.serving.engine import DecisionRequest
+
+    tag = uuid.uuid4().hex[:8]
+    dbname = f"nba_test_{tag}"
+    with psycopg.connect(served.postgres_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{dbname}"')
+    work = tmp_path / "production"
+    work.mkdir()
+    for name in ("sim", "bundle", "bentoml"):
+        (work / name).symlink_to(served.work / name, target_is_directory=True)
+    prod = served.model_copy(update={
+        "profile": "production", "work_dir": work, "redis_url": "redis://127.0.0.1:6379/9",
+        "postgres_dsn": served.postgres_dsn.rsplit("/", 1)[0] + "/" + dbname, "redis_prefix": f"nba-test-{tag}"})
+    srv = None
+    try:
+        assert "serving_v1" in store.apply(prod).feature_services
+        assert store.materialize(prod).online_store == "redis"
+        with psycopg.connect(prod.postgres_dsn) as conn:  # the registry really is in that database
+            views = {r[0] for r in conn.execute("SELECT feature_view_name FROM feature_views")}
+        assert {"customer_profile", "customer_rfm"} <= views
+
+        ids = [int(c) for c in _not_holdout(served, customers)[300:330]]
+        from_redis = OnlineFeatureReader(prod, "serving_v1")
+        assert str(from_redis.config.online_store.type) == "redis"
+        assert from_redis.read([*ids, 987_654_321], DECISION_EPOCH) == \
+            OnlineFeatureReader(served, "serving_v1").read([*ids, 987_654_321], DECISION_EPOCH)
+
+        srv = start_server(prod, tmp_path / "production.log", workers=1)
+        status, ready = call(srv.url, "/readyz")
+        assert status == 200 and ready["checks"]["policy_store"]["detail"] == "RedisPolicyStore"
+        shown = {}
+        for cid in ids:
+            status, d = call(srv.url, "/decide", {"customer_id": cid, "channel": "email", "k": 3,
+                                                  "timestamp": DECISION_TIME})
+            assert status == 200 and d["features_missing"] is False, d
+            shown[cid] = sorted(a["action_id"] for a in d["actions"])
+        h = RedisPolicyStore(prod.redis_url, prefix=f"{prod.redis_prefix}:policy").history(ids, since=0)
+        assert sorted(h.contact_action) == sorted(a for acts in shown.values() for a in acts)
+
+        # the embedded profile, in process, from an empty contact state and its own log
+        local = tmp_path / "embedded"
+        local.mkdir()
+        for name in ("sim", "feature_repo", "bundle", "bentoml"):
+            (local / name).symlink_to(served.work / name, target_is_directory=True)
+        embedded = served.model_copy(update={"work_dir": local})
+        engine = load_engine(embedded, served.bundle_dir)
+        for cid in ids:
+            engine.decide([DecisionRequest(cid, "email", {}, float(DECISION_EPOCH), 3)])
+        a, b = _by_customer(prod.decision_log_dir), _by_customer(embedded.decision_log_dir)
+        assert set(a) == set(b) == set(ids)
+        assert sum(len(a[c]["candidates"]) for c in ids) > 0 and sum(len(a[c]["filtered"]) for c in ids) > 0
+        for cid in ids:
+            assert a[cid]["features"] == pytest.approx(b[cid]["features"], nan_ok=True), cid
+            assert a[cid]["filtered"] == b[cid]["filtered"], cid
+            assert list(a[cid]["candidates"].index) == list(b[cid]["candidates"].index), cid
+            assert np.allclose(a[cid]["candidates"], b[cid]["candidates"], rtol=1e-6, equal_nan=True), cid
+    finally:
+        if srv is not None:
+            srv.stop()
+        RedisPolicyStore(prod.redis_url, prefix=f"{prod.redis_prefix}:policy").clear()
+        if (prod.feast_repo / "feature_store.yaml").is_file():
+            store.get_store(prod).teardown()  # the online store's keys and the registry's tables
+        with psycopg.connect(served.postgres_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
