@@ -451,6 +451,76 @@ def test_the_fast_paths_equal_feast_and_the_models_own_predictions(served, custo
         assert np.allclose(one, expected, rtol=1e-4, atol=1e-6), name
 
 
+def _private_work(served: Settings, work: Path) -> Settings:
+    """The served bank's features, models and bundle with an empty decision log and contact state."""
+    work.mkdir()
+    for name in ("sim", "feature_repo", "bundle", "bentoml"):
+        (work / name).symlink_to(served.work / name, target_is_directory=True)
+    return served.model_copy(update={"work_dir": work})
+
+
+def test_a_crash_loses_no_acknowledged_decision_or_outcome(served, customers, tmp_path):
+    """Eight clients decide and report outcomes against two workers; the server is killed
+    (SIGKILL, no shutdown) while requests are in flight. Every decision and outcome that was
+    answered is in the log with its candidates, and every shown action counts as a contact."""
+    import os
+    import signal
+    import threading
+    import time
+
+    private = _private_work(served, tmp_path / "crash")
+    srv = start_server(private, tmp_path / "crash.log", workers=2)
+    decided: list[dict] = []
+    responded: list[tuple[str, str]] = []
+    stop = threading.Event()
+    ids = _not_holdout(served, customers)[400:1400].tolist()
+
+    def client(k: int) -> None:
+        i = k
+        while not stop.is_set():
+            try:
+                status, d = call(srv.url, "/decide", {"customer_id": ids[i % len(ids)], "channel": "web",
+                                                      "timestamp": DECISION_TIME})
+            except OSError:  # the server is gone: this request was never answered
+                return
+            i += 8
+            if status != 200:
+                continue
+            decided.append(d)
+            if d["actions"]:
+                try:
+                    status, r = call(srv.url, "/respond", {"decision_id": d["decision_id"], "action_id":
+                                                           d["actions"][0]["action_id"], "outcome": "rejected"})
+                except OSError:
+                    return
+                if status == 200:
+                    responded.append((d["decision_id"], d["actions"][0]["action_id"]))
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(4)
+    os.killpg(srv.proc.pid, signal.SIGKILL)  # the whole server, workers included, mid-request
+    srv.proc.wait(timeout=30)
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(decided) > 50 and len(responded) > 5, (len(decided), len(responded))
+    log = read_log(private.decision_log_dir)
+    logged = set(log.decisions["decision_id"])
+    assert {d["decision_id"] for d in decided} <= logged
+    cands = set(zip(log.candidates["decision_id"], log.candidates["action_id"], strict=True))
+    assert all((d["decision_id"], a["action_id"]) in cands for d in decided for a in d["actions"])
+    outcomes = set(zip(log.outcomes["decision_id"], log.outcomes["action_id"], strict=True))
+    assert set(responded) <= outcomes
+    state = SqlitePolicyStore(private.policy_state_path)
+    h = state.history([d["customer_id"] for d in decided], since=0)
+    contacts = set(zip(h.contact_row.tolist(), h.contact_action, strict=True))
+    assert all((i, a["action_id"]) in contacts for i, d in enumerate(decided) for a in d["actions"])
+    rejections = set(state.db.read(lambda c: c.execute("SELECT decision_id, action_id FROM rejections").fetchall()))
+    assert set(responded) <= rejections  # each answered rejection starts its cool-down
+
+
 def _by_customer(log_dir: Path) -> dict[int, dict[str, Any]]:
     """Per customer (one decision each): its features, candidates and filtered actions."""
     log = read_log(log_dir, with_features=True)
@@ -518,11 +588,7 @@ def test_the_production_profile_serves_from_redis_and_a_postgres_registry(served
         assert sorted(h.contact_action) == sorted(a for acts in shown.values() for a in acts)
 
         # the embedded profile, in process, from an empty contact state and its own log
-        local = tmp_path / "embedded"
-        local.mkdir()
-        for name in ("sim", "feature_repo", "bundle", "bentoml"):
-            (local / name).symlink_to(served.work / name, target_is_directory=True)
-        embedded = served.model_copy(update={"work_dir": local})
+        embedded = _private_work(served, tmp_path / "embedded")
         engine = load_engine(embedded, served.bundle_dir)
         for cid in ids:
             engine.decide([DecisionRequest(cid, "email", {}, float(DECISION_EPOCH), 3)])
