@@ -103,6 +103,10 @@ class SqliteFile:
         conn = self.conn()
         try:
             self._begin(conn)
+            if len(batch) == 1:  # alone in its transaction: a failure rolls the transaction back
+                batch[0].result = batch[0].fn(conn)
+                conn.execute("COMMIT")
+                return
             for w in batch:
                 conn.execute("SAVEPOINT one")
                 try:
