@@ -44,7 +44,7 @@ class BatchSummary:
     action_counts: dict[str, int]
 
     def describe(self) -> str:
-        lines = [f"{self.customers:,} decisions in {self.seconds:.1f} s ({self.customers / max(self.seconds, 1e-9):,.0f}/s) "
+        lines = [f"{self.customers:,} decisions in {self.seconds:.2f} s ({self.customers / max(self.seconds, 1e-9):,.0f}/s) "
                  f"after loading the bundle in {self.load_seconds:.1f} s; "
                  f"features from {self.feature_source}; {self.decisions_with_action:,} with an action, "
                  f"{self.holdout:,} hold-out, {self.explore:,} exploration, {self.features_missing:,} without features",
@@ -92,7 +92,9 @@ def decide_batch(settings: Settings, customers: Path, channel: str, out: Path, *
     engine = engine or load_engine(settings, nthread=2)
     engine.check(DecisionRequest(0, channel, {}, timestamp, k))
     reader = engine.features
-    engine.models  # noqa: B018 - load now: the decision time below is the decisions'
+    from nba.serving.models import SMALL
+
+    engine.warm(rows=max(1, min(len(frame), chunk, SMALL + 1)))  # load and warm now: the time below is the decisions'
     t_loaded = time.perf_counter()
     stored = list(reader.stored_names)
     from_file = all(c in frame.columns for c in stored)

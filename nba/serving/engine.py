@@ -146,8 +146,9 @@ class DecisionEngine:
     def policy(self) -> PolicyStore:
         return self._policy.get()
 
-    def warm(self) -> None:
-        """Build every component and score one made-up customer (the first XGBoost calls are slow)."""
+    def warm(self, rows: int = 1) -> None:
+        """Build every component and score `rows` made-up customers (the first calls of a model
+        are slow: one row warms the numpy trees the service uses, a batch's size XGBoost)."""
         for part in (self._models, self._features, self._policy):
             try:
                 part.get()
@@ -158,11 +159,11 @@ class DecisionEngine:
             reader = self._features.get()
         except Unavailable:
             return
-        env = self._env({f.name: [None] for f in reader.fields}, 1, [{}])
-        env.update({k: float(v[0]) for k, v in models.score(env, 1).items()})
+        env = self._env({f.name: [None] * rows for f in reader.fields}, rows, [{}] * rows)
+        env.update({k: (float(v[0]) if rows == 1 else v) for k, v in models.score(env, rows).items()})
         idx = np.arange(len(self.catalog.actions))
         for _ in range(3):
-            models.propensity(env, 1, np.zeros(idx.size, dtype=np.int64), idx)
+            models.propensity(env, rows, np.repeat(np.arange(rows), idx.size), np.tile(idx, rows))
 
     def readiness(self) -> dict[str, Any]:
         """Is each component up? (`/readyz`)"""
