@@ -463,10 +463,12 @@ def test_a_crash_loses_no_acknowledged_decision_or_outcome(served, customers, tm
     """Eight clients decide and report outcomes against two workers; the server is killed
     (SIGKILL, no shutdown) while requests are in flight. Every decision and outcome that was
     answered is in the log with its candidates, and every shown action counts as a contact."""
-    import os
-    import signal
     import threading
     import time
+
+    import psutil
+
+    from nba.serving.run import kill, server_processes
 
     private = _private_work(served, tmp_path / "crash")
     srv = start_server(private, tmp_path / "crash.log", workers=2)
@@ -500,8 +502,20 @@ def test_a_crash_loses_no_acknowledged_decision_or_outcome(served, customers, tm
     for t in threads:
         t.start()
     time.sleep(4)
-    os.killpg(srv.proc.pid, signal.SIGKILL)  # the whole server, workers included, mid-request
-    srv.proc.wait(timeout=30)
+    workers = server_processes(srv.proc)[1:]
+    assert len(workers) >= 2
+    kill(srv.proc)  # the whole server, workers included, mid-request
+
+    def running(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + 10
+    while any(running(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in workers if running(p)], "a worker outlived the crash"
     stop.set()
     for t in threads:
         t.join(timeout=60)

@@ -106,8 +106,32 @@ def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 
     raise ServerError(f"the decision service at {url} was not ready after {timeout:.0f} s: {last}")
 
 
+def server_processes(proc: subprocess.Popen) -> list[int]:
+    """The server's process and its workers. BentoML starts each worker in a session of its own,
+    so a signal to the server's process group does not reach them."""
+    import psutil
+
+    try:
+        return [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def kill(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """SIGKILL the server and every worker at once (a crash, or a server that would not stop)."""
+    import signal
+
+    for pid in server_processes(proc):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=timeout)
+
+
 def stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    """Stop the server and its workers (it runs in its own process group)."""
+    """Stop the server and its workers: SIGTERM (BentoML stops its workers), then SIGKILL to
+    all of them if that takes longer than `timeout`."""
     import signal
 
     if proc.poll() is not None:
@@ -116,9 +140,7 @@ def stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=timeout)
     except (subprocess.TimeoutExpired, ProcessLookupError):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=timeout)
+        kill(proc, timeout)
 
 
 def example_request(settings: Settings) -> tuple[int, str]:
@@ -155,7 +177,9 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 3000, work
     def terminate(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    # Both set here: a process started in the background by a non-interactive shell inherits
+    # SIGINT ignored, and Ctrl-C (or a test's SIGINT) would leave the server running.
+    previous = {sig: signal.signal(sig, terminate) for sig in (signal.SIGTERM, signal.SIGINT)}
     proc = start(settings, host=host, port=port, workers=workers)
     url = f"http://{host}:{port}"
     try:
@@ -167,6 +191,7 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 3000, work
         echo("stopping")
     finally:
         stop(proc)
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if proc.returncode not in (0, -15, None):
         raise ServerError(f"the decision service exited with code {proc.returncode}")
