@@ -12,20 +12,13 @@ import bentoml
 from pydantic import Field
 from starlette.responses import Response
 
-from nba.serving.service import METRICS, UNTRACED, WORKERS
+from nba.serving.service import CONFIG
 
 ANSWER = (b'{"decision_id":"0","customer_id":0,"channel":"web","experiment_group":"nba","actions":[],'
           b'"filtered":[],"timing":{}}')
 
 
-@bentoml.service(
-    name="nba_floor",
-    workers=WORKERS,
-    traffic={"timeout": 60},
-    logging={"access": {"enabled": False}},
-    metrics={"enabled": METRICS},
-    tracing={"excluded_urls": UNTRACED},
-)
+@bentoml.service(name="nba_floor", **CONFIG)
 class FloorService:
     @bentoml.api(route="/decide")
     async def decide(self, customer_id: Annotated[int, Field(strict=True, ge=0)], channel: str,
