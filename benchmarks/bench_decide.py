@@ -25,15 +25,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import random
 import re
 import shutil
+import socket
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -51,6 +54,42 @@ def private_work(bank: Path, own: Path, share_bundle: bool = True) -> Path:
         if (bank / name).exists():
             (own / name).symlink_to(bank / name, target_is_directory=True)
     return own
+
+
+def prologue(work: Path) -> Path:
+    """Telemetry off and a quiet console; print the machine line; the bank's folder."""
+    from nba.settings import disable_telemetry, quiet_console
+
+    disable_telemetry()
+    quiet_console()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+          f"load {os.getloadavg()[0]:.1f}")
+    return work.resolve()
+
+
+@contextlib.contextmanager
+def serving(settings, log: Path, *, target: str | None = None, timeout: float = 180) -> Iterator[int]:
+    """The built Bento (or `target`) under `bentoml serve` on a free localhost port, ready;
+    stopped on leaving."""
+    from nba.serving.run import start, stop, wait_ready
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = start(settings, port=port, log_file=log, target=target)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc, timeout=timeout)
+        yield port
+    finally:
+        stop(proc)
+
+
+def one_client(label: str, decide: list[float], health: list[float], timings: dict[str, float]) -> None:
+    print(f"{label}, one client, {len(decide):,} sequential /decide: p50 {q(decide, .5):.2f} ms, "
+          f"p99 {q(decide, .99):.2f} ms; /healthz p50 {q(health, .5):.2f} ms; ratio /decide : /healthz p50 = "
+          f"{q(decide, .5) / q(health, .5):.2f}")
+    if timings:
+        print("  inside the engine (median ms): " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
 
 
 def q(values: list[float], p: float) -> float:
@@ -150,44 +189,23 @@ def main() -> None:
     import pandas as pd
 
     from nba.serving.bundle import build
-    from nba.serving.run import start, stop, wait_ready
-    from nba.settings import Settings, disable_telemetry, quiet_console
+    from nba.settings import Settings
 
-    disable_telemetry()
-    quiet_console()
-    bank = args.work.resolve()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"load {os.getloadavg()[0]:.1f}")
+    bank = prologue(args.work)
     profile = pd.read_parquet(bank / "feature_repo" / "data" / "profile.parquet",
                               columns=["customer_id", "event_timestamp"])
     customers = profile.loc[profile["event_timestamp"] == profile["event_timestamp"].max(), "customer_id"].tolist()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         settings = Settings(home=ROOT, work_dir=private_work(bank, tmp / "w10"), mlflow_dir=ROOT / "mlflow")
-        port = 3900 + random.randint(0, 90)
-        proc = start(settings, port=port, log_file=tmp / "server.log")
-        try:
-            wait_ready(f"http://127.0.0.1:{port}", proc, timeout=180)
-            decide, health, timings = asyncio.run(sequential(port, customers, args.requests))
-            print(f"one client, {len(decide):,} sequential /decide: p50 {q(decide, .5):.2f} ms, p99 {q(decide, .99):.2f} ms;"
-                  f" /healthz p50 {q(health, .5):.2f} ms; ratio /decide : /healthz p50 = "
-                  f"{q(decide, .5) / q(health, .5):.2f}")
-            print("  inside the engine (median ms): " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
+        with serving(settings, tmp / "server.log") as port:
+            one_client("10 actions", *asyncio.run(sequential(port, customers, args.requests)))
             n, lat, errors = asyncio.run(concurrent(port, customers, args.clients, args.seconds))
             print(f"{args.clients} concurrent clients for {args.seconds:.0f} s: {n / args.seconds:,.0f} decisions/s, "
                   f"p50 {q(lat, .5):.1f} ms, p99 {q(lat, .99):.1f} ms, {errors} errors")
-        finally:
-            stop(proc)
-
-        port = 3900 + random.randint(0, 90)
-        proc = start(settings, port=port, log_file=tmp / "floor.log", target="benchmarks.floor_service:FloorService")
-        try:
-            wait_ready(f"http://127.0.0.1:{port}", proc, timeout=120)
-            decide, health, _ = asyncio.run(sequential(port, customers, args.requests))
-            print(f"floor (a @bentoml.api /decide answering a fixed body), one client: p50 {q(decide, .5):.2f} ms, "
-                  f"p99 {q(decide, .99):.2f} ms; /healthz p50 {q(health, .5):.2f} ms; ratio {q(decide, .5) / q(health, .5):.2f}")
-        finally:
-            stop(proc)
+        with serving(settings, tmp / "floor.log", target="benchmarks.floor_service:FloorService", timeout=120) as port:
+            one_client("floor (a @bentoml.api /decide answering a fixed body)",
+                       *asyncio.run(sequential(port, customers, args.requests)))
         if args.skip_200:
             return
 
@@ -201,16 +219,8 @@ def main() -> None:
                         mlflow_dir=ROOT / "mlflow")
         result = build(s200)
         print(f"200-action bundle {result.bento_tag} (catalog {result.catalog_version})")
-        port = 3990 + random.randint(0, 9)
-        proc = start(s200, port=port, log_file=tmp / "server200.log")
-        try:
-            wait_ready(f"http://127.0.0.1:{port}", proc, timeout=240)
-            decide, health, timings = asyncio.run(sequential(port, customers, args.requests // 2))
-            print(f"200-action catalog, one client, {len(decide):,} /decide: p50 {q(decide, .5):.2f} ms, "
-                  f"p99 {q(decide, .99):.2f} ms; /healthz p50 {q(health, .5):.2f} ms")
-            print("  inside the engine (median ms): " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
-        finally:
-            stop(proc)
+        with serving(s200, tmp / "server200.log", timeout=240) as port:
+            one_client("200 actions", *asyncio.run(sequential(port, customers, args.requests // 2)))
 
 
 if __name__ == "__main__":

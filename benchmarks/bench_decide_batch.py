@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from bench_decide import private_work  # one way to share the bank and keep the log private
+from bench_decide import private_work, prologue  # one way to share the bank and keep the log private
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMESTAMP = "2025-12-01T09:00:00Z"
@@ -72,13 +71,9 @@ def main() -> None:
 
     from nba.serving.bundle import load_engine
     from nba.serving.engine import DecisionRequest
-    from nba.settings import Settings, disable_telemetry, quiet_console
+    from nba.settings import Settings
 
-    disable_telemetry()
-    quiet_console()
-    bank = args.work.resolve()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"load {os.getloadavg()[0]:.1f}")
+    bank = prologue(args.work)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         work = private_work(bank, tmp / "work")
