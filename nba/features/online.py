@@ -223,8 +223,6 @@ class _SqliteViews:
     def read(self, keys: Sequence[Any]) -> list[list[tuple[Any, dict[str, Any] | None]]]:
         """Per view, per key: (event time, feature -> value) or (None, None), as `online_read`
         gives but with each value decoded from its ValueProto."""
-        from datetime import UTC
-
         from feast.infra.key_encoding_utils import serialize_entity_key
 
         cache = _DECODED

@@ -127,7 +127,7 @@ class TreeEnsemble:
         roots: list[int] = []
         depth = 0
 
-        def place(node: dict) -> int:  # reserve a slot, filled when the node is visited
+        def place() -> int:  # reserve a slot, filled when its node is visited
             feat.append(0)
             thr.append(np.nan)
             left.append(len(left))
@@ -137,7 +137,7 @@ class TreeEnsemble:
 
         for dump in booster.get_dump(dump_format="json"):
             tree = json.loads(dump)
-            queue = [(tree, place(tree), 0)]
+            queue = [(tree, place(), 0)]
             roots.append(queue[0][1])
             while queue:  # breadth first: a split's children get two adjacent slots
                 node, at, d = queue.pop(0)
@@ -147,9 +147,7 @@ class TreeEnsemble:
                     continue
                 children = {c["nodeid"]: c for c in node["children"]}
                 yes, no = children[node["yes"]], children[node["no"]]
-                y_at = place(yes)
-                n_at = place(no)
-                assert n_at == y_at + 1
+                y_at, n_at = place(), place()  # side by side
                 feat[at] = int(str(node["split"]).lstrip("f"))
                 thr[at] = float(node["split_condition"])
                 left[at] = y_at
