@@ -77,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root))
+    from nba.config import gates_path, load_gates
     from nba.evaluation.incrementality import experiment_incrementality, read_table
     from nba.settings import Settings
-    from nba.training.gates import gates_path, load_gates
 
     limits = load_gates(gates_path(Settings(home=root).home)).evaluation
     with tempfile.TemporaryDirectory(prefix="nba-bench-inc-") as tmp:

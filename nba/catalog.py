@@ -30,8 +30,9 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
+from nba.config import StrictModel, load_yaml_model
 from nba.decisioning.expressions import Expression, ExpressionError, parse
 from nba.errors import ConfigError
 
@@ -47,18 +48,14 @@ POLICIES_FILE = Path("serving") / "policies.yaml"
 MODEL_NAME = r"^nba-[a-z0-9][a-z0-9_\-]*$"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Cap(_Strict):
+class Cap(StrictModel):
     """At most `count` contacts in any rolling window of `days`."""
 
     count: int = Field(ge=1)
     days: float = Field(gt=0)
 
 
-class ContactPolicy(_Strict):
+class ContactPolicy(StrictModel):
     caps: list[Cap] = Field(default_factory=list)
     cooldown_days: float | None = Field(None, ge=0, description="no offer of the action for this long after a rejection")
 
@@ -67,7 +64,7 @@ def _rules(value: object) -> object:
     return [value] if isinstance(value, str) else value
 
 
-class ActionSpec(_Strict):
+class ActionSpec(StrictModel):
     id: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     name: str = ""
     issue: Issue
@@ -87,12 +84,12 @@ class ActionSpec(_Strict):
     _as_list = field_validator("eligibility", "applicability", "suitability", mode="before")(_rules)
 
 
-class CatalogFile(_Strict):
+class CatalogFile(StrictModel):
     version: str = Field(min_length=1)
     actions: list[ActionSpec] = Field(min_length=1)
 
 
-class ChannelPolicy(_Strict):
+class ChannelPolicy(StrictModel):
     requires: list[str] = Field(default_factory=list, description="consent rules (GDPR: no consent, no action)")
     caps: list[Cap] = Field(default_factory=list)
     weight: float = Field(1.0, ge=0, description="context weight the priority formula may read as channel_weight")
@@ -100,36 +97,36 @@ class ChannelPolicy(_Strict):
     _as_list = field_validator("requires", mode="before")(_rules)
 
 
-class GroupPolicy(_Strict):
+class GroupPolicy(StrictModel):
     caps: list[Cap] = Field(default_factory=list)
 
 
-class Suppression(_Strict):
+class Suppression(StrictModel):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     when: str
     allow_issues: list[Issue] = Field(default_factory=list)
 
 
-class Arbitration(_Strict):
+class Arbitration(StrictModel):
     priority: str = "propensity * value * (1 + lever)"
     threshold: float = Field(0.0, ge=0, description="'do nothing' when no priority exceeds it")
     default_k: int = Field(1, ge=1)
     max_k: int = Field(10, ge=1)
 
 
-class Experiment(_Strict):
+class Experiment(StrictModel):
     holdout_share: float = Field(0.05, ge=0, le=0.5)
     salt: str = Field(min_length=1)
     holdout_treatment: Literal["none", "random"] = "none"
     exploration_share: float = Field(0.05, ge=0, le=0.5)
 
 
-class MissingFeatures(_Strict):
+class MissingFeatures(StrictModel):
     mode: Literal["defaults", "reject"] = "defaults"
     defaults: dict[str, float | int | str] = Field(default_factory=dict)
 
 
-class PoliciesFile(_Strict):
+class PoliciesFile(StrictModel):
     feature_service: str = Field("serving_v1", pattern=r"^[a-z0-9_]+_v[0-9]+$")
     channels: dict[str, ChannelPolicy] = Field(min_length=1)
     groups: dict[str, GroupPolicy] = Field(default_factory=dict)
@@ -361,8 +358,6 @@ def read_files(home: Path, actions: Path | None = None, policies: Path | None = 
                ) -> tuple[CatalogFile, PoliciesFile, str, str]:
     """Parse both YAML files (unknown keys and bad values name the file and the key).
     Returns the two models, a digest of both files' bytes and a description for errors."""
-    from nba.training.config import load_yaml_model
-
     a_path = Path(actions) if actions else home / ACTIONS_FILE
     p_path = Path(policies) if policies else home / POLICIES_FILE
     spec = load_yaml_model(a_path, CatalogFile, "action catalog")

@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from nba.config import load_gates
 from nba.errors import ConfigError, SchemaError
 from nba.evaluation import dashboards, drift
 from nba.settings import Settings
-from nba.training.gates import load_gates
 from tests.conftest import PROJECT_ROOT
 from tests.constants import SEED
 

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from nba.config import EvaluationLimits, gates_path, load_gates
 from nba.evaluation import incrementality as inc
 from nba.evaluation.incrementality import ExperimentDataError
-from nba.training.gates import EvaluationLimits, gates_path, load_gates
 from tests.conftest import PROJECT_ROOT
 from tests.constants import HILLSTROM_ARM_MEANS, HILLSTROM_ROWS
 from tests.test_cli import assert_one_line_error, run

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from nba.config import gates_path, load_gates
 from nba.evaluation import ope
 from nba.evaluation.ope import OpeInputError
-from nba.training.gates import gates_path, load_gates
 from tests.conftest import PROJECT_ROOT
 from tests.constants import SEED
 from tests.test_cli import assert_one_line_error, run

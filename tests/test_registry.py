@@ -18,12 +18,13 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from nba.config import load_gates
 from nba.errors import ConfigError
 from nba.settings import Settings
 from nba.training import tracking
 from nba.training.config import load_model_config
 from nba.training.frames import LabelledFrame, propensity_frame
-from nba.training.gates import COMPARISON_GATE, check_gates, load_gates
+from nba.training.gates import COMPARISON_GATE, check_gates
 from nba.training.propensity import train_action
 from nba.training.registry import HISTORY_TAG, PromotionRefused, RegistryError, promote, rollback
 from tests.conftest import PROJECT_ROOT

@@ -473,7 +473,7 @@ def sample_size_cmd(
 
 def evaluation_limits(settings: Settings) -> Any:
     """The `evaluation:` limits of evaluation/gates.yaml (a clear error if the section is missing)."""
-    from nba.training.gates import gates_path, load_gates
+    from nba.config import gates_path, load_gates
 
     path = gates_path(settings.home)
     limits = load_gates(path).evaluation

@@ -39,10 +39,10 @@ from evidently.core.datasets import Dataset
 from evidently.core.metric_types import SingleValue, SingleValueCalculation, SingleValueMetric
 from evidently.legacy.tests.base_test import TestStatus
 
+from nba.config import DriftLimits, DriftTest, gates_path, load_gates
 from nba.errors import ConfigError, NbaError, SchemaError
 from nba.evaluation.champions import Champion, champion_names, evaluate_each, load_champion
 from nba.settings import Settings
-from nba.training.gates import DriftLimits, DriftTest, gates_path, load_gates
 
 if TYPE_CHECKING:
     from evidently.core.report import Snapshot

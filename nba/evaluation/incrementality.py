@@ -82,8 +82,8 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
+    from nba.config import EvaluationLimits
     from nba.decisioning.log import LogFrames
-    from nba.training.gates import EvaluationLimits
 
 DEFAULT_CONFIDENCE = 0.95
 NO_ACTION = "do_nothing"  # nba.schemas.NO_ACTION (not imported: keeps this module's imports small)

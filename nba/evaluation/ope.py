@@ -47,7 +47,7 @@ import numpy as np
 from nba.errors import NbaError
 
 if TYPE_CHECKING:
-    from nba.training.gates import EvaluationLimits
+    from nba.config import EvaluationLimits
 
 DEFAULT_CONFIDENCE = 0.95
 ESTIMATORS = ("ips", "snips", "dr")

@@ -73,9 +73,9 @@ from nba.evaluation.ope import (
 if TYPE_CHECKING:
     import pandas as pd
 
+    from nba.config import EvaluationLimits
     from nba.decisioning.log import LogFrames
     from nba.settings import Settings
-    from nba.training.gates import EvaluationLimits
 
 PLATFORM_POLICIES = ("nba", "random", "propensity_only", "no_levers", "holdout")
 PLATFORM_OUTCOMES = ("converted", "value")

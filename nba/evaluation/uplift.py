@@ -320,8 +320,8 @@ def _data_label(tags: dict[str, str], name: str) -> str:
 
 
 def uplift_limits(settings: Settings):
+    from nba.config import gates_path, load_gates
     from nba.errors import ConfigError
-    from nba.training.gates import gates_path, load_gates
 
     config = load_gates(gates_path(settings.home))
     if config.monitoring is None:

@@ -8,20 +8,18 @@ distributions are rejected with the file and the key, before any training starts
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+import yaml
+from pydantic import Field, model_validator
 
+from nba.config import StrictModel, load_yaml_model
 from nba.errors import ConfigError
 
 MODEL_FAMILIES = ("propensity", "churn", "clv", "uplift")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class IntDist(_Strict):
+class IntDist(StrictModel):
     type: Literal["int"]
     low: int
     high: int
@@ -37,7 +35,7 @@ class IntDist(_Strict):
         return self
 
 
-class FloatDist(_Strict):
+class FloatDist(StrictModel):
     type: Literal["float"]
     low: float
     high: float
@@ -52,7 +50,7 @@ class FloatDist(_Strict):
         return self
 
 
-class CategoricalDist(_Strict):
+class CategoricalDist(StrictModel):
     type: Literal["categorical"]
     choices: list[Any] = Field(min_length=1)
 
@@ -60,27 +58,27 @@ class CategoricalDist(_Strict):
 Distribution = Annotated[IntDist | FloatDist | CategoricalDist, Field(discriminator="type")]
 
 
-class LabelConfig(_Strict):
+class LabelConfig(StrictModel):
     """How the label is built from outcomes after the entity timestamp."""
 
     window_days: int = Field(gt=0, description="prediction window after the entity timestamp")
     description: str = ""
 
 
-class SplitConfig(_Strict):
+class SplitConfig(StrictModel):
     """Time-based hold-out: the last `holdout_days` of entity timestamps are never trained on."""
 
     holdout_days: int = Field(gt=0)
     calibration_fraction: float = Field(0.2, gt=0, lt=0.5, description="latest share of training rows for calibration")
 
 
-class TuningConfig(_Strict):
+class TuningConfig(StrictModel):
     metric: str = Field(description="metric the study optimises (on the validation split)")
     direction: Literal["minimize", "maximize"]
     search_space: dict[str, Distribution] = Field(min_length=1)
 
 
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     model: Literal["propensity", "churn", "clv", "uplift"]
     feature_service: str = Field(pattern=r"^[a-z0-9_]+_v[0-9]+$")
     label: LabelConfig
@@ -103,36 +101,6 @@ def best_params_path(work: Path, model: str) -> Path:
     return work / "tuning" / f"{model}.best.yaml"
 
 
-M = TypeVar("M", bound=BaseModel)
-
-
-def load_yaml_model(path: Path, model: type[M], what: str) -> M:
-    """Read a YAML file into a validated pydantic model; errors name the file and the key.
-
-    Shared by the model configs and the gates file, so every YAML a user edits fails the
-    same way: unknown keys first (a typo explains the "missing" key beside it).
-    """
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{what} {path} not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
-        key = ".".join(str(p) for p in err["loc"])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        where = f"key '{key}'" if key else "top level"
-        raise ConfigError(f"{path}: {where}: {msg} (got {err.get('input')!r})") from None
-
-
 def load_config(path: Path) -> ModelConfig:
     """Read and validate a model config; errors name the file and the offending key."""
     return load_yaml_model(path, ModelConfig, "model config")
@@ -146,8 +114,6 @@ def load_model_config(home: Path, model: str, work: Path | None = None) -> Model
     if work is not None:
         best = best_params_path(work, model)
         if best.is_file():
-            import yaml
-
             tuned = yaml.safe_load(best.read_text()) or {}
             params = {**cfg.params, **tuned.get("params", {})}
             cfg = cfg.model_copy(update={"params": params})

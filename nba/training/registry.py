@@ -28,10 +28,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nba.config import gates_path, load_gates
 from nba.errors import ConfigError, NbaError
 from nba.settings import Settings
 from nba.training.config import MODEL_FAMILIES
-from nba.training.gates import COMPARISON_GATE, GateResult, check_gates, gates_path, load_gates
+from nba.training.gates import COMPARISON_GATE, GateResult, check_gates
 
 if TYPE_CHECKING:
     import pandas as pd

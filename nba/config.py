@@ -1,0 +1,196 @@
+"""The one loader of the YAML files a user edits, and the schema of `evaluation/gates.yaml`.
+
+`load_yaml_model` reads every YAML file the project reads (the model configs in
+`training/`, the action catalog and policies in `serving/`, the gates in `evaluation/`), so
+each fails the same way before anything runs: the error names the file, the key and the
+reason, unknown keys first (a typo explains the "missing" key beside it).
+
+The gates file is read by training (`nba promote` checks a challenger against the promotion
+gates, `nba.training.gates`) and by evaluation (drift, uplift, experiment and off-policy
+limits), so its schema lives here, beside the loader, rather than in either of them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from nba.errors import ConfigError
+
+
+class StrictModel(BaseModel):
+    """A section of a user-edited file: unknown keys are errors, values are read-only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_yaml_model(path: Path, model: type[M], what: str) -> M:
+    """Read a YAML file into a validated pydantic model; errors name the file and the key.
+
+    `what` says what the file is ("model config", "gates file") for the not-found message.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
+        key = ".".join(str(p) for p in err["loc"])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        where = f"key '{key}'" if key else "top level"
+        raise ConfigError(f"{path}: {where}: {msg} (got {err.get('input')!r})") from None
+
+
+# --- evaluation/gates.yaml -------------------------------------------------------------
+
+GATES_FILE = Path("evaluation") / "gates.yaml"
+
+# The primary metrics `nba promote` can recompute on a hold-out frame, and the direction
+# that is better for each; the YAML's `direction` must agree (a typo there would invert a gate).
+METRIC_DIRECTIONS: dict[str, str] = {
+    "log_loss": "minimize",
+    "brier": "minimize",
+    "roc_auc": "maximize",
+    "mae": "minimize",
+    "gini": "maximize",
+    "qini": "maximize",
+}
+FAMILY_METRICS: dict[str, tuple[str, ...]] = {
+    "propensity": ("log_loss", "brier", "roc_auc"),
+    "churn": ("log_loss", "brier", "roc_auc"),
+    "clv": ("mae", "gini"),
+    "uplift": ("qini",),
+}
+
+
+class FamilyGates(StrictModel):
+    """The gates of one model family; an absent threshold is not checked."""
+
+    min_positives: int | None = Field(None, ge=0)
+    min_roc_auc: float | None = Field(None, ge=0, le=1)
+    max_ece: float | None = Field(None, ge=0, le=1)
+    min_gini: float | None = Field(None, ge=-1, le=1)
+    min_qini: float | None = None
+    primary_metric: Literal["log_loss", "brier", "roc_auc", "mae", "gini", "qini"]
+    direction: Literal["minimize", "maximize"]
+    margin: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _direction_matches(self) -> FamilyGates:
+        expected = METRIC_DIRECTIONS[self.primary_metric]
+        if self.direction != expected:
+            raise ValueError(f"direction '{self.direction}' contradicts primary_metric "
+                             f"'{self.primary_metric}' (lower is better: minimize; higher: maximize)")
+        return self
+
+
+class PromotionGates(StrictModel):
+    propensity: FamilyGates
+    churn: FamilyGates
+    clv: FamilyGates
+    uplift: FamilyGates
+
+    @model_validator(mode="after")
+    def _metric_fits_family(self) -> PromotionGates:
+        for family, allowed in FAMILY_METRICS.items():
+            metric = getattr(self, family).primary_metric
+            if metric not in allowed:
+                raise ValueError(f"{family}.primary_metric '{metric}' is not a {family} metric; "
+                                 f"expected one of {', '.join(allowed)}")
+        return self
+
+
+# --- monitoring (nba evaluate drift | uplift) ------------------------------------------
+# Drift methods Evidently 0.7 registers for tabular columns (its `stattest` names).
+DriftMethod = Literal["wasserstein", "ks", "psi", "jensenshannon", "kl_div", "chisquare", "z", "anderson",
+                      "cramer_von_mises", "hellinger", "mannw", "ed", "es", "t_test", "empirical_mmd", "TVD",
+                      "fisher_exact", "g_test"]
+
+
+class DriftTest(StrictModel):
+    """One column's drift test: Evidently's method and its threshold (a distance: drift when
+    the score is at least the threshold; a p-value test: drift when below it)."""
+
+    method: DriftMethod
+    threshold: float = Field(gt=0)
+
+
+class DriftLimits(StrictModel):
+    """`monitoring.drift`: per-feature tests by column type, overrides by feature name, the
+    share of drifted features that fails a check, and the sample Evidently works on."""
+
+    numerical: DriftTest
+    categorical: DriftTest
+    prediction: DriftTest
+    features: dict[str, DriftTest] = Field(default_factory=dict)
+    ignore: list[str] = Field(default_factory=list)
+    categorical_max_values: int = Field(ge=0)
+    max_drift_share: float = Field(ge=0, le=1)
+    sample_rows: int = Field(gt=0)
+    min_rows: int = Field(gt=0)
+
+
+class UpliftMonitoring(StrictModel):
+    """`monitoring.uplift`: the shares of customers the uplift in the top k % is read at."""
+
+    top_shares: list[float] = Field(min_length=1)
+    min_rows: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _shares(self) -> UpliftMonitoring:
+        bad = [s for s in self.top_shares if not 0 < s <= 1]
+        if bad:
+            raise ValueError(f"top_shares {bad} are not shares in (0, 1]")
+        return self
+
+
+class MonitoringLimits(StrictModel):
+    drift: DriftLimits
+    uplift: UpliftMonitoring
+
+
+class EvaluationLimits(StrictModel):
+    """When an experiment or off-policy estimate is too thin to trust (`nba evaluate
+    incrementality | ope | policy`): the figure is still reported, flagged with the reason."""
+
+    min_arm_size: int = Field(ge=2)
+    min_responses: int = Field(ge=0)
+    min_rows: int = Field(ge=1)
+    min_ess: float = Field(ge=0)
+    max_unsupported_share: float = Field(ge=0, le=1)
+
+
+class GatesConfig(StrictModel):
+    """The whole `evaluation/gates.yaml`."""
+
+    promotion: PromotionGates
+    evaluation: EvaluationLimits | None = None  # optional: promotion alone is a valid file
+    monitoring: MonitoringLimits | None = None  # read by nba.evaluation (drift, uplift)
+
+    def family(self, family: str) -> FamilyGates:
+        if family not in FAMILY_METRICS:
+            raise ConfigError(f"no promotion gates for model family '{family}'; expected one of "
+                              f"{', '.join(FAMILY_METRICS)}")
+        return getattr(self.promotion, family)
+
+
+def gates_path(home: Path) -> Path:
+    return home / GATES_FILE
+
+
+def load_gates(path: Path) -> GatesConfig:
+    """Read and validate the gates file; errors name the file and the offending key."""
+    return load_yaml_model(path, GatesConfig, "gates file")
