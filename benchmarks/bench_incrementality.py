@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root))
-    from nba.evaluation.incrementality import experiment_incrementality, read_table
+    from nba.evaluation.experiments import experiment_incrementality, read_table
     from nba.settings import Settings
     from nba.training.gates import gates_path, load_gates
 

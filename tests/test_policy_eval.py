@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from nba.decisioning.log import read_log
-from nba.evaluation.incrementality import ExperimentDataError, log_incrementality
+from nba.evaluation.incrementality import log_incrementality
 from nba.evaluation.policy import PLATFORM_POLICIES, platform_policy_values
+from nba.evaluation.stats import ExperimentDataError
 from nba.schemas import ACTIONS
 from nba.training.gates import gates_path, load_gates
 from tests.conftest import PROJECT_ROOT

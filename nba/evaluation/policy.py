@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nba.evaluation.incrementality import HOLDOUT, ExperimentDataError, decision_outcomes
+from nba.evaluation.incrementality import HOLDOUT, decision_outcomes
 from nba.evaluation.ope import (
     DEFAULT_CONFIDENCE,
     Diagnostics,
@@ -69,6 +69,7 @@ from nba.evaluation.ope import (
     mean_se,
     off_policy_value,
 )
+from nba.evaluation.stats import ExperimentDataError
 
 if TYPE_CHECKING:
     import pandas as pd
