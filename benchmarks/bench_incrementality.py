@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root))
     from nba.config import gates_path, load_gates
-    from nba.evaluation.incrementality import experiment_incrementality, read_table
+    from nba.evaluation.experiments import experiment_incrementality, read_table
     from nba.settings import Settings
 
     limits = load_gates(gates_path(Settings(home=root).home)).evaluation

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from nba.settings import Settings, disable_telemetry
 
     disable_telemetry()
-    from nba.training import uplift
+    from nba.training import uplift, uplift_learners
     from nba.training.config import load_model_config
     from nba.training.metrics import qini_coefficient
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             setup_s = time.perf_counter() - t0
 
         cfg = load_model_config(root, uplift.FAMILY)
-        options = {**cfg.options, "learners": args.learners or list(uplift.LEARNERS),
+        options = {**cfg.options, "learners": args.learners or list(uplift_learners.LEARNERS),
                    **({"outcome": args.outcome} if args.outcome else {})}
         cfg = cfg.model_copy(update={"options": options, "params": {**cfg.params, **dict(args.param)}})
         params = uplift.model_params(cfg, "hillstrom")
@@ -99,13 +99,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {'learner':<22}{'fit s':>7}{'val qini':>11}{'test qini':>11}{'refit s':>9}{'refit test':>12}")
             best, best_q = None, -np.inf
             for kind in learners:
-                model = uplift.make_learner(kind, params, min_positives=min_positives, random_state=settings.seed)
+                model = uplift_learners.make_learner(kind, params, min_positives=min_positives, random_state=settings.seed)
                 t0 = time.perf_counter()
                 model.fit(train[feats], train["treated"], train["label"])
                 fit_s = time.perf_counter() - t0
                 q_val = qini_coefficient(model.predict(val[feats]), val["label"], val["treated"])
                 q_test = qini_coefficient(model.predict(test[feats]), y, t)
-                refit = uplift.make_learner(kind, params, min_positives=min_positives, random_state=settings.seed)
+                refit = uplift_learners.make_learner(kind, params, min_positives=min_positives, random_state=settings.seed)
                 t0 = time.perf_counter()
                 refit.fit(trainval[feats], trainval["treated"], trainval["label"])
                 refit_s = time.perf_counter() - t0

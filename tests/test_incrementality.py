@@ -14,8 +14,9 @@ import pytest
 from scipy import stats
 
 from nba.config import EvaluationLimits, gates_path, load_gates
-from nba.evaluation import incrementality as inc
-from nba.evaluation.incrementality import ExperimentDataError
+from nba.evaluation import experiments
+from nba.evaluation import stats as ab
+from nba.evaluation.stats import ExperimentDataError
 from tests.conftest import PROJECT_ROOT
 from tests.constants import HILLSTROM_ARM_MEANS, HILLSTROM_ROWS
 from tests.test_cli import assert_one_line_error, run
@@ -36,7 +37,7 @@ def test_the_shipped_limits_are_read_from_the_gates_file():
 def test_lift_ci_and_p_value_by_hand():
     treated = [1, 0, 1, 1]  # mean 3/4, sample variance 1/4
     control = [0, 0, 1, 0]  # mean 1/4, sample variance 1/4
-    r = inc.incrementality(treated + control, ["t"] * 4 + ["c"] * 4, "c", outcome="y")
+    r = ab.incrementality(treated + control, ["t"] * 4 + ["c"] * 4, "c", outcome="y")
     a = r.arm("t")
     se = math.sqrt(0.25 / 4 + 0.25 / 4)  # sqrt(1/8)
     df = (1 / 8) ** 2 / ((1 / 16) ** 2 / 3 * 2)  # Welch-Satterthwaite: 6
@@ -55,7 +56,7 @@ def test_lift_ci_and_p_value_by_hand():
 def test_numeric_outcome_and_several_arms():
     y = [10.0, 12.0, 14.0, 1.0, 2.0, 3.0, 5.0, 5.0, 8.0]
     arm = ["b"] * 3 + ["ctl"] * 3 + ["a"] * 3
-    r = inc.incrementality(y, arm, "ctl", outcome="spend")
+    r = ab.incrementality(y, arm, "ctl", outcome="spend")
     assert [x.arm for x in r.arms] == ["a", "b"]
     assert r.arm("b").lift == pytest.approx(12.0 - 2.0) and r.arm("a").lift == pytest.approx(6.0 - 2.0)
     assert r.arm("b").relative_lift == pytest.approx(12.0 / 2.0 - 1)
@@ -66,13 +67,13 @@ def test_clustered_errors_count_customers_not_rows():
     rng = np.random.default_rng(0)
     y = rng.random(400) < np.repeat([0.2, 0.3], 200)
     arm = np.repeat(["c", "t"], 200)
-    plain = inc.incrementality(y, arm, "c").arm("t")
+    plain = ab.incrementality(y, arm, "c").arm("t")
     # every row once per cluster: the clustered error is the plain one
-    one = inc.incrementality(y, arm, "c", clusters=np.arange(400)).arm("t")
+    one = ab.incrementality(y, arm, "c", clusters=np.arange(400)).arm("t")
     assert one.lift_se == pytest.approx(plain.lift_se, rel=1e-12)
     # each customer logged twice: the rows double, the information does not
-    twice = inc.incrementality(np.repeat(y, 2), np.repeat(arm, 2), "c", clusters=np.repeat(np.arange(400), 2))
-    naive = inc.incrementality(np.repeat(y, 2), np.repeat(arm, 2), "c").arm("t")
+    twice = ab.incrementality(np.repeat(y, 2), np.repeat(arm, 2), "c", clusters=np.repeat(np.arange(400), 2))
+    naive = ab.incrementality(np.repeat(y, 2), np.repeat(arm, 2), "c").arm("t")
     t = twice.arm("t")
     assert t.units == 200 and t.n == 400 and t.lift == pytest.approx(plain.lift)
     assert t.lift_se == pytest.approx(plain.lift_se, rel=1e-12)
@@ -86,25 +87,25 @@ def test_cluster_pairs_paths_agree():
     cells = rng.integers(0, k_cells, n)
     clusters = rng.integers(0, k_clusters, n)
     y = rng.random(n)
-    ref = inc.cell_moments(y, cells, k_cells, clusters)
+    ref = ab.cell_moments(y, cells, k_cells, clusters)
     for limit in (1 << 24, 10, 0):  # dense, per cell, hashed
-        old = inc.ClusterPairs.DENSE_LIMIT
+        old = ab.ClusterPairs.DENSE_LIMIT
         try:
-            inc.ClusterPairs.DENSE_LIMIT = limit
+            ab.ClusterPairs.DENSE_LIMIT = limit
             if limit == 0:
-                pairs = inc.ClusterPairs.build(cells, k_cells, clusters, 10**9)  # forces hashing
+                pairs = ab.ClusterPairs.build(cells, k_cells, clusters, 10**9)  # forces hashing
             else:
-                pairs = inc.ClusterPairs.build(cells, k_cells, clusters, k_clusters)
+                pairs = ab.ClusterPairs.build(cells, k_cells, clusters, k_clusters)
         finally:
-            inc.ClusterPairs.DENSE_LIMIT = old
-        m = inc.cell_moments(y, cells, k_cells, pairs=pairs)
+            ab.ClusterPairs.DENSE_LIMIT = old
+        m = ab.cell_moments(y, cells, k_cells, pairs=pairs)
         for key in ("n", "units", "mean", "se"):
             np.testing.assert_allclose(m[key], ref[key], rtol=1e-12)
 
 
 def test_thin_or_degenerate_arms_are_flagged_not_hidden():
     y = [0, 0, 0, 1, 0, 1]
-    r = inc.incrementality(y, ["c", "c", "c", "t", "t", "t"], "c", limits=LIMITS)
+    r = ab.incrementality(y, ["c", "c", "c", "t", "t", "t"], "c", limits=LIMITS)
     a = r.arm("t")
     assert not a.reliable
     joined = " | ".join(a.flags)
@@ -114,11 +115,11 @@ def test_thin_or_degenerate_arms_are_flagged_not_hidden():
 
 def test_bad_input_names_what_is_wrong():
     with pytest.raises(ExperimentDataError, match="control arm 'x' is not among the arms"):
-        inc.incrementality([1, 0], ["a", "b"], "x")
+        ab.incrementality([1, 0], ["a", "b"], "x")
     with pytest.raises(ExperimentDataError, match=r"outcome 'y' has 1 missing.*row 1"):
-        inc.incrementality([1, float("nan")], ["a", "b"], "a", outcome="y")
+        ab.incrementality([1, float("nan")], ["a", "b"], "a", outcome="y")
     with pytest.raises(ExperimentDataError, match="not numeric"):
-        inc.incrementality(["yes", "no"], ["a", "b"], "a")
+        ab.incrementality(["yes", "no"], ["a", "b"], "a")
 
 
 # --- bootstrap and sample size --------------------------------------------------------------
@@ -135,12 +136,12 @@ def hillstrom(data_dir: Path) -> pd.DataFrame:
 def test_delta_method_ci_agrees_with_the_bootstrap(hillstrom: pd.DataFrame, outcome: str):
     """Both e-mails' delta-method CIs (absolute and relative) sit within 10 % (absolute) and 15 %
     (relative, a skewed ratio) of their width of the percentile bootstrap's."""
-    r = inc.incrementality(hillstrom[outcome], hillstrom["arm"].astype(str), CONTROL, outcome=outcome)
+    r = ab.incrementality(hillstrom[outcome], hillstrom["arm"].astype(str), CONTROL, outcome=outcome)
     yc = hillstrom.loc[hillstrom["arm"] == CONTROL, outcome].to_numpy()
     for email in EMAILS:
         a = r.arm(email)
         yt = hillstrom.loc[hillstrom["arm"] == email, outcome].to_numpy()
-        boot = inc.bootstrap_lift(yt, yc, replicates=1000 if outcome == "spend" else 4000, seed=3)
+        boot = ab.bootstrap_lift(yt, yc, replicates=1000 if outcome == "spend" else 4000, seed=3)
         width = a.ci_high - a.ci_low
         assert abs(boot.lift_low - a.ci_low) < 0.10 * width and abs(boot.lift_high - a.ci_high) < 0.10 * width
         rel_width = a.relative_ci_high - a.relative_ci_low
@@ -150,15 +151,15 @@ def test_delta_method_ci_agrees_with_the_bootstrap(hillstrom: pd.DataFrame, outc
 
 def test_bootstrap_is_seeded():
     y1, y0 = np.r_[np.ones(30), np.zeros(70)], np.r_[np.ones(20), np.zeros(80)]
-    assert inc.bootstrap_lift(y1, y0, seed=5) == inc.bootstrap_lift(y1, y0, seed=5)
-    assert inc.bootstrap_lift(y1 * 2.5, y0, seed=5) == inc.bootstrap_lift(y1 * 2.5, y0, seed=5)
+    assert ab.bootstrap_lift(y1, y0, seed=5) == ab.bootstrap_lift(y1, y0, seed=5)
+    assert ab.bootstrap_lift(y1 * 2.5, y0, seed=5) == ab.bootstrap_lift(y1 * 2.5, y0, seed=5)
 
 
 def test_sample_size_matches_the_formula_and_statsmodels():
     from statsmodels.stats.power import NormalIndPower
 
     # rate: 10.62 % (Hillstrom's no e-mail visit rate), detect one point, alpha 5 %, power 80 %
-    s = inc.sample_size(0.1062, lift=0.01)
+    s = ab.sample_size(0.1062, lift=0.01)
     z = stats.norm.ppf(0.975) + stats.norm.ppf(0.8)  # 2.8016
     by_hand = z**2 * (0.1162 * 0.8838 + 0.1062 * 0.8938) / 0.01**2
     assert s.control == s.treated == math.ceil(by_hand) == 15_511
@@ -166,22 +167,22 @@ def test_sample_size_matches_the_formula_and_statsmodels():
     sm = NormalIndPower().solve_power(effect_size=effect, alpha=0.05, power=0.8, ratio=1.0)
     assert abs(s.control - sm) <= 1
     # the relative form is the same test
-    assert inc.sample_size(0.1062, relative_lift=0.01 / 0.1062).control == s.control
+    assert ab.sample_size(0.1062, relative_lift=0.01 / 0.1062).control == s.control
     # numeric: mean spend 1.08, sd 16, detect 0.30 $ with a 10 % hold-out (9 treated per control)
-    m = inc.sample_size(1.08, lift=0.30, sd=16.0, ratio=9.0, power=0.9)
+    m = ab.sample_size(1.08, lift=0.30, sd=16.0, ratio=9.0, power=0.9)
     sm9 = NormalIndPower().solve_power(effect_size=0.30 / 16.0, alpha=0.05, power=0.9, ratio=9.0)
     assert abs(m.control - sm9) <= 1 and abs(m.treated - 9 * sm9) <= 9  # statsmodels: nobs2 = ratio x nobs1
     with pytest.raises(ExperimentDataError, match="exactly one of lift"):
-        inc.sample_size(0.1, lift=0.01, relative_lift=0.1)
+        ab.sample_size(0.1, lift=0.01, relative_lift=0.1)
     with pytest.raises(ExperimentDataError, match="must be in"):
-        inc.sample_size(0.95, lift=0.1)
+        ab.sample_size(0.95, lift=0.1)
 
 
 # --- Hillstrom: the published lifts -------------------------------------------------------------
 
 
 def test_hillstrom_lifts_are_the_published_ones(hillstrom: pd.DataFrame):
-    report = inc.experiment_incrementality(hillstrom, arm_column="arm", control=CONTROL, outcome="visit",
+    report = experiments.experiment_incrementality(hillstrom, arm_column="arm", control=CONTROL, outcome="visit",
                                            value_column="spend", source="hillstrom", limits=LIMITS)
     assert report.extra["rows"] == HILLSTROM_ROWS
     visit, spend = report.results

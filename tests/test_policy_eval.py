@@ -15,8 +15,9 @@ import pytest
 
 from nba.config import gates_path, load_gates
 from nba.decisioning.log import read_log
-from nba.evaluation.incrementality import ExperimentDataError, log_incrementality
+from nba.evaluation.incrementality import log_incrementality
 from nba.evaluation.policy import PLATFORM_POLICIES, platform_policy_values
+from nba.evaluation.stats import ExperimentDataError
 from nba.schemas import ACTIONS
 from tests.conftest import PROJECT_ROOT
 from tests.constants import HILLSTROM_ARM_MEANS, SEED

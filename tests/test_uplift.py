@@ -18,7 +18,7 @@ import pytest
 
 from nba.errors import ConfigError, DataFileError
 from nba.settings import Settings
-from nba.training import uplift
+from nba.training import uplift, uplift_learners
 from nba.training.config import ModelConfig, load_model_config
 from nba.training.metrics import qini_coefficient
 from nba.training.models import ModelDataError
@@ -28,7 +28,7 @@ from tests.constants import SEED
 UPLIFT_CONFIG = {
     "params": {"n_estimators": 100, "max_depth": 2, "learning_rate": 0.05, "subsample": 0.8,
                "min_child_weight": 300},
-    "options": {"outcome": "visit", "learners": list(uplift.LEARNERS),
+    "options": {"outcome": "visit", "learners": list(uplift_learners.LEARNERS),
                 "simulator_params": {"min_child_weight": 20}},
 }
 SYNTH_PARAMS = {"n_estimators": 80, "max_depth": 3, "learning_rate": 0.1, "min_child_weight": 5}
@@ -68,7 +68,7 @@ def randomised(n: int, seed: int, share: float = 0.5, binary: bool = True):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", list(uplift.LEARNERS))
+@pytest.mark.parametrize("kind", list(uplift_learners.LEARNERS))
 @pytest.mark.parametrize("share", [0.5, 0.25])
 def test_learner_recovers_a_known_uplift(kind: str, share: float) -> None:
     """Measured (seed 7, 4,000 training rows, 3,000 new rows): correlation with the true
@@ -76,7 +76,7 @@ def test_learner_recovers_a_known_uplift(kind: str, share: float) -> None:
     lowest, S-learner highest); Qini 0.022-0.024 and 0.009-0.012."""
     X, t, y, _ = randomised(4_000, SEED, share)
     Xn, tn, yn, tau = randomised(3_000, SEED + 1, share)
-    model = uplift.make_learner(kind, SYNTH_PARAMS, min_positives=10, random_state=SEED).fit(X, t, y)
+    model = uplift_learners.make_learner(kind, SYNTH_PARAMS, min_positives=10, random_state=SEED).fit(X, t, y)
     pred = model.predict(Xn)
     assert pred.shape == (len(Xn),) and np.isfinite(pred).all()
     assert np.corrcoef(pred, tau)[0, 1] > 0.7
@@ -86,13 +86,13 @@ def test_learner_recovers_a_known_uplift(kind: str, share: float) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", list(uplift.LEARNERS))
+@pytest.mark.parametrize("kind", list(uplift_learners.LEARNERS))
 def test_learner_on_a_numeric_outcome(kind: str) -> None:
     """Spend-like outcome: the difference of expected values (measured correlation 0.82 for
     the transformed outcome, 0.96-0.98 for the others)."""
     X, t, y, _ = randomised(4_000, SEED, binary=False)
     Xn, _, _, tau = randomised(2_000, SEED + 1, binary=False)
-    model = uplift.make_learner(kind, SYNTH_PARAMS, random_state=SEED).fit(X, t, y)
+    model = uplift_learners.make_learner(kind, SYNTH_PARAMS, random_state=SEED).fit(X, t, y)
     assert not model.binary_
     assert np.corrcoef(model.predict(Xn), tau)[0, 1] > 0.7
 
@@ -104,10 +104,10 @@ def test_class_transformation_weights_unequal_shares() -> None:
     correlation with the truth: 0.79 weighted, 0.40 unweighted."""
     X, t, y, _ = randomised(4_000, SEED, 0.25)
     Xn, _, _, tau = randomised(3_000, SEED + 1, 0.25)
-    model = uplift.ClassTransformationLearner(params=SYNTH_PARAMS, random_state=SEED).fit(X, t, y)
+    model = uplift_learners.ClassTransformationLearner(params=SYNTH_PARAMS, random_state=SEED).fit(X, t, y)
     assert model.propensity_ == pytest.approx(0.25, abs=0.02)
     z = y * t + (1 - y) * (1 - t)
-    plain = uplift._xgb("classifier", SYNTH_PARAMS, 2, SEED).fit(model.encoder_.transform(X), z)
+    plain = uplift_learners._xgb("classifier", SYNTH_PARAMS, 2, SEED).fit(model.encoder_.transform(X), z)
     plain_pred = 2 * plain.predict_proba(model.encoder_.transform(Xn))[:, 1] - 1
     assert np.corrcoef(model.predict(Xn), tau)[0, 1] > np.corrcoef(plain_pred, tau)[0, 1] + 0.2
 
@@ -115,11 +115,11 @@ def test_class_transformation_weights_unequal_shares() -> None:
 def test_learner_refuses_a_group_without_positives() -> None:
     X, t, y, _ = randomised(500, SEED)
     y = np.where(t == 0, 0, y)
-    model = uplift.TLearner(params=SYNTH_PARAMS, min_positives=5, name="uplift model of 'test'")
+    model = uplift_learners.TLearner(params=SYNTH_PARAMS, min_positives=5, name="uplift model of 'test'")
     with pytest.raises(ModelDataError, match=r"'test'.*control group has 0 positive outcome\(s\) in \d+ rows"):
         model.fit(X, t, y)
     with pytest.raises(ModelDataError, match="treated group has no rows"):
-        uplift.XLearner().fit(X, np.zeros(len(X), dtype=int), y)
+        uplift_learners.XLearner().fit(X, np.zeros(len(X), dtype=int), y)
 
 
 # --- bad input before any data is read --------------------------------------------------
@@ -172,13 +172,13 @@ def test_hillstrom_models_beat_random_targeting(train_env: Settings) -> None:
         run = client.get_run(m.run_id)
         assert run.info.status == "FINISHED"
         learner = run.data.params["learner"]
-        assert learner in uplift.LEARNERS
+        assert learner in uplift_learners.LEARNERS
         metrics = run.data.metrics
         for key in ["holdout_qini", "holdout_uplift_top10", "holdout_positives",
-                    *[f"holdout_qini_{k}" for k in uplift.LEARNERS]]:
+                    *[f"holdout_qini_{k}" for k in uplift_learners.LEARNERS]]:
             assert np.isfinite(metrics[key]), key
         assert metrics["holdout_qini"] == pytest.approx(m.metrics["qini"])
-        assert metrics[f"holdout_qini_{learner}"] == max(metrics[f"holdout_qini_{k}"] for k in uplift.LEARNERS)
+        assert metrics[f"holdout_qini_{learner}"] == max(metrics[f"holdout_qini_{k}"] for k in uplift_learners.LEARNERS)
         assert metrics["holdout_positives"] > 1_000
         params, tags = run.data.params, run.data.tags
         assert params["frame.feature_service"] == "hillstrom_uplift_v1"

@@ -87,6 +87,7 @@ def incrementality_cmd(
     the `evaluation:` limits of evaluation/gates.yaml are flagged with the reason.
     """
     from nba.cli import _echo, _settings
+    from nba.evaluation import experiments
     from nba.evaluation import incrementality as inc
 
     settings = _settings()
@@ -103,7 +104,7 @@ def incrementality_cmd(
     else:
         table, source, arm_column, control, outcomes, value_column = _experiment_table(
             settings, data, arm_column, control, outcome, value_column, cluster_column, by)
-        report = inc.experiment_incrementality(
+        report = experiments.experiment_incrementality(
             table, arm_column=arm_column, control=control, outcome=outcomes, value_column=value_column,
             cluster_column=cluster_column, segment_columns=list(by or []), source=source, confidence=confidence,
             limits=limits)
@@ -123,7 +124,7 @@ def incrementality_cmd(
 def _experiment_table(settings: Settings, data: str, arm_column: str | None, control: str | None,
                       outcome: list[str] | None, value_column: str | None, cluster_column: str | None,
                       by: list[str] | None) -> tuple[Any, str, str, str, list[str], str | None]:
-    from nba.evaluation import incrementality as inc
+    from nba.evaluation import experiments as inc
 
     if data.lower() == HILLSTROM:
         import pyarrow as pa
@@ -209,7 +210,7 @@ def ope_cmd(
     import numpy as np
 
     from nba.cli import _echo, _settings
-    from nba.evaluation import incrementality as inc
+    from nba.evaluation import experiments as inc
     from nba.evaluation import ope
 
     settings = _settings()
@@ -262,7 +263,7 @@ def _propensities(table: Any, column: str, source: str) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from nba.evaluation import incrementality as inc
+    from nba.evaluation import experiments as inc
     from nba.evaluation.ope import OpeInputError
 
     col = table.column(column)
@@ -461,7 +462,7 @@ def sample_size_cmd(
 ) -> None:
     """Units per arm needed to detect a lift (two-sided test, unpooled variances)."""
     from nba.cli import _echo
-    from nba.evaluation.incrementality import sample_size
+    from nba.evaluation.stats import sample_size
 
     s = sample_size(base, lift=lift, relative_lift=relative_lift, sd=sd, alpha=alpha, power=power, ratio=ratio)
     _echo(f"control {s.control:,}  treated {s.treated:,}  total {s.total:,}  (detect {s.lift:+.4g} on "

@@ -139,7 +139,7 @@ def mean_se(terms: np.ndarray, clusters: np.ndarray | None = None) -> tuple[floa
         return math.nan, math.nan
     if clusters is None:
         return float(terms.mean()), float(terms.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
-    from nba.evaluation.incrementality import cell_moments
+    from nba.evaluation.stats import cell_moments
 
     m = cell_moments(terms, np.zeros(n, dtype=np.int64), 1, np.asarray(clusters))
     return float(m["mean"][0]), float(m["se"][0])

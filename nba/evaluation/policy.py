@@ -35,7 +35,7 @@ The e-mail experiment assigned Mens, Womens or no e-mail with probability 1/3 ea
 policy's value on held-out customers is estimated without bias by inverse propensity
 weighting: V = mean(1[arm_i = pi(x_i)] y_i / (1/3)) (a uniformly random policy is the plain mean).
 
-The learnt policy: on the training split, per e-mail, an uplift learner of `nba.training.uplift`
+The learnt policy: on the training split, per e-mail, an uplift learner of `nba.training.uplift_learners`
 (parameters from training/uplift.yaml) on *visit* (the outcome with enough positives: ~10 %
 visit, 0.6-1.3 % convert; learnt on spend directly, the T- and X-learners lost to "everyone
 gets Mens" on every split tried), times the spend a visit of that e-mail's customers brings
@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nba.evaluation.incrementality import HOLDOUT, ExperimentDataError, decision_outcomes
+from nba.evaluation.incrementality import HOLDOUT, decision_outcomes
 from nba.evaluation.ope import (
     DEFAULT_CONFIDENCE,
     Diagnostics,
@@ -69,6 +69,7 @@ from nba.evaluation.ope import (
     mean_se,
     off_policy_value,
 )
+from nba.evaluation.stats import ExperimentDataError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -294,7 +295,7 @@ class HillstromPolicyConfig:
 
     def __post_init__(self) -> None:
         from nba.errors import ConfigError
-        from nba.training.uplift import LEARNERS
+        from nba.training.uplift_learners import LEARNERS
 
         if not (math.isfinite(self.email_cost) and self.email_cost >= 0):
             raise ConfigError(f"email cost {self.email_cost}: expected a number >= 0 ($ per e-mail)")
@@ -439,7 +440,8 @@ def hillstrom_policy_values(settings: Settings, config: HillstromPolicyConfig | 
     baselines, on the held-out split by inverse propensity weighting (module docstring)."""
     from nba.data.hillstrom import ARMS, ASSIGNMENT_PROBABILITY, CONTROL_ARM, load_hillstrom
     from nba.training.config import load_model_config
-    from nba.training.uplift import FAMILY, make_learner, model_params
+    from nba.training.uplift import FAMILY, model_params
+    from nba.training.uplift_learners import make_learner
 
     config = config or HillstromPolicyConfig(seed=settings.seed)
     data = load_hillstrom(settings=settings)
