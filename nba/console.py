@@ -45,14 +45,18 @@ LIBRARY_WARNINGS: tuple[Silenced, ...] = (
              "MLflow's own SQLAlchemy store uses an option SQLAlchemy 2 deprecates (SADeprecationWarning)"),
     Silenced(FutureWarning, r".*[Dd]owncasting", r"(evidently|pandas)\.",
              "pandas' downcasting notice raised from inside Evidently's drift metrics, once per column"),
-    Silenced(UserWarning, r".*pkg_resources is deprecated", r".*",
-             "a dependency of the stack imports pkg_resources; nothing of ours does"),
+    Silenced(DeprecationWarning, r"GitWildMatchPattern \('gitwildmatch'\) is deprecated", r"pathspec\.",
+             "BentoML's bento build matches its include patterns with a pathspec style pathspec renamed"),
+    Silenced(DeprecationWarning, r"path is deprecated\. Use files\(\) instead", r"_bentoml_sdk\.",
+             "BentoML's image builder uses importlib.resources.path, deprecated in Python 3.11"),
 )
 
 # Loggers of the stack that talk at INFO about their own bookkeeping (MLflow creating its
 # tables, BentoML's model store, Feast's registry): a person sees them only at WARNING.
 LIBRARY_LOGGERS: dict[str, int] = {
-    "mlflow": logging.WARNING,
+    # MLflow warns at every log_model that pickled scikit-learn models execute code on load:
+    # true of every pickle, and the registry is ours; its errors still show.
+    "mlflow": logging.ERROR,
     "alembic": logging.WARNING,
     "feast": logging.WARNING,
     "bentoml": logging.WARNING,
