@@ -58,10 +58,11 @@ def private_work(bank: Path, own: Path, share_bundle: bool = True) -> Path:
 
 def prologue(work: Path) -> Path:
     """Telemetry off and a quiet console; print the machine line; the bank's folder."""
-    from nba.settings import disable_telemetry, quiet_console
+    from nba.console import quiet_libraries
+    from nba.settings import disable_telemetry
 
     disable_telemetry()
-    quiet_console()
+    quiet_libraries()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
           f"load {os.getloadavg()[0]:.1f}")
     return work.resolve()

@@ -138,18 +138,7 @@ class Settings(BaseSettings):
         return d
 
 
-# Console noise the CLI does without (its own progress lines say what is happening).
-QUIET: dict[str, str] = {
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a bar per hold-out frame downloaded by `promote`
-}
-
-
 def disable_telemetry() -> None:
     """Switch off every library's telemetry for this process (and its children)."""
     for key, value in TELEMETRY_OFF.items():
-        os.environ.setdefault(key, value)
-
-
-def quiet_console() -> None:
-    for key, value in QUIET.items():
         os.environ.setdefault(key, value)

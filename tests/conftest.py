@@ -8,12 +8,20 @@ from pathlib import Path
 
 import pytest
 
+from nba.console import LIBRARY_WARNINGS
 from nba.settings import Settings, disable_telemetry
 from tests.constants import SEED
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 disable_telemetry()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The library warnings we silence are named in one place (nba/console.py); pyproject's
+    # filterwarnings makes our own deprecations errors. Added after the ini lines, so they win.
+    for w in LIBRARY_WARNINGS:
+        config.addinivalue_line("filterwarnings", w.filter_spec())
 
 
 @pytest.fixture(scope="session")

@@ -123,6 +123,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nba import console
 from nba.errors import ConfigError
 from nba.schemas import (
     ACTIONS,
@@ -557,20 +558,8 @@ def _paths(manifest: dict, out_dir: Path) -> dict[str, Path]:
     return paths
 
 
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _bar(total: int, desc: str, progress: bool, unit: str = "month") -> Any:
-    if not progress:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit)
+    return console.progress(total, desc, unit, enabled=progress)
 
 
 # --- Helpers -----------------------------------------------------------------------------

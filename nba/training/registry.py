@@ -226,7 +226,8 @@ def promote(settings: Settings, name: str, to: str = "champion", reason: str = "
     client = tracking.configure(settings)
     model = _registered(client, name)
     family = family_of(name)
-    assert family is not None
+    if family is None:  # _registered refuses such a name first; kept explicit for `python -O`
+        raise ConfigError(f"'{name}' is not a platform model name (nba-<family>[-<action>])")
     by, at = _user(user), _now()
 
     if to == "challenger":

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nba import console
 from nba.settings import Settings
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ def configure(settings: Settings) -> MlflowClient:
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    console.quiet_mlflow()
     settings.mlflow_path.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri(settings)
     mlflow.set_tracking_uri(uri)

@@ -1,0 +1,112 @@
+"""What a person sees on the console: the one list of library warnings we silence, and why.
+
+Library code logs (`logging.getLogger(__name__)`) and never decides what a person sees; the
+CLI, the service and the test suite call `quiet_libraries()` once, which applies the list
+below. A warning that is not listed here is shown: a new one is noticed, never hidden by a
+blanket rule. Our own deprecations are errors in the tests (`pyproject.toml`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Silenced:
+    """One library warning the console does without, with the reason."""
+
+    category: type[Warning]
+    message: str  # a regular expression matched against the start of the message
+    module: str  # a regular expression matched against the module the warning is attributed to
+    reason: str
+
+    def filter_spec(self) -> str:
+        """The same filter in pytest's `filterwarnings` syntax (fields split on ':', so a colon
+        in the message matches as any character)."""
+        category = f"{self.category.__module__}.{self.category.__qualname__}"
+        return f"ignore:{self.message.replace(':', '.')}:{category}:{self.module}"
+
+
+LIBRARY_WARNINGS: tuple[Silenced, ...] = (
+    Silenced(DeprecationWarning, r"fetch_arrow_table\(\) is deprecated", r"ibis\.",
+             "ibis (under Feast's duckdb offline store) calls a duckdb method duckdb renamed; "
+             "nothing for us to change, fixed upstream in ibis"),
+    Silenced(RuntimeWarning, r"On demand feature view is an experimental feature", r"feast\.",
+             "Feast flags every on-demand view as experimental at apply; ours is Python-mode and "
+             "tested against Feast's own reads"),
+    Silenced(UserWarning, r"Hint: Inferred schema contains integer column", r"mlflow\.",
+             "MLflow's signature hint for integer columns; our models are scored from float32 "
+             "arrays, never through the signature's integer type"),
+    Silenced(Warning, r".*noload.* loader strategy is deprecated", r"mlflow\.",
+             "MLflow's own SQLAlchemy store uses an option SQLAlchemy 2 deprecates (SADeprecationWarning)"),
+    Silenced(FutureWarning, r".*[Dd]owncasting", r"(evidently|pandas)\.",
+             "pandas' downcasting notice raised from inside Evidently's drift metrics, once per column"),
+    Silenced(DeprecationWarning, r"GitWildMatchPattern \('gitwildmatch'\) is deprecated", r"pathspec\.",
+             "BentoML's bento build matches its include patterns with a pathspec style pathspec renamed"),
+    Silenced(DeprecationWarning, r"path is deprecated\. Use files\(\) instead", r"_bentoml_sdk\.",
+             "BentoML's image builder uses importlib.resources.path, deprecated in Python 3.11"),
+)
+
+# Loggers of the stack that talk at INFO about their own bookkeeping (MLflow creating its
+# tables, BentoML's model store, Feast's registry): a person sees them only at WARNING.
+LIBRARY_LOGGERS: dict[str, int] = {
+    # MLflow warns at every log_model that pickled scikit-learn models execute code on load:
+    # true of every pickle, and the registry is ours; its errors still show.
+    "mlflow": logging.ERROR,
+    "alembic": logging.WARNING,
+    "feast": logging.WARNING,
+    "bentoml": logging.WARNING,
+    "evidently": logging.WARNING,
+    "optuna": logging.WARNING,
+}
+
+# MLflow prints some notices with its own `eprint` ("Successfully registered model ...",
+# "Created version ..."): our registry prints its own line for each model, so MLflow's
+# stream is muted while the CLI runs (`quiet_mlflow`). Its warnings about pickled models
+# are about scikit-learn's format and concern the user of a model file, not of the CLI.
+QUIET_ENV: dict[str, str] = {
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a bar per hold-out frame downloaded by `promote`
+    "MLFLOW_LOGGING_LEVEL": "ERROR",  # MLflow's INFO/WARNING notices (set before it is imported)
+}
+
+_quiet = False
+
+
+def quiet_libraries() -> None:
+    """Apply the list above to this process (and, through the environment, its children)."""
+    global _quiet
+    _quiet = True
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    for w in LIBRARY_WARNINGS:
+        warnings.filterwarnings("ignore", message=w.message, category=w.category, module=w.module)
+    for name, level in LIBRARY_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+    if "mlflow" in sys.modules:
+        quiet_mlflow()
+
+
+def quiet_mlflow() -> None:
+    """Mute MLflow's own notice stream when the console is quiet (call after importing mlflow)."""
+    if not _quiet:
+        return
+    from mlflow.utils import logging_utils
+
+    logging_utils.disable_logging()
+
+
+def is_terminal(stream=None) -> bool:
+    stream = stream or sys.stderr
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def progress(total: int | None, desc: str, unit: str, *, leave: bool = True, enabled: bool = True):
+    """A tqdm bar on a terminal; nothing when the output is a file or a pipe (no carriage
+    returns or ANSI codes in a log), where the command's own lines say what happened."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=leave, disable=not (enabled and is_terminal()))
