@@ -50,10 +50,11 @@ def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
 ) -> None:
     _state["debug"] = debug
-    from nba.settings import disable_telemetry, quiet_console
+    from nba.console import quiet_libraries
+    from nba.settings import disable_telemetry
 
     disable_telemetry()
-    quiet_console()
+    quiet_libraries()
 
 
 def _settings(**overrides: Any):
