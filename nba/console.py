@@ -8,10 +8,14 @@ blanket rule. Our own deprecations are errors in the tests (`pyproject.toml`).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
+import re
 import sys
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 
@@ -82,6 +86,10 @@ def quiet_libraries() -> None:
     _quiet = True
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
+    if not is_terminal():
+        # the bars the stack draws itself (Feast's per-view materialisation bars): in a log they
+        # are carriage returns and escape codes; tqdm reads TQDM_* variables as its defaults
+        os.environ.setdefault("TQDM_DISABLE", "1")
     for w in LIBRARY_WARNINGS:
         warnings.filterwarnings("ignore", message=w.message, category=w.category, module=w.module)
     for name, level in LIBRARY_LOGGERS.items():
@@ -97,6 +105,21 @@ def quiet_mlflow() -> None:
     from mlflow.utils import logging_utils
 
     logging_utils.disable_logging()
+
+
+@contextlib.contextmanager
+def library_prints(logger: logging.Logger) -> Iterator[None]:
+    """Send what a library `print`s (Feast's coloured materialisation banner) to `logger` at
+    DEBUG instead of the console: the caller reports the same facts in its own words."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        yield
+    text = _ANSI.sub("", buffer.getvalue()).strip()
+    if text:
+        logger.debug("%s", text)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def is_terminal(stream=None) -> bool:
