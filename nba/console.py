@@ -51,6 +51,9 @@ LIBRARY_WARNINGS: tuple[Silenced, ...] = (
              "pandas' downcasting notice raised from inside Evidently's drift metrics, once per column"),
     Silenced(DeprecationWarning, r"GitWildMatchPattern \('gitwildmatch'\) is deprecated", r"pathspec\.",
              "BentoML's bento build matches its include patterns with a pathspec style pathspec renamed"),
+    Silenced(DeprecationWarning, r"The `__get_pydantic_core_schema__` method of the `BaseModel` class is deprecated",
+             r"_bentoml_sdk\.", "BentoML's IO models override a hook Pydantic 2.11 deprecates "
+             "(PydanticDeprecatedSince211), when a service's API is built"),
     Silenced(DeprecationWarning, r"path is deprecated\. Use files\(\) instead", r"_bentoml_sdk\.",
              "BentoML's image builder uses importlib.resources.path, deprecated in Python 3.11"),
 )
