@@ -130,7 +130,7 @@ def _long_matrix(frame: pd.DataFrame, path: Path, n: int, actions: list[str], op
     rows = pd.to_numeric(frame["row"], errors="coerce")
     invalid = rows.isna() | (rows < 0) | (rows >= n) | (rows % 1 != 0)
     if invalid.any():
-        bad = frame.loc[invalid, "row"].iloc[0]
+        bad = _plain(frame.loc[invalid, "row"].iloc[0])
         raise OpeInputError(f"{option} {path}: column 'row' has value {bad!r}; expected a row number 0..{n - 1} "
                             "of --data")
     names = [str(a) for a in frame["action"].astype(str).unique()]
@@ -139,14 +139,20 @@ def _long_matrix(frame: pd.DataFrame, path: Path, n: int, actions: list[str], op
     vals = pd.to_numeric(frame[value_col], errors="coerce")
     if vals.isna().any():
         i = int(np.flatnonzero(vals.isna().to_numpy())[0])
+        article = "an" if what[0] in "aeiou" else "a"
         raise OpeInputError(f"{option} {path}: column '{value_col}' has a non-numeric value at row {i} "
-                            f"({frame[value_col].iloc[i]!r}); expected a {what}")
+                            f"({_plain(frame[value_col].iloc[i])!r}); expected {article} {what}")
     if frame.duplicated(["row", "action"]).any():
-        dup = frame.loc[frame.duplicated(["row", "action"]), ["row", "action"]].iloc[0].tolist()
+        dup = [_plain(v) for v in frame.loc[frame.duplicated(["row", "action"]), ["row", "action"]].iloc[0]]
         raise OpeInputError(f"{option} {path}: (row, action) {dup} appears twice; expected one {what} per pair")
     out = np.zeros((n, len(extended)))
     out[rows.to_numpy(np.int64), frame["action"].astype(str).map(col).to_numpy(np.int64)] = vals.to_numpy()
     return out, extended
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds, so a message shows `7`, not `np.int64(7)`."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _wide_matrix(frame: pd.DataFrame, path: Path, n: int, actions: list[str], option: str, what: str,
