@@ -1,3 +1,3 @@
-from nba.cli import main
+from nba.cli.app import main
 
 main()

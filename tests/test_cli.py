@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import gzip
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
 import pandas as pd
 import pytest
@@ -44,15 +46,109 @@ def test_help_lists_the_commands(env):
         assert command in proc.stdout
 
 
+HEAVY = ("pandas", "numpy", "pyarrow", "scipy", "sklearn", "feast", "mlflow", "bentoml", "evidently", "xgboost",
+         "optuna", "tqdm", "redis", "psycopg")
+
+
 def test_importing_the_cli_imports_no_heavy_library():
-    """`nba --help` stays fast because the stack is imported lazily, inside the commands."""
+    """`nba --help` stays fast because the stack is imported lazily, inside the commands: the
+    app with every command module, and what `--help` itself runs, load none of it."""
     code = (
-        "import sys, nba.cli, nba.settings, nba.schemas, nba.errors; "
-        "heavy = {'pandas', 'numpy', 'feast', 'mlflow', 'bentoml', 'evidently', 'xgboost', 'optuna', 'sklearn'}; "
-        "print(sorted(heavy & set(sys.modules)))"
+        "import sys, nba.cli.app, nba.settings, nba.schemas, nba.errors; "
+        f"heavy = {set(HEAVY)!r}; "
+        "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]"
+    code = ("import sys, runpy; sys.argv = ['nba', '--help']\n"
+            "try:\n    runpy.run_module('nba', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            f"print('HEAVY', sorted({set(HEAVY)!r} & {{m.split('.')[0] for m in sys.modules}}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "Commands:" in proc.stdout and proc.stdout.strip().endswith("HEAVY []"), proc.stdout
+
+
+def test_nothing_outside_the_cli_package_imports_it():
+    """The CLI sits on top: no library module imports `nba.cli` (the `python -m nba` entry aside)."""
+    offenders = []
+    for path in sorted((PROJECT_ROOT / "nba").rglob("*.py")):
+        rel = path.relative_to(PROJECT_ROOT)
+        if rel.parts[1] == "cli" or rel == Path("nba/__main__.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{rel}:{node.lineno} {n}" for n in names if n == "nba.cli" or n.startswith("nba.cli.")]
+    assert offenders == []
+
+
+# --- choices are types: a wrong value fails in argument parsing, before any side effect ----------------
+
+
+def assert_refused_before_anything(proc: subprocess.CompletedProcess, option: str, allowed: list[str],
+                                   *untouched: Path) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"Invalid value for '{option}'" in proc.stderr, proc.stderr
+    for value in allowed:
+        assert f"'{value}'" in proc.stderr, (value, proc.stderr)
+    for path in untouched:
+        assert not path.exists(), path
+
+
+@pytest.fixture
+def bare(tmp_path: Path) -> tuple[dict[str, str], Path, Path, Path]:
+    """An environment whose work folder and MLflow store do not exist yet, and an empty cwd."""
+    cwd, work, mlflow_dir = tmp_path / "cwd", tmp_path / "var", tmp_path / "mlflow"
+    cwd.mkdir()
+    e = {k: v for k, v in os.environ.items() if not k.startswith("NBA_")}
+    e.update(NBA_HOME=str(PROJECT_ROOT), NBA_WORK_DIR=str(work), NBA_MLFLOW_DIR=str(mlflow_dir))
+    return e, cwd, work, mlflow_dir
+
+
+def test_train_clv_with_an_unknown_source_fails_before_creating_a_store(bare):
+    e, cwd, work, mlflow_dir = bare
+    proc = run(["train", "clv", "--source", "nonsense"], e, cwd=cwd)
+    assert_refused_before_anything(proc, "--source", ["cdnow", "sim", "all"], work, mlflow_dir)
+    assert not (mlflow_dir / "mlflow.db").exists() and list(cwd.iterdir()) == []
+
+
+@pytest.mark.parametrize(("args", "option", "allowed"), [
+    (["promote", "nba-churn", "--to", "boss"], "--to", ["champion", "challenger"]),
+    (["tune", "ltv", "--trials", "1"], "model", ["propensity", "churn", "clv", "uplift"]),
+    (["train", "uplift", "--source", "cdnow"], "--source", ["hillstrom", "sim", "all"]),
+    (["train", "propensity", "--strategy", "both"], "--strategy", ["per_action", "pooled"]),
+    (["evaluate", "policy", "--outcome", "revenue"], "--outcome", ["converted", "value"]),
+    (["evaluate", "policy", "--data", "cdnow"], "--data", ["hillstrom"]),
+    (["evaluate", "policy", "--data", "hillstrom", "--learner", "r_learner"], "--learner",
+     ["t_learner", "s_learner", "x_learner", "class_transformation"]),
+])
+def test_every_fixed_choice_fails_in_argument_parsing(bare, args, option, allowed):
+    e, cwd, work, mlflow_dir = bare
+    proc = run(args, e, cwd=cwd)
+    assert_refused_before_anything(proc, option, allowed, work, mlflow_dir)
+    assert list(cwd.iterdir()) == []
+
+
+def test_the_cli_choices_are_the_library_choices():
+    """The choices are spelled in the CLI (so `--help` imports no stack); they must equal the
+    library's own."""
+    from nba.cli import evaluate, train
+    from nba.evaluation import policy
+    from nba.evaluation.experiment_table import HILLSTROM
+    from nba.training import clv, propensity, registry, uplift
+    from nba.training.config import MODEL_FAMILIES
+
+    assert get_args(train.PropensityStrategy) == propensity.STRATEGIES
+    assert get_args(train.ClvSource) == (*clv.SOURCES, "all")
+    assert get_args(train.UpliftSource) == (*uplift.SOURCES, "all")
+    assert get_args(train.TunedModel) == MODEL_FAMILIES
+    assert get_args(train.Alias) == registry.ALIASES
+    assert get_args(evaluate.PolicyData) == (HILLSTROM,)
+    assert get_args(evaluate.PolicyOutcome) == policy.PLATFORM_OUTCOMES
+    assert get_args(evaluate.RewardModel) == policy.REWARD_MODELS
+    assert [x.value for x in evaluate.Learner] == list(uplift.LEARNERS)
+    assert train.sources("all", train.ClvSource) == ["cdnow", "sim"]
+    assert train.sources("sim", train.UpliftSource) == ["sim"]
 
 
 def test_settings_import_has_no_side_effects(tmp_path: Path):

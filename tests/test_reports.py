@@ -238,7 +238,7 @@ def http(url: str, body: dict | None = None) -> object:
 def test_nba_report_and_evidently_ui_show_the_trend(settings: Settings):
     from typer.testing import CliRunner
 
-    from nba.cli import app
+    from nba.cli.app import app
 
     publish_days(settings)
     # in process (tests/test_drift.py runs the CLI as a process; importing the stack twice more

@@ -1,0 +1,388 @@
+"""`nba evaluate incrementality | ope | policy | sample-size | drift | uplift`.
+
+Thin commands over `nba.evaluation`: the files they read are parsed there
+(`experiment_table`, `policy_file`), the tables and pages are rendered there (`render`), and
+the limits come from `limits`. Each command prints its figures, writes them as JSON (`--json`)
+and a self-contained HTML page (`--html`) where it has them, and publishes them to the
+dashboards. The stack is imported inside each command.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import typer
+
+from nba.cli.common import echo, model_progress, parse_time, progress, settings, write_outputs
+from nba.errors import ConfigError
+
+if TYPE_CHECKING:
+    from nba.settings import Settings
+
+app = typer.Typer(help="Drift, uplift, hold-out incrementality and off-policy value.", no_args_is_help=True)
+
+# Fixed choices (a test checks they equal the library's tuples).
+PolicyData = Literal["hillstrom"]  # nba.evaluation.experiment_table.HILLSTROM
+PolicyOutcome = Literal["converted", "value"]  # nba.evaluation.policy.PLATFORM_OUTCOMES
+RewardModel = Literal["model", "action_mean"]  # nba.evaluation.policy.REWARD_MODELS
+
+
+class Learner(StrEnum):  # nba.training.uplift.LEARNERS (an Enum: typer takes no list of Literal)
+    t_learner = "t_learner"
+    s_learner = "s_learner"
+    x_learner = "x_learner"
+    class_transformation = "class_transformation"
+
+
+DataOpt = Annotated[str | None, typer.Option(
+    "--data", help="Experiment table: a .csv or .parquet file, or 'hillstrom' (the verified public data set). "
+                   "Without it: the platform's decision log.")]
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the figures to this JSON file.")]
+HtmlOpt = Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML report to this file.")]
+LogOpt = Annotated[Path | None, typer.Option(
+    "--log", help="Decision log folder (default: <work>/decision_log, env NBA_WORK_DIR).")]
+ConfidenceOpt = Annotated[float, typer.Option(help="Confidence level of the intervals.", min=0.5, max=0.999)]
+ThresholdOpt = Annotated[float | None, typer.Option(
+    help="Decision log: also require priority > this for the arbitration's pick (default: only the log's own "
+         "record of candidates the 'do nothing' threshold removed).")]
+PublishOpt = Annotated[bool, typer.Option(help="Also publish the figures to the Evidently dashboards and MLflow.")]
+
+
+def _read_log(s: Settings, log: Path | None) -> Any:
+    from nba.decisioning.log import read_log
+
+    return read_log(log or s.decision_log_dir)
+
+
+def _publish(s: Settings, *, name: str, values: Any, description: str, tables: dict[str, Any]) -> None:
+    from nba.evaluation.render import REPORT_PROJECT, publish_figures
+
+    published = publish_figures(s, name=name, values=values, description=description, tables=tables)
+    echo(f"published to the '{REPORT_PROJECT}' dashboard (snapshot {published.snapshot_id}); report {published.html}")
+
+
+# --- incrementality -----------------------------------------------------------------------
+
+
+@app.command("incrementality")
+def incrementality_cmd(
+    data: DataOpt = None,
+    arm_column: Annotated[str | None, typer.Option(
+        help="Column naming each row's arm (group) (hillstrom: arm).")] = None,
+    control: Annotated[str | None, typer.Option(
+        help="The arm value of the control group (hillstrom: 'No E-Mail').")] = None,
+    outcome: Annotated[list[str] | None, typer.Option(
+        "--outcome", help="Outcome column, 0/1 or numeric (repeat for several; the first is the primary) "
+                          "(hillstrom: visit, conversion, spend).")] = None,
+    value_column: Annotated[str | None, typer.Option(
+        help="A numeric value per row (e.g. revenue) reported beside the outcome.")] = None,
+    cluster_column: Annotated[str | None, typer.Option(
+        help="The unit of randomisation when a unit has several rows (e.g. customer_id): clustered errors.")] = None,
+    by: Annotated[list[str] | None, typer.Option(
+        "--by", help="Also report per value of this column (repeat), e.g. channel.")] = None,
+    json_out: JsonOpt = None,
+    html_out: HtmlOpt = None,
+    log: LogOpt = None,
+    threshold: ThresholdOpt = None,
+    confidence: ConfidenceOpt = 0.95,
+    publish: PublishOpt = True,
+) -> None:
+    """Lift of every treated arm over the control: mean, absolute and relative lift, CIs, p-value.
+
+    With --data FILE: any experiment table (one row per unit, or per event with
+    --cluster-column naming the unit). With --data hillstrom: each e-mail over no e-mail.
+    Without --data: the platform's decision log, nba and explore decisions against the
+    universal hold-out, overall, per channel and per intended action (the arbitration's pick,
+    see nba/evaluation/incrementality.py), clustered by customer.
+
+    CIs: Welch for the absolute lift, the delta method for the relative lift. Estimates below
+    the `evaluation:` limits of evaluation/gates.yaml are flagged with the reason.
+    """
+    from nba.evaluation.experiment_table import experiment_table
+    from nba.evaluation.experiments import experiment_incrementality
+    from nba.evaluation.incrementality import log_incrementality
+    from nba.evaluation.limits import evaluation_limits
+    from nba.evaluation.render import incrementality_sections, lift_frame, overall_results
+
+    s = settings()
+    limits = evaluation_limits(s)
+    report: Any
+    if data is None:
+        for name, value in (("--arm-column", arm_column), ("--control", control), ("--outcome", outcome),
+                            ("--value-column", value_column), ("--cluster-column", cluster_column), ("--by", by)):
+            if value:
+                raise ConfigError(f"{name} applies to --data tables; the decision log has its own columns "
+                                  "(experiment_group, converted, value, channel, intended action)")
+        report = log_incrementality(_read_log(s, log), threshold=threshold, confidence=confidence, limits=limits)
+        title = "Hold-out incrementality (decision log)"
+    else:
+        t = experiment_table(s, data, arm_column=arm_column, control=control, outcome=outcome,
+                             value_column=value_column, cluster_column=cluster_column, by=by)
+        report = experiment_incrementality(
+            t.table, arm_column=t.arm_column, control=t.control, outcome=t.outcomes, value_column=t.value_column,
+            cluster_column=cluster_column, segment_columns=list(by or []), source=t.source, confidence=confidence,
+            limits=limits)
+        title = f"Incrementality: {t.source}"
+    payload = report.to_dict()
+    results = overall_results(report)
+    for r in results:
+        echo(f"{r.outcome} (control '{r.control.arm}': n {r.control.n:,}, mean {r.control.mean:.4g})")
+        echo(lift_frame(r).to_string(index=False))
+    for note in payload.get("notes", []):
+        echo(f"  note: {note}")
+    write_outputs(payload, json_out, html_out, title, incrementality_sections(report))
+    if publish:
+        _publish(s, name="incrementality", values=report.values(), description=title,
+                 tables={"arms": lift_frame(results[0])})
+
+
+# --- off-policy evaluation ------------------------------------------------------------------
+
+
+@app.command("ope")
+def ope_cmd(
+    data: Annotated[Path, typer.Option("--data", help="Logged decisions: a .csv or .parquet file, one row per "
+                                                      "decision.")],
+    action_column: Annotated[str, typer.Option(help="Column of the action the logging policy took.")],
+    reward_column: Annotated[str, typer.Option(help="Column of the reward observed (0/1 or numeric).")],
+    propensity_column: Annotated[str, typer.Option(
+        help="Column of the probability with which the logging policy took that action (> 0).")],
+    target: Annotated[str, typer.Option(
+        help="The policy to value: 'uniform' (every logged action equally likely), or a .csv/.parquet FILE of "
+             "its probabilities, either wide (one row per logged row, same order, one column per action named "
+             "by its value) or long (columns row, action, probability; row = 0-based row number in --data; "
+             "pairs not listed have probability 0). Actions the data never logged may appear: their mass is "
+             "reported as unsupported.")],
+    q_hat: Annotated[Path | None, typer.Option(
+        "--q-hat", help="Expected reward of every action per row for DR, in the same formats as --target "
+                        "(default: each action's mean logged reward).")] = None,
+    cluster_column: Annotated[str | None, typer.Option(
+        help="Unit of independence (e.g. customer_id) when a unit has several rows: clustered errors.")] = None,
+    json_out: JsonOpt = None,
+    confidence: ConfidenceOpt = 0.95,
+) -> None:
+    """Off-policy value of a target policy from logged decisions, with CIs.
+
+    IPS, self-normalised IPS and doubly robust estimates, beside the logged policy's own value.
+
+    Diagnostics: the effective sample size of the importance weights and the share of the
+    target's probability on actions the logging policy never took; below the `evaluation:`
+    limits of evaluation/gates.yaml every estimate is flagged with the reason. Zero or missing
+    propensities are refused.
+    """
+    from nba.evaluation.limits import evaluation_limits
+    from nba.evaluation.policy_file import read_logged, value_target
+    from nba.evaluation.render import fmt
+
+    limits = evaluation_limits(settings())
+    logged = read_logged(data, action_column=action_column, reward_column=reward_column,
+                         propensity_column=propensity_column, cluster_column=cluster_column)
+    valued = value_target(logged, target, q_hat, confidence=confidence, limits=limits)
+    echo(f"target policy '{valued.policy}' on {valued.rows:,} logged rows ({len(valued.actions)} actions)")
+    for e in valued.result.estimates:
+        echo(f"  {e.estimator:<7} {fmt(e.value):>10}  [{fmt(e.ci_low)}, {fmt(e.ci_high)}]")
+    d = valued.result.diagnostics
+    echo(f"  ESS {d.ess:,.1f} of {d.n:,}; unsupported share {d.unsupported_share:.2%}"
+         f"{'' if d.support_known else ' (at least)'}; max weight {d.max_weight:.3g}")
+    for flag in d.flags:
+        echo(f"  UNRELIABLE: {flag}")
+    write_outputs(valued.to_dict(), json_out, None, "", [])
+
+
+# --- policy value ----------------------------------------------------------------------------
+
+
+@app.command("policy")
+def policy_cmd(
+    data: Annotated[PolicyData | None, typer.Option(
+        "--data", case_sensitive=False,
+        help="'hillstrom': learn a targeting policy on a training split and value it on the held-out "
+             "split against all:Mens, all:Womens, none and random. Without it: the candidate policies "
+             "of the platform's decision log.")] = None,
+    outcome: Annotated[PolicyOutcome, typer.Option(
+        help="Decision log: converted (0/1) or value (the reward to value policies by).")] = "converted",
+    reward_model: Annotated[RewardModel, typer.Option(
+        help="Decision log: the q-hat of DR, 'model' (the logged P, x V for value) or 'action_mean'.")] = "model",
+    email_cost: Annotated[float | None, typer.Option(
+        help="Hillstrom: $ per e-mail the learnt policy must beat to send one (default: 0.10).", min=0)] = None,
+    learner: Annotated[list[Learner] | None, typer.Option(
+        "--learner", help="Hillstrom: uplift learner(s) to choose from on validation (repeat) "
+                          "(default: t_learner, s_learner, x_learner, class_transformation).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Hillstrom: seed of the split (default: NBA_SEED).")] = None,
+    json_out: JsonOpt = None,
+    html_out: HtmlOpt = None,
+    log: LogOpt = None,
+    threshold: ThresholdOpt = None,
+    confidence: ConfidenceOpt = 0.95,
+    publish: PublishOpt = True,
+) -> None:
+    """Estimated value of decision policies, with CIs.
+
+    Decision log: NBA (highest priority), a random candidate, propensity-only, no levers
+    (P x V) and the hold-out (do nothing), by IPS, SNIPS and doubly robust estimation from the
+    logged probabilities (only exploration supports actions other than the winner).
+
+    --data hillstrom: a policy learnt from uplift x value per e-mail, valued by inverse
+    propensity weighting (assignment probability 1/3) on held-out customers: spend per
+    customer (primary), conversion and visit.
+    """
+    from nba.evaluation.limits import evaluation_limits
+    from nba.evaluation.render import policy_frame
+
+    s = settings()
+    limits = evaluation_limits(s)
+    report: Any
+    if data is None:
+        for name, value in (("--email-cost", email_cost), ("--learner", learner), ("--seed", seed)):
+            if value is not None:
+                raise ConfigError(f"{name} applies to --data hillstrom only")
+        from nba.evaluation.policy import platform_policy_values
+
+        report = platform_policy_values(_read_log(s, log), outcome=outcome, threshold=threshold,
+                                        reward_model=reward_model, confidence=confidence, limits=limits)
+        payload = report.to_dict()
+        table = policy_frame(payload["policies"])
+        title = f"Policy value from the decision log ({outcome})"
+        echo(title)
+        echo(table.to_string(index=False))
+    else:
+        from nba.evaluation.policy import DEFAULT_EMAIL_COST, HillstromPolicyConfig, hillstrom_policy_values
+
+        config = HillstromPolicyConfig(
+            email_cost=DEFAULT_EMAIL_COST if email_cost is None else email_cost,
+            learners=tuple(x.value for x in learner) if learner else HillstromPolicyConfig.learners,
+            seed=s.seed if seed is None else seed, confidence=confidence)
+        with progress(len(config.learners) + 1, "hillstrom policy", "fit", disable=None) as step:
+            report = hillstrom_policy_values(s, config, limits=limits, progress=step)
+        payload = report.to_dict()
+        table = report.table()
+        title = "Hillstrom: learnt targeting vs fixed policies (held-out split, IPS)"
+        echo(f"{title}; learner {report.learner} (validation net $/customer: "
+             + ", ".join(f"{k} {v:.3f}" for k, v in report.validation.items()) + ")")
+        echo(table.round(4).to_string(index=False))
+    for note in payload.get("notes", []):
+        echo(f"  note: {note}")
+    write_outputs(payload, json_out, html_out, title, [("policies", table.round(4))])
+    if publish:
+        _publish(s, name="policy", values=report.values(), description=title, tables={"policies": table})
+
+
+# --- sample size ------------------------------------------------------------------------------
+
+
+@app.command("sample-size")
+def sample_size_cmd(
+    base: Annotated[float, typer.Option(help="Control response rate (0..1), or control mean with --sd.")],
+    lift: Annotated[float | None, typer.Option(help="Absolute lift to detect (e.g. 0.01 = one point).")] = None,
+    relative_lift: Annotated[float | None, typer.Option(help="Relative lift to detect (e.g. 0.1 = +10 %).")] = None,
+    sd: Annotated[float | None, typer.Option(help="Standard deviation of a numeric outcome (per unit).")] = None,
+    alpha: Annotated[float, typer.Option(help="Two-sided significance level.")] = 0.05,
+    power: Annotated[float, typer.Option(help="Power: the chance to detect the lift if it is real.")] = 0.8,
+    ratio: Annotated[float, typer.Option(help="Treated units per control unit (a 10 % hold-out: 9).")] = 1.0,
+) -> None:
+    """Units per arm needed to detect a lift (two-sided test, unpooled variances)."""
+    from nba.evaluation.stats import sample_size
+
+    n = sample_size(base, lift=lift, relative_lift=relative_lift, sd=sd, alpha=alpha, power=power, ratio=ratio)
+    echo(f"control {n.control:,}  treated {n.treated:,}  total {n.total:,}  (detect {n.lift:+.4g} on "
+         f"{n.base:.4g}; alpha {alpha}, power {power}, ratio {ratio:g})")
+
+
+# --- drift and uplift (Evidently) -------------------------------------------------------------
+
+
+@app.command("drift")
+def drift_cmd(
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", help="Registered model to check, e.g. nba-propensity-mortgage (repeat); default: every "
+                        "champion with served data.")] = None,
+    current: Annotated[Path | None, typer.Option(
+        help="A batch frame (Parquet or CSV) with the model's inputs (and optionally a 'prediction' column) "
+             "instead of the decision log.")] = None,
+    log: Annotated[Path | None, typer.Option(help="Decision log folder [default: <work>/decision_log].")] = None,
+    since: Annotated[str | None, typer.Option(help="Served decisions from this date (e.g. 2025-12-01).")] = None,
+    days: Annotated[int, typer.Option(help="Without --since: the last N days of the log.", min=1)] = 30,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the summary of every model here.")] = None,
+    publish: Annotated[bool, typer.Option(help="Store the snapshot, HTML and MLflow artifact.")] = True,
+) -> None:
+    """Drift of served features and scores against each champion's training frame.
+
+    Compares, per champion model, the features (and the model's score) the decision log served
+    recently, or a batch frame given with --current, with a sample of the frame the champion was
+    trained on, using Evidently's data-drift tests with the methods and thresholds of
+    evaluation/gates.yaml (monitoring.drift). Prints which features drifted and by how much,
+    writes a JSON summary and an HTML report, stores a snapshot in the Evidently workspace
+    (dashboards) and logs the HTML to the champion's MLflow run.
+
+    Exit code: 0 = within the limits; 3 = drift beyond the limits (more than max_drift_share of the
+    features drifted, or the prediction drifted); 2 = bad input (unknown model, unreadable file,
+    missing column, too few rows).
+    """
+    from nba.evaluation import drift
+
+    s = settings()
+    names = list(model or [])
+    with model_progress(len(names) or len(drift.champion_names(s)), "drift") as advance:
+        run = drift.evaluate_drift(s, names or None, current=current, log_dir=log,
+                                   since=parse_time(since, "--since"), days=days, publish=publish, progress=advance)
+    for result in run.results:
+        for line in result.lines():
+            echo(line)
+        if result.html:
+            echo(f"  report: {result.html}" + (f" (logged to MLflow run {result.mlflow_run_id})"
+                                                if result.mlflow_run_id else ""))
+    for name, why in run.skipped:
+        echo(f"{name}: skipped: {why}")
+    if json_out:
+        drift.write_summary(list(run.results), json_out)
+        echo(f"summary: {json_out}")
+    exceeded = [r.model for r in run.results if r.exceeded]
+    if exceeded:
+        echo(f"drift beyond the limits of evaluation/gates.yaml in {len(exceeded)} model(s): {', '.join(exceeded)} "
+             f"(exit code {drift.EXIT_DRIFT})")
+        raise typer.Exit(drift.EXIT_DRIFT)
+    echo(f"no drift beyond the limits in {len(run.results)} model(s)")
+
+
+@app.command("uplift")
+def uplift_cmd(
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", help="Uplift model, e.g. nba-uplift-hillstrom-womens_email (repeat); default: every "
+                        "nba-uplift-* champion.")] = None,
+    current: Annotated[Path | None, typer.Option(
+        help="A randomised frame (Parquet or CSV): the model's inputs, 'treated' (0/1), 'label' and optionally "
+             "'true_uplift'; default: the champion run's hold-out part.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the summary of every model here.")] = None,
+    publish: Annotated[bool, typer.Option(help="Store the snapshot, HTML and MLflow artifact.")] = True,
+) -> None:
+    """Uplift per action on randomised data: Qini, AUUC, uplift in the top k %, recovery of the truth.
+
+    Qini curve and coefficient, AUUC, the observed uplift in the top k % by predicted uplift,
+    and the correlation and error against the simulator's true uplift where it is known.
+
+    Each nba-uplift-* champion is scored on the randomised rows its training run held out
+    (Hillstrom: the e-mail arm against the No E-Mail hold-out; the bank: exploration decisions,
+    contacted or not at random, whose true uplift the simulator knows). The figures are
+    Evidently metrics: a snapshot in the workspace's `uplift` project, an HTML report, logged
+    to the champion's MLflow run.
+    """
+    from nba.evaluation import uplift
+    from nba.evaluation.champions import champion_names
+    from nba.evaluation.drift import write_summary
+
+    s = settings()
+    names = list(model or [])
+    with model_progress(len(names) or len(champion_names(s, ["uplift"])), "uplift") as advance:
+        run = uplift.evaluate_uplift(s, names or None, current=current, publish=publish, progress=advance)
+    for result in run.results:
+        for line in result.lines():
+            echo(line)
+        if result.html:
+            echo(f"  report: {result.html}")
+    for name, why in run.skipped:
+        echo(f"{name}: skipped: {why}")
+    if json_out:
+        write_summary(list(run.results), json_out)  # type: ignore[arg-type]
+        echo(f"summary: {json_out}")

@@ -1,0 +1,75 @@
+"""`nba bundle build | show`, `nba serve`, `nba decide-batch`: the serving bundle, the decision
+service and outbound batch decisions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nba.cli.common import echo, parse_time, settings
+
+bundle_app = typer.Typer(help="The serving bundle: champion models, catalog and policies as a Bento.",
+                         no_args_is_help=True)
+
+
+@bundle_app.command("build")
+def bundle_build() -> None:
+    """Resolve every @champion the catalog reads, import them into BentoML, build the Bento.
+
+    Compiles serving/actions.yaml and serving/policies.yaml against the feature service and
+    the MLflow registry first: a bad rule, an unknown feature or model fails here, naming the
+    action, the rule and the reason.
+    """
+    from nba.serving.bundle import build
+
+    s = settings()
+    result = build(s, progress=lambda tag: echo(f"  imported {tag}"))
+    echo(f"bundle {result.bundle_dir} (catalog {result.catalog_version})")
+    for m in result.models:
+        echo(f"  {m.name:<40} v{m.version:<4} {', '.join(m.roles)}")
+    echo(f"Bento {result.bento_tag} in {s.bentoml_home}; serve it with `nba serve`")
+
+
+@bundle_app.command("show")
+def bundle_show() -> None:
+    """Print the bundle's manifest: catalog version, models and versions, Bento tag."""
+    from nba.serving.bundle import read_manifest
+
+    manifest = read_manifest(settings().bundle_dir)
+    echo(json.dumps({k: v for k, v in manifest.items() if k != "features"}, indent=2))
+
+
+def serve_cmd(
+    port: Annotated[int, typer.Option(help="Port on localhost.", min=1, max=65535)] = 3000,
+    host: Annotated[str, typer.Option(help="Interface to bind (loopback by default).")] = "127.0.0.1",
+    workers: Annotated[int | None, typer.Option(help="Worker processes [default: NBA_SERVE_WORKERS, 2].",
+                                                 min=1)] = None,
+) -> None:
+    """Serve the built Bento (`nba bundle build`) with BentoML: /decide, /decide_batch,
+    /respond, /healthz, /readyz; the OpenAPI page at /docs.json and the UI at /."""
+    from nba.serving.run import serve
+
+    serve(settings(), host=host, port=port, workers=workers, echo=echo)
+
+
+def decide_batch_cmd(
+    customers: Annotated[Path, typer.Option(help="Parquet (or CSV) with customer_id; feature columns of the "
+                                                 "feature service are used when present, else read online.")],
+    channel: Annotated[str, typer.Option(help="Channel of every decision (e.g. email).")],
+    out: Annotated[Path, typer.Option(help="Ranked decisions, one row per customer and rank (Parquet).")],
+    k: Annotated[int | None, typer.Option(help="Actions to rank per customer [default: the policies' k].",
+                                          min=1)] = None,
+    timestamp: Annotated[str | None, typer.Option(help="Moment of the decisions [default: now].")] = None,
+    chunk: Annotated[int, typer.Option(help="Customers per vectorised pass.", min=1)] = 100_000,
+) -> None:
+    """Outbound decisions for a file of customers: the same core, models and log records as
+    /decide, vectorised; the shown actions count as contacts for the contact policies."""
+    from nba.serving.batch import decide_batch
+
+    at = parse_time(timestamp, "--timestamp")
+    summary = decide_batch(settings(), customers, channel, out, k=k,
+                           timestamp=at.timestamp() if at else None, chunk=chunk, progress=True)
+    echo(summary.describe())
