@@ -54,7 +54,7 @@ from nba.training.classifier import HOLDOUT_ARTIFACT, TrainedModel, log_referenc
 from nba.training.config import ModelConfig, config_path, load_model_config
 from nba.training.metrics import qini_coefficient, qini_curve, save_figure
 from nba.training.models import ModelDataError
-from nba.training.tune import Report, TuningProblem
+from nba.training.problems import Report, TuningProblem
 from nba.training.uplift_learners import LEARNERS, make_learner
 
 log = logging.getLogger(__name__)
