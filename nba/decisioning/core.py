@@ -3,6 +3,12 @@
     rules -> contact policies -> propensity (P) -> value (V) -> lever (L) -> priority
           -> "do nothing" threshold -> top-k -> experiment layer (hold-out, exploration)
 
+`decide` runs them as named stages, in that order, over one (n, A) `alive` / `reason` pair:
+`_on_offer` (active dates, channel), `_apply_rules` (eligibility, applicability,
+suitability), `_apply_contact_policies` (consent, suppressions, cool-downs, caps), `_score`
+(P, V, L, uplift, priority), `_arbitrate` (threshold, top-k), `_experiment_layer` (hold-out,
+exploration, logging probability) and `_show_first` (the shown action heads the list).
+
 `decide` takes the compiled catalog, the customers' features (an environment mapping each name
 to an array with one entry per customer, or to a scalar when there is one customer), the
 channel and moment of each decision, the customers' contact history and a scorer, and returns
