@@ -7,6 +7,7 @@ for validity separately, and `benchmarks/bench_tune.py` times the real propensit
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import mlflow
@@ -19,6 +20,7 @@ from nba.errors import ConfigError
 from nba.settings import Settings
 from nba.training import tracking
 from nba.training.config import MODEL_FAMILIES, load_config, load_model_config
+from nba.training.families import FAMILIES, family
 from nba.training.tune import TuneResult, _distributions, tune
 from tests.conftest import PROJECT_ROOT
 
@@ -65,6 +67,16 @@ def test_unknown_model_is_named_with_the_choices(settings: Settings):
         tune(settings, "propensty", trials=1)
     assert "propensty" in str(exc.value)
     assert all(m in str(exc.value) for m in MODEL_FAMILIES)
+
+
+def test_every_family_is_in_the_registry_with_its_frame_train_and_tuning_problem():
+    assert tuple(FAMILIES) == MODEL_FAMILIES  # the config loader's names are the registry's
+    for name, fam in FAMILIES.items():
+        assert family(name) is fam and fam.name == name
+        assert callable(fam.frame) and callable(fam.train)
+        assert list(inspect.signature(fam.tuning_problem).parameters) == ["settings", "cfg", "action"]
+    with pytest.raises(ConfigError, match=r"unknown model 'nope'; expected one of propensity, churn, clv, uplift$"):
+        family("nope")
 
 
 @pytest.mark.parametrize(("dist", "key"), [

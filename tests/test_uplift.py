@@ -10,6 +10,7 @@ the file is tuned.
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,18 @@ def test_learner_refuses_a_group_without_positives() -> None:
         model.fit(X, t, y)
     with pytest.raises(ModelDataError, match="treated group has no rows"):
         uplift_learners.XLearner().fit(X, np.zeros(len(X), dtype=int), y)
+
+
+@pytest.mark.parametrize("kind", list(uplift_learners.LEARNERS))
+def test_a_model_pickled_before_the_learners_moved_still_loads(kind: str) -> None:
+    """Uplift models registered before `uplift_learners.py` existed name their class
+    nba.training.uplift.<Learner> (cloudpickle pickles importable classes by reference)."""
+    X, t, y, _ = randomised(500, SEED)
+    model = uplift_learners.make_learner(kind, {**SYNTH_PARAMS, "n_estimators": 5}, random_state=SEED).fit(X, t, y)
+    new = pickle.dumps(model, protocol=2)  # protocol 2: the class is a text line "c<module>\n<name>\n"
+    assert b"cnba.training.uplift_learners\n" in new
+    old = new.replace(b"cnba.training.uplift_learners\n", b"cnba.training.uplift\n")
+    assert np.array_equal(pickle.loads(old).predict(X), model.predict(X))
 
 
 # --- bad input before any data is read --------------------------------------------------

@@ -3,6 +3,12 @@
     rules -> contact policies -> propensity (P) -> value (V) -> lever (L) -> priority
           -> "do nothing" threshold -> top-k -> experiment layer (hold-out, exploration)
 
+`decide` runs them as named stages, in that order, over one (n, A) `alive` / `reason` pair:
+`_on_offer` (active dates, channel), `_apply_rules` (eligibility, applicability,
+suitability), `_apply_contact_policies` (consent, suppressions, cool-downs, caps), `_score`
+(P, V, L, uplift, priority), `_arbitrate` (threshold, top-k), `_experiment_layer` (hold-out,
+exploration, logging probability) and `_show_first` (the shown action heads the list).
+
 `decide` takes the compiled catalog, the customers' features (an environment mapping each name
 to an array with one entry per customer, or to a scalar when there is one customer), the
 channel and moment of each decision, the customers' contact history and a scorer, and returns
@@ -27,7 +33,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from nba.catalog import STAGES, Cap, Catalog
+from nba.catalog import STAGES, Cap, Catalog, Experiment
 from nba.decisioning import experiment
 
 STAGE_CODE = {s: i + 1 for i, s in enumerate((*STAGES, "threshold"))}  # 0 = survived
@@ -221,26 +227,47 @@ def decide(catalog: Catalog, env: Mapping[str, Any], n: int, *, channel: np.ndar
            k: int) -> Decisions:
     """Decide for n customers. `env` maps every feature and score name to an array of n
     values (or, when n == 1, to a scalar); `channel` holds channel indices, `now` epoch
-    seconds, `decision_keys` 64-bit integers from the decision ids (exploration draws)."""
+    seconds, `decision_keys` 64-bit integers from the decision ids (exploration draws).
+
+    The stages in the order of the architecture, each removing what it refuses (with its
+    reason code) from the same (n, A) `alive` and `reason` arrays."""
     st = _static(catalog)
-    A = len(catalog.actions)
     channel = np.asarray(channel, dtype=np.int64).reshape(n)
     now = np.asarray(now, dtype=np.float64).reshape(n)
+    k = max(1, min(int(k), len(catalog.actions)))
+    alive, reason = _on_offer(st, n, channel, now)
+    cache: dict[str, Any] = {}  # each distinct rule text evaluated once per call, across stages
+    _apply_rules(catalog, st, env, n, alive, reason, cache)
+    _apply_contact_policies(catalog, st, env, n, channel, now, history, alive, reason, cache)
+    s = _score(catalog, st, env, n, channel, alive, scorer)
+    ranked, greedy = _arbitrate(catalog, st, alive, reason, s.priority, k)
+    shown, group, probability = _experiment_layer(catalog.experiment, alive, greedy, customer_ids, decision_keys)
+    _show_first(ranked, shown, greedy, k)
+    return Decisions(n=n, alive=alive, reason=reason, propensity=s.propensity, value=s.value, uplift=s.uplift,
+                     priority=s.priority, lever=st.lever, ranked=ranked, shown=shown, group=group,
+                     probability=probability, greedy=greedy)
+
+
+# --- the stages, in the order `decide` runs them -----------------------------------------
+
+
+def _on_offer(st: _Static, n: int, channel: np.ndarray, now: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The (n, A) `alive` and `reason` arrays after the active dates and the channel: what the
+    catalog offers at this moment on this channel (all actions at once)."""
+    A = len(st.lever)
     alive = np.ones((n, A), dtype=bool)
     reason = np.full((n, A), -1, dtype=np.int32)
-
-    def remove(mask: Any, j: int, code: int) -> None:
-        """Remove action j for the customers in `mask` (an array of n, or one bool) still alive."""
-        _remove_col(alive, reason, np.broadcast_to(np.asarray(mask, dtype=bool), (n,)), j, code)
-
-    # 1. active dates and channel (all actions at once)
     if st.dated.any():
         inactive = ~((st.active_from[None, :] <= now[:, None]) & (now[:, None] < st.active_to[None, :]))
         _remove_matrix(alive, reason, inactive, st.code_inactive)
     _remove_matrix(alive, reason, ~st.offered[channel], st.code_channel)
+    return alive, reason
 
-    # 2. eligibility, applicability, suitability: each distinct rule text evaluated once per call
-    cache: dict[str, Any] = {}
+
+def _apply_rules(catalog: Catalog, st: _Static, env: Mapping[str, Any], n: int, alive: np.ndarray,
+                 reason: np.ndarray, cache: dict[str, Any]) -> None:
+    """Eligibility, applicability and suitability: each action's rules in catalog order, a rule
+    skipped once no customer has the action left."""
     scalar = n == 1
     for a in catalog.actions:
         j = a.index
@@ -255,9 +282,15 @@ def decide(catalog: Catalog, env: Mapping[str, Any], n: int, *, channel: np.ndar
                     alive[0, j] = False
                     reason[0, j] = st.rule_codes[j][r]
                 continue
-            remove(np.logical_not(ok), j, st.rule_codes[j][r])
+            _remove_col(alive, reason, np.broadcast_to(np.asarray(np.logical_not(ok), dtype=bool), (n,)), j,
+                        st.rule_codes[j][r])
 
-    # 3. contact policies: consent, suppression, cool-down, caps
+
+def _apply_contact_policies(catalog: Catalog, st: _Static, env: Mapping[str, Any], n: int, channel: np.ndarray,
+                            now: np.ndarray, history: ContactHistory, alive: np.ndarray, reason: np.ndarray,
+                            cache: dict[str, Any]) -> None:
+    """Consent per channel, suppressions, then cool-downs and caps from the contact history."""
+    A = len(catalog.actions)
     for ci, c in enumerate(catalog.channels):
         on_channel = channel == ci
         if not on_channel.any():
@@ -275,7 +308,22 @@ def decide(catalog: Catalog, env: Mapping[str, Any], n: int, *, channel: np.ndar
             _remove_matrix(alive, reason, active[:, None] & ~allowed[None, :], np.full(A, code, dtype=np.int32))
     _apply_history(catalog, st, history, now, channel, alive, reason, n)
 
-    # 4. P, V, L and priority of every candidate
+
+@dataclass(frozen=True)
+class _Scores:
+    """(n, A) P, V, uplift and priority; NaN where the action is not a candidate."""
+
+    propensity: np.ndarray
+    value: np.ndarray
+    uplift: np.ndarray
+    priority: np.ndarray
+
+
+def _score(catalog: Catalog, st: _Static, env: Mapping[str, Any], n: int, channel: np.ndarray, alive: np.ndarray,
+           scorer: Scorer) -> _Scores:
+    """P (the scorer), V (the action's value), L (its lever), the uplift where the priority
+    uses it, and the priority formula over them: for the candidates only."""
+    A = len(catalog.actions)
     rows, cols = np.nonzero(alive)
     prop = np.full((n, A), np.nan)
     value = np.full((n, A), np.nan)
@@ -296,21 +344,30 @@ def decide(catalog: Catalog, env: Mapping[str, Any], n: int, *, channel: np.ndar
             penv[name] = np.asarray(x)[rows] if isinstance(x, np.ndarray) else x
         pr = np.asarray(catalog.priority.evaluate(penv), dtype=np.float64)
         pri[rows, cols] = np.broadcast_to(pr, rows.shape)
+    return _Scores(prop, value, upl, pri)
 
-    # 5. arbitration: threshold, top-k, ties by catalog order
-    above = alive & (pri > catalog.threshold)
+
+def _arbitrate(catalog: Catalog, st: _Static, alive: np.ndarray, reason: np.ndarray, priority: np.ndarray,
+               k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The "do nothing" threshold (a candidate at or below it gets the threshold's reason but
+    stays a candidate), then the top k by priority, ties by catalog order. Returns the (n, k)
+    ranking (NOTHING padding) and its first entry, the arbitration's winner."""
+    above = alive & (priority > catalog.threshold)
     below = alive & ~above
     if below.any():
         reason[below] = st.threshold_code
-    k = max(1, min(int(k), A))
-    key = np.where(above, pri, -np.inf)
+    key = np.where(above, priority, -np.inf)
     order = np.argsort(-key, axis=1, kind="stable")[:, :k]
     top = np.take_along_axis(key, order, axis=1)
     ranked = np.where(np.isfinite(top), order, NOTHING)
-    greedy = ranked[:, 0].copy()
+    return ranked, ranked[:, 0].copy()
 
-    # 6. experiment layer
-    exp = catalog.experiment
+
+def _experiment_layer(exp: Experiment, alive: np.ndarray, greedy: np.ndarray, customer_ids: np.ndarray,
+                      decision_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The universal hold-out (a salted hash of the customer) and exploration (a hash of the
+    decision): the action shown, the group, and the probability the logging policy showed it."""
+    n = len(greedy)
     n_alive = alive.sum(axis=1)
     holdout = experiment.in_holdout(customer_ids, exp.salt, exp.holdout_share)
     u_explore = experiment.unit_hash(decision_keys, exp.salt + ":explore")
@@ -340,7 +397,12 @@ def decide(catalog: Catalog, env: Mapping[str, Any], n: int, *, channel: np.ndar
         else:
             shown[holdout] = NOTHING
             prob[holdout] = 1.0
-    # the list shown: the explored action first, then the arbitration's ranking without it
+    return shown, group, prob
+
+
+def _show_first(ranked: np.ndarray, shown: np.ndarray, greedy: np.ndarray, k: int) -> None:
+    """The list shown, in place: where the experiment layer changed the action, that action
+    first, then the arbitration's ranking without it (nothing at all for "do nothing")."""
     changed = shown != greedy
     if changed.any():
         idx = np.flatnonzero(changed)
@@ -351,8 +413,9 @@ def decide(catalog: Catalog, env: Mapping[str, Any], n: int, *, channel: np.ndar
                 rest = [a for a in ranked[i] if a != NOTHING and a != shown[i]]
                 row = [shown[i], *rest][:k]
                 ranked[i] = row + [NOTHING] * (k - len(row))
-    return Decisions(n=n, alive=alive, reason=reason, propensity=prop, value=value, uplift=upl, priority=pri,
-                     lever=st.lever, ranked=ranked, shown=shown, group=group, probability=prob, greedy=greedy)
+
+
+# --- helpers of the stages ---------------------------------------------------------------
 
 
 def _remove_matrix(alive: np.ndarray, reason: np.ndarray, fail: np.ndarray, codes: np.ndarray) -> None:

@@ -91,7 +91,7 @@ from nba.training.config import ModelConfig, config_path, load_model_config
 from nba.training.frames import DAY, LabelledFrame, _read_sim, censor, sim_data_end, split_by_time
 from nba.training.metrics import gini_and_top_decile, importance_plot, save_figure
 from nba.training.models import FrameEncoder, ModelDataError, XGBRegressorOnFrame, _xgb_params
-from nba.training.tune import REPORT_EVERY, Report, TuningProblem
+from nba.training.problems import REPORT_EVERY, Report, TuningProblem
 
 FAMILY = "clv"
 SOURCES = ("cdnow", "sim")

@@ -26,6 +26,7 @@ from nba.training.config import ModelConfig, load_model_config
 from nba.training.frames import LabelledFrame, propensity_frame
 from nba.training.metrics import classification_metrics
 from nba.training.models import ActionBoundClassifier, CalibratedXGBClassifier, ModelDataError
+from nba.training.problems import TuningProblem, classifier_problem, split_part
 
 FAMILY = "propensity"
 
@@ -154,3 +155,34 @@ def log_comparison(settings: Settings, table: pd.DataFrame) -> tuple[str, str]:
             (Path(tmp) / "comparison.md").write_text(table.round(4).to_markdown(index=False))
             mlflow.log_artifacts(tmp, artifact_path="comparison")
     return run.info.run_id, winner
+
+
+# --- tuning ----------------------------------------------------------------------------
+
+
+def tuning_problem(settings: Settings, cfg: ModelConfig, action: str | None = None) -> TuningProblem:
+    """Validation log loss (or ROC AUC) of one action's model, or (no action) of every action's
+    model with shared parameters (`nba.training.problems.classifier_problem`); with
+    `options.strategy: pooled`, of one model with the action as a feature. Actions with too
+    few positives are skipped (and named in the problem's info)."""
+    frame = propensity_frame(settings, cfg, [action] if action else None)
+    train = frame.train
+    min_pos = int(cfg.options.get("min_positives", 1))
+    frac = cfg.split.calibration_fraction
+    info = {**frame.info, "action": action or "all"}
+    if action is None and cfg.options.get("strategy") == "pooled":
+        parts = [split_part("pooled", train, [*frame.feature_columns, "action_id"], frac, min_pos)]
+        return classifier_problem(cfg, parts, {**info, "strategy": "pooled"})
+    parts, skipped = [], []
+    for a in [action] if action else list(schemas.ACTIONS):
+        rows = train.loc[train["action_id"] == a].reset_index(drop=True)
+        try:
+            parts.append(split_part(f"propensity-{a}", rows, frame.feature_columns, frac, min_pos))
+        except ModelDataError:
+            if action:
+                raise
+            skipped.append(a)
+    if not parts:
+        raise ModelDataError(f"propensity: no action has enough positives to tune (skipped {', '.join(skipped)})")
+    return classifier_problem(cfg, parts, {**info, "strategy": "per_action",
+                                            "skipped_actions": ",".join(skipped) or "none"})

@@ -1,12 +1,11 @@
 """Hyper-parameter tuning with Optuna: `nba tune MODEL --trials N --timeout S`.
 
-Each model family exposes `tuning_problem(settings, cfg, action) -> TuningProblem`: the data
+The family comes from the registry (`nba.training.families`), and with it the family's
+`tuning_problem(settings, cfg, action) -> TuningProblem` (`nba.training.problems`): the data
 already split, and a `score(params, report)` that fits with `params` on the training part
 and returns the tuned metric on the validation part, calling `report(value, step)` with
 intermediate values where the model allows it (boosting rounds), so the pruner can stop a
 hopeless trial early. `report` raises `optuna.TrialPruned` when the trial should stop.
-Propensity and churn problems are built here (`propensity_tuning_problem`,
-`churn_tuning_problem`); CLV and uplift come from `nba.training.clv` / `nba.training.uplift`.
 
 Choices, in one place:
 
@@ -52,50 +51,28 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nba.errors import ConfigError, NbaError
 from nba.settings import Settings
-from nba.training.config import MODEL_FAMILIES, ModelConfig, best_params_path, config_path, load_model_config
+from nba.training.config import ModelConfig, best_params_path, config_path, load_model_config
+from nba.training.families import family
+from nba.training.problems import REPORT_EVERY, TuningProblem
 
 if TYPE_CHECKING:
-    import numpy as np
-    import pandas as pd
     from optuna.distributions import BaseDistribution
 
-Report = Callable[[float, int], None]
 
-REPORT_EVERY = 10  # boosting rounds between two intermediate values
 # Pruning: a trial is compared with the median of earlier trials at the same boosting round
 # once 5 trials are complete and it has had 50 rounds (the smallest `n_estimators` of the
 # shipped search spaces). On the 100,000-customer benchmark this pruned 6 of 20 trials and
 # found the same best trial as no pruning; 3 trials / 20 rounds pruned 11 and missed it.
 PRUNER_STARTUP_TRIALS = 5
 PRUNER_WARMUP_STEPS = 50
-ACTION_STRIDE = 100_000  # step offset per action in the per-action propensity objective
-# XGBoost threads per trial. One: on small frames a second thread gains little, and under
-# load (another worker, a test run) OpenMP threads that wait for each other made fits 3-8x
-# slower in our measurements. Run one worker per core on a shared study to use more cores.
-N_JOBS = 1
 MLFLOW_BATCH = 1000  # MLflow's limit of metrics per log_batch call
-
-# Metrics a classifier problem can tune: XGBoost's evaluation metric and the better direction.
-CLASSIFIER_METRICS = {"log_loss": ("logloss", "minimize"), "roc_auc": ("auc", "maximize")}
-
-
-@dataclass(frozen=True)
-class TuningProblem:
-    """What a study optimises: `score(params, report) -> metric` on a fixed validation split."""
-
-    family: str
-    metric: str
-    direction: str  # "minimize" | "maximize"
-    score: Callable[[dict[str, Any], Report], float]
-    info: dict[str, Any] = field(default_factory=dict)  # frame provenance, logged on the parent run
 
 
 @dataclass(frozen=True)
@@ -123,162 +100,9 @@ class TuningError(NbaError):
     """A study that produced nothing usable (no complete trial)."""
 
 
-# --- problems ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Part:
-    """One model's data, encoded once: fit rows (earlier) and validation rows (latest)."""
-
-    name: str
-    X_fit: np.ndarray
-    y_fit: np.ndarray
-    X_val: np.ndarray
-    y_val: np.ndarray
-
-
-def _checkpoints(report: Callable[[float, int], None], every: int, dval: Any) -> Any:
-    """An XGBoost callback that evaluates the validation matrix every `every` rounds and
-    reports it. Evaluating at checkpoints only (not every round through `eval_set`) keeps
-    the cost of pruning small; XGBoost's prediction cache adds only the new trees."""
-    from xgboost.callback import TrainingCallback
-
-    class Checkpoints(TrainingCallback):
-        def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
-            rnd = epoch + 1
-            if rnd % every == 0:
-                report(float(model.eval(dval, "validation", epoch).rsplit(":", 1)[1]), rnd)
-            return False
-
-    return Checkpoints()
-
-
-def _split_part(name: str, train: pd.DataFrame, features: list[str], validation_fraction: float,
-                min_positives: int) -> _Part:
-    """Cut the training rows (in time order) into fit and validation parts, encoded."""
-    from nba.training.models import FrameEncoder, ModelDataError
-
-    y = train["label"].to_numpy().astype(int)
-    cut = int(round(len(y) * (1 - validation_fraction)))
-    y_fit, y_val = y[:cut], y[cut:]
-    if y_fit.sum() < max(min_positives, 1) or y_fit.sum() == len(y_fit) or y_val.sum() == 0 \
-            or y_val.sum() == len(y_val):
-        raise ModelDataError(
-            f"{name}: the tuning fit part ({len(y_fit)} rows, {int(y_fit.sum())} positives; at least "
-            f"{max(min_positives, 1)} needed) or validation part ({len(y_val)} rows, {int(y_val.sum())} "
-            f"positives) lacks a class")
-    enc = FrameEncoder().fit(train[features].iloc[:cut])
-    return _Part(name, enc.transform(train[features].iloc[:cut]), y_fit,
-                 enc.transform(train[features].iloc[cut:]), y_val)
-
-
-def _classifier_problem(cfg: ModelConfig, parts: list[_Part], info: dict[str, Any]) -> TuningProblem:
-    """A problem over one or more XGBoost classifiers fitted with the same parameters; the
-    value is the validation-row-weighted mean of their metric."""
-    metric = cfg.tuning.metric
-    if metric not in CLASSIFIER_METRICS:
-        raise ConfigError(f"{cfg.model}: key 'tuning.metric': '{metric}' is not a classifier tuning metric; "
-                          f"expected one of {', '.join(CLASSIFIER_METRICS)}")
-    import numpy as np
-    import xgboost as xgb
-
-    eval_metric, direction = CLASSIFIER_METRICS[metric]
-    if cfg.tuning.direction != direction:
-        raise ConfigError(f"{cfg.model}: key 'tuning.direction': '{cfg.tuning.direction}' contradicts "
-                          f"tuning.metric '{metric}' (expected {direction})")
-    seed = int(cfg.params.get("random_state", 0))
-
-    def final(y: np.ndarray, p: np.ndarray) -> float:
-        from sklearn.metrics import log_loss, roc_auc_score
-
-        if metric == "roc_auc":
-            return float(roc_auc_score(y, p))
-        return float(log_loss(y, np.clip(p, 1e-6, 1 - 1e-6), labels=[0, 1]))
-
-    dvals = [xgb.DMatrix(p.X_val, label=p.y_val, nthread=N_JOBS) for p in parts]
-
-    def score(params: dict[str, Any], report: Report) -> float:
-        done, weight = 0.0, 0
-        for i, (part, dval) in enumerate(zip(parts, dvals, strict=True)):
-            w = len(part.y_val)
-
-            def partial(value: float, rnd: int, i: int = i, w: int = w, done: float = done,
-                        weight: int = weight) -> None:
-                report((done + w * value) / (weight + w), i * ACTION_STRIDE + rnd)
-
-            model = xgb.XGBClassifier(**{"tree_method": "hist", "n_jobs": N_JOBS, "random_state": seed,
-                                         "verbosity": 0, **params},
-                                      eval_metric=eval_metric,
-                                      callbacks=[_checkpoints(partial, REPORT_EVERY, dval)])
-            model.fit(part.X_fit, part.y_fit)
-            done += w * final(part.y_val, model.predict_proba(part.X_val)[:, 1])
-            weight += w
-        return done / weight
-
-    fit_rows = sum(len(p.y_fit) for p in parts)
-    val_rows = sum(len(p.y_val) for p in parts)
-    info = {**info, "tuning_models": ",".join(p.name for p in parts), "tuning_fit_rows": fit_rows,
-            "tuning_validation_rows": val_rows,
-            "tuning_validation_positives": int(sum(p.y_val.sum() for p in parts)),
-            "tuning_validation": f"latest {cfg.split.calibration_fraction:.0%} of the training rows "
-                                 "of each model (time order); the hold-out is never used"}
-    return TuningProblem(cfg.model, metric, direction, score, info)
-
-
-def propensity_tuning_problem(settings: Settings, cfg: ModelConfig, action: str | None = None) -> TuningProblem:
-    """One action's model, or (no action) every action's model with shared parameters."""
-    from nba import schemas
-    from nba.training.frames import propensity_frame
-    from nba.training.models import ModelDataError
-
-    frame = propensity_frame(settings, cfg, [action] if action else None)
-    train = frame.train
-    min_pos = int(cfg.options.get("min_positives", 1))
-    frac = cfg.split.calibration_fraction
-    info = {**frame.info, "action": action or "all"}
-    if action is None and cfg.options.get("strategy") == "pooled":
-        parts = [_split_part("pooled", train, [*frame.feature_columns, "action_id"], frac, min_pos)]
-        return _classifier_problem(cfg, parts, {**info, "strategy": "pooled"})
-    parts, skipped = [], []
-    for a in [action] if action else list(schemas.ACTIONS):
-        rows = train.loc[train["action_id"] == a].reset_index(drop=True)
-        try:
-            parts.append(_split_part(f"propensity-{a}", rows, frame.feature_columns, frac, min_pos))
-        except ModelDataError:
-            if action:
-                raise
-            skipped.append(a)
-    if not parts:
-        raise ModelDataError(f"propensity: no action has enough positives to tune (skipped {', '.join(skipped)})")
-    return _classifier_problem(cfg, parts, {**info, "strategy": "per_action",
-                                            "skipped_actions": ",".join(skipped) or "none"})
-
-
-def churn_tuning_problem(settings: Settings, cfg: ModelConfig, action: str | None = None) -> TuningProblem:
-    from nba.training.frames import churn_frame
-
-    if action is not None:
-        raise ConfigError(f"churn has no actions (got action '{action}'); --action applies to propensity and uplift")
-    frame = churn_frame(settings, cfg)
-    part = _split_part("churn", frame.train, frame.feature_columns, cfg.split.calibration_fraction,
-                       int(cfg.options.get("min_positives", 1)))
-    return _classifier_problem(cfg, [part], frame.info)
-
-
 def tuning_problem(settings: Settings, cfg: ModelConfig, action: str | None = None) -> TuningProblem:
-    """The tuning problem of `cfg.model`, from the family's module."""
-    if cfg.model == "propensity":
-        return propensity_tuning_problem(settings, cfg, action)
-    if cfg.model == "churn":
-        return churn_tuning_problem(settings, cfg, action)
-    import importlib
-
-    module = f"nba.training.{cfg.model}"
-    try:
-        factory = importlib.import_module(module).tuning_problem
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"tuning of '{cfg.model}' is not available: {module}.tuning_problem ({exc})") from None
-    return factory(settings, cfg, action)
+    """The tuning problem of `cfg.model`, from its family in the registry."""
+    return family(cfg.model).tuning_problem(settings, cfg, action)
 
 
 # --- search space ------------------------------------------------------------------------
@@ -422,8 +246,7 @@ def tune(settings: Settings, model: str, trials: int, timeout: float | None = No
          study_name: str | None = None, progress: bool = False) -> TuneResult:
     """Run (or resume) the Optuna study of `model` for `trials` trials or `timeout` seconds and
     write the study's best parameters where the next `nba train` picks them up."""
-    if model not in MODEL_FAMILIES:
-        raise ConfigError(f"unknown model '{model}'; expected one of {', '.join(MODEL_FAMILIES)}")
+    family(model)  # an unknown family: an error naming the known ones
     if trials < 1:
         raise ConfigError(f"--trials must be at least 1 (got {trials})")
     if timeout is not None and timeout <= 0:

@@ -54,8 +54,16 @@ from nba.training.classifier import HOLDOUT_ARTIFACT, TrainedModel, log_referenc
 from nba.training.config import ModelConfig, config_path, load_model_config
 from nba.training.metrics import qini_coefficient, qini_curve, save_figure
 from nba.training.models import ModelDataError
-from nba.training.tune import Report, TuningProblem
+from nba.training.problems import Report, TuningProblem
 from nba.training.uplift_learners import LEARNERS, make_learner
+
+# The learner classes are named here too (`X as X`: a re-export) because uplift models registered
+# before the learners had their own module were pickled (cloudpickle, by reference) as
+# nba.training.uplift.<Learner>; without these names those models no longer load.
+from nba.training.uplift_learners import ClassTransformationLearner as ClassTransformationLearner
+from nba.training.uplift_learners import SLearner as SLearner
+from nba.training.uplift_learners import TLearner as TLearner
+from nba.training.uplift_learners import XLearner as XLearner
 
 log = logging.getLogger(__name__)
 
