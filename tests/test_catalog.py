@@ -74,6 +74,13 @@ def _set(action_id: str, key: str, value):
     (_set("mobile_app", "channels", ["email", "fax"]), ["action 'mobile_app'", "unknown channel(s) ['fax']"]),
     (_set("mobile_app", "value", "0.1 * lifetime_value"), ["action 'mobile_app' value formula",
                                                            "unknown name(s) ['lifetime_value']"]),
+    (_set("mortgage", "eligibility", ["credit_score > 9 ** 9 ** 9"]),
+     ["action 'mortgage' eligibility rule", "'credit_score > 9 ** 9 ** 9'",
+      "the exponent 387420489 of '**' is over the limit of 16 in magnitude"]),
+    (_set("add_email", "suitability", ["rfm_segment == 'a' * 10 ** 9"]),
+     ["action 'add_email' suitability rule", "string repetition on the string 'a' is not allowed"]),
+    (_set("mobile_app", "value", "clv * " + " * ".join(["clv"] * 70)),
+     ["action 'mobile_app' value formula", "nests deeper than the limit of 64 levels"]),
     (_set("mobile_app", "issue", "marketing"), ["actions.8.issue", "marketing"]),
     (_set("mobile_app", "colour", "blue"), ["actions.8.colour", "unknown key"]),
 ])

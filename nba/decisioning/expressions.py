@@ -57,7 +57,7 @@ Env = Mapping[str, Any]
 # What one expression may be: checked at load, each refusal names the limit.
 MAX_LENGTH = 1000  # characters of the text
 MAX_NODES = 200  # parts of its tree: names, numbers, strings, operators, list items
-MAX_DEPTH = 32  # nesting depth of its tree
+MAX_DEPTH = 64  # nesting depth of its tree (a chain `a + b + c` is as deep as it is long)
 MAX_STRING = 200  # characters of one string literal
 MAX_INTEGER = 2**53  # magnitude of an integer literal (every integer up to it is exact as a float)
 MAX_EXPONENT = 16  # magnitude of the (constant) exponent of **
