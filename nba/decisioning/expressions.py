@@ -93,27 +93,23 @@ def _num(x: Any) -> Any:
     raise ExpressionError(f"arithmetic needs numbers, got {x!r:.40}")
 
 
-def _ieee(fn: Callable[..., Any], a: Any, b: Any) -> float:
-    """numpy's result for two floats where Python's raises (0 division, overflow) or goes complex."""
-    with np.errstate(all="ignore"):
-        return float(fn(np.float64(a), np.float64(b)))
-
-
 def _div(a: Any, b: Any) -> Any:
     if type(a) is float and type(b) is float:
-        return a / b if b != 0.0 else _ieee(np.divide, a, b)
+        if b != 0.0:
+            return a / b  # correctly rounded, as numpy's
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return float(np.divide(a, b))  # inf or NaN where Python raises
     with np.errstate(divide="ignore", invalid="ignore"):  # inf and NaN are the defined results
         return np.divide(a, b)
 
 
 def _pow(a: Any, b: Any) -> Any:
-    if type(a) is float and type(b) is float:
-        try:
-            out = a**b
-        except (OverflowError, ZeroDivisionError):
-            return _ieee(np.power, a, b)
-        return out if type(out) is float else _ieee(np.power, a, b)  # a negative base: complex, NaN in numpy
+    """numpy's power, for one customer too: a one-entry array gives bit for bit what any batch
+    gives (numpy's vector power is not the C library's `pow` that Python's `**` calls, and
+    Python raises on an overflow, goes complex on a negative base)."""
     with np.errstate(all="ignore"):
+        if type(a) is float:
+            return float(np.power(np.array([a]), b)[0])
         return np.power(a, b)
 
 
