@@ -170,9 +170,11 @@ def _is_object(value: Any) -> bool:
     return (isinstance(value, np.ndarray) and value.dtype.kind == "O") or isinstance(value, str) or value is None
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # inf is the defined result
+# numpy warns where the language's results are inf or NaN (inf * 0, inf - inf, an overflow)
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
+                            "ignore:invalid value encountered:RuntimeWarning")
 @pytest.mark.timeout(120, method="thread")  # a hard stop: a hang fails the run instead of stalling CI
-@settings(max_examples=1500, derandomize=True, deadline=None, database=None,
+@settings(max_examples=4000, derandomize=True, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(case=cases, batch=batches())
 def test_a_rule_is_refused_at_load_or_evaluates_quickly_alike_on_arrays_and_scalars(case, batch):

@@ -269,10 +269,14 @@ class Neg(Node):
 
 
 def _scalar_extreme(name: str, values: list[float]) -> float:
-    """min / max of floats as np.minimum / np.maximum give it: NaN when any is NaN."""
-    if any(v != v for v in values):
-        return math.nan
-    return min(values) if name == "min" else max(values)
+    """min / max of floats exactly as np.minimum / np.maximum: NaN when any is NaN, and of two
+    equal values the second (which tells 0.0 from -0.0, and 1 / -0.0 is -inf)."""
+    out = values[0]
+    for v in values[1:]:
+        if out != out or v != v:
+            return math.nan
+        out = out if (out < v if name == "min" else out > v) else v
+    return out
 
 
 def _call(name: str, values: list[Any]) -> Any:
