@@ -17,7 +17,7 @@ each name to either a numpy array (a batch of customers) or a plain Python scala
 customer, about 20x cheaper per operation than a one-element array). Nothing is ever `eval`-ed.
 
 What a rule may compute is bounded when it is loaded, so no rule can hang or exhaust the
-service that evaluates it (`LIMITS` lists the bounds; each refusal names the limit):
+service that evaluates it (the `MAX_*` constants; each refusal names the limit):
 
 * the text, its tree (number of parts, nesting depth) and its string literals are short;
 * integer literals are at most 2**53 in magnitude (exact as a 64-bit float);
@@ -27,8 +27,9 @@ service that evaluates it (`LIMITS` lists the bounds; each refusal names the lim
 
 Operations on constants alone are folded once at load, with the same arithmetic as at run
 time. Arithmetic is IEEE 64-bit floating point on arrays and on scalars alike (numpy's rules:
-`x / 0` is inf or NaN, an overflow is inf), so a rule gives the same result for a batch and for
-one customer; arithmetic on a string value is an `ExpressionError` in both.
+`x / 0` is inf or NaN, an overflow is inf; a power is numpy's, min/max are np.minimum /
+np.maximum), so a rule gives bit for bit the same result for a batch and for one customer;
+arithmetic on a string value is an `ExpressionError` in both (`tests/test_rule_fuzz.py`).
 
 A missing value (NaN) makes every ordering and `==` comparison false, so a rule on a missing
 feature fails (and the decision trace names the rule).
@@ -61,8 +62,6 @@ MAX_DEPTH = 64  # nesting depth of its tree (a chain `a + b + c` is as deep as i
 MAX_STRING = 200  # characters of one string literal
 MAX_INTEGER = 2**53  # magnitude of an integer literal (every integer up to it is exact as a float)
 MAX_EXPONENT = 16  # magnitude of the (constant) exponent of **
-LIMITS = {"length": MAX_LENGTH, "nodes": MAX_NODES, "depth": MAX_DEPTH, "string": MAX_STRING,
-          "integer": MAX_INTEGER, "exponent": MAX_EXPONENT}
 
 _CMP_TEXT = {ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=",
              ast.In: "in", ast.NotIn: "not in"}
@@ -462,17 +461,17 @@ def _convert(node: ast.AST, text: str, where: str) -> Node:
     if isinstance(node, ast.BinOp):
         if type(node.op) not in _ARITH_TEXT:
             raise bad(f"the operator {type(node.op).__name__}")
-        op = _ARITH_TEXT[type(node.op)]
-        left = numeric(conv(node.left), node.left, op)
-        right = numeric(conv(node.right), node.right, op)
-        if op == "**":
+        sign = _ARITH_TEXT[type(node.op)]
+        left = numeric(conv(node.left), node.left, sign)
+        right = numeric(conv(node.right), node.right, sign)
+        if sign == "**":
             if not isinstance(right, Const):
                 raise refuse(f"the exponent of '**' must be a constant number (at most {MAX_EXPONENT} in "
                              "magnitude)", node.right)
             if not abs(right.value) <= MAX_EXPONENT:
                 raise refuse(f"the exponent {_show(right.value)} of '**' is over the limit of {MAX_EXPONENT} in "
                              "magnitude", node.right)
-        return _fold(Arith(op, left, right))
+        return _fold(Arith(sign, left, right))
     if isinstance(node, ast.Call):
         if not isinstance(node.func, ast.Name) or node.func.id not in _FUNCS:
             raise bad("a call to anything but min, max, abs")
