@@ -16,7 +16,8 @@ Two files a business user edits, both under `serving/`:
 
 `load_catalog` validates both and compiles every rule once. Everything that can be wrong is
 reported before anything is served, naming the file, the action id, the rule and the reason:
-unknown keys, a syntax error, a name that is not a feature, a duplicate id, an unknown
+unknown keys, a syntax error, a name that is not a feature, a rule over the language's bounds
+(its size and depth, a power's exponent, arithmetic on strings), a duplicate id, an unknown
 channel or group, a model that is not registered (when the registry is given).
 """
 

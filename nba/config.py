@@ -12,6 +12,7 @@ limits), so its schema lives here, beside the loader, rather than in either of t
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -30,6 +31,25 @@ class StrictModel(BaseModel):
 M = TypeVar("M", bound=BaseModel)
 
 
+class _AliasRefused(yaml.MarkedYAMLError):
+    pass
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases: nine lines of `&a [*b, *b, ...]` expand to a billion
+    values and hang whatever reads them. The files a user edits write their values out."""
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _AliasRefused(problem=f"the alias *{event.anchor}", problem_mark=event.start_mark)
+        return super().compose_node(parent, index)  # type: ignore[no-untyped-call]
+
+
+_SHORT = reprlib.Repr()  # the offending value in an error, cut short (a value may be huge)
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 5, 5, 80, 80
+
+
 def load_yaml_model(path: Path, model: type[M], what: str) -> M:
     """Read a YAML file into a validated pydantic model; errors name the file and the key.
 
@@ -39,7 +59,11 @@ def load_yaml_model(path: Path, model: type[M], what: str) -> M:
     if not path.is_file():
         raise ConfigError(f"{what} {path} not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_NoAliasLoader)  # a SafeLoader: no Python objects
+    except _AliasRefused as exc:
+        mark = exc.problem_mark
+        raise ConfigError(f"{path}: line {mark.line + 1 if mark else '?'}: {exc.problem} is not allowed; write "
+                          "the value out (an alias can expand a few lines into billions of values)") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(raw, dict):
@@ -51,7 +75,7 @@ def load_yaml_model(path: Path, model: type[M], what: str) -> M:
         key = ".".join(str(p) for p in err["loc"])
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         where = f"key '{key}'" if key else "top level"
-        raise ConfigError(f"{path}: {where}: {msg} (got {err.get('input')!r})") from None
+        raise ConfigError(f"{path}: {where}: {msg} (got {_SHORT.repr(err.get('input'))})") from None
 
 
 # --- evaluation/gates.yaml -------------------------------------------------------------

@@ -74,6 +74,13 @@ def _set(action_id: str, key: str, value):
     (_set("mobile_app", "channels", ["email", "fax"]), ["action 'mobile_app'", "unknown channel(s) ['fax']"]),
     (_set("mobile_app", "value", "0.1 * lifetime_value"), ["action 'mobile_app' value formula",
                                                            "unknown name(s) ['lifetime_value']"]),
+    (_set("mortgage", "eligibility", ["credit_score > 9 ** 9 ** 9"]),
+     ["action 'mortgage' eligibility rule", "'credit_score > 9 ** 9 ** 9'",
+      "the exponent 387420489 of '**' is over the limit of 16 in magnitude"]),
+    (_set("add_email", "suitability", ["rfm_segment == 'a' * 10 ** 9"]),
+     ["action 'add_email' suitability rule", "string repetition on the string 'a' is not allowed"]),
+    (_set("mobile_app", "value", "clv * " + " * ".join(["clv"] * 70)),
+     ["action 'mobile_app' value formula", "nests deeper than the limit of 64 levels"]),
     (_set("mobile_app", "issue", "marketing"), ["actions.8.issue", "marketing"]),
     (_set("mobile_app", "colour", "blue"), ["actions.8.colour", "unknown key"]),
 ])
@@ -120,3 +127,22 @@ def test_a_fixed_value_must_not_be_negative_and_dates_must_be_ordered(tmp_path):
         _set("mobile_app", "active_to", "2025-01-01")(doc)
     with pytest.raises(ConfigError, match="active_to 2025-01-01 is not after active_from 2026-01-01"):
         _load(tmp_path, dates)
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path):
+    """Nine lines of `&a [*b, *b, ...]` are a billion values: the loader refuses any alias, naming the line."""
+    lines = ['version: "1"', 'l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+    (tmp_path / "a.yaml").write_text("\n".join([*lines, "actions: [*l8]"]) + "\n")
+    with pytest.raises(ConfigError) as exc:
+        load_catalog(PROJECT_ROOT, FEATURES, actions=tmp_path / "a.yaml", policies=POLICIES)
+    assert str(exc.value) == (f"{tmp_path / 'a.yaml'}: line 3: the alias *l0 is not allowed; write the value out "
+                              "(an alias can expand a few lines into billions of values)")
+
+
+def test_a_bad_value_is_shown_cut_short(tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        _load(tmp_path, _set("mobile_app", "channels", [["x" * 500 for _ in range(50)] for _ in range(50)]))
+    message = str(exc.value)  # 50 strings of 500 characters: five shown, each cut to 80
+    assert "key 'actions.8.channels.0': Input should be a valid string (got ['xxxxx" in message
+    assert message.endswith("xxx', ...])") and len(message) < 600 + len(str(tmp_path)), message

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nba.decisioning.expressions import ExpressionError, parse
+from nba.decisioning.expressions import Const, ExpressionError, parse
 
 ENV = {
     "age": np.array([17.0, 18.0, 45.0, 70.0, np.nan]),
@@ -82,3 +82,73 @@ def test_unknown_names_are_listed():
 def test_a_condition_is_not_a_formula():
     with pytest.raises(ExpressionError, match="expected a number"):
         parse("clv > 3", kind="number")
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("credit_score > 9 ** 9 ** 9", "the exponent 387420489 of '**' is over the limit of 16 in magnitude"),
+    ("credit_score > 2 ** 17", "the exponent 17 of '**' is over the limit of 16"),
+    ("credit_score > 2 ** -17", "the exponent -17 of '**' is over the limit of 16"),
+    ("credit_score ** age > 1", "the exponent of '**' must be a constant number"),
+    ("clv ** (1 / 0) > 1", "the exponent inf of '**' is over the limit"),
+    ("'a' * 10 ** 9 == rfm_segment", "string repetition on the string 'a' is not allowed"),
+    ("rfm_segment == 'a' + 'b'", "arithmetic on the string 'a' is not allowed"),
+    ("max(age, 'z') > 1", "arithmetic on the string 'z'"),
+    ("-'a' == rfm_segment", "arithmetic on the string 'a'"),
+    ("credit_score > 10000000000000000000", "the integer 10000000000000000000 is over the limit of 2**53"),
+    ("rfm_segment == '" + "x" * 201 + "'", "a string of 201 characters is over the limit of 200"),
+    ("-" * 70 + "age > 1", "nests deeper than the limit of 64 levels"),
+    (" + ".join(["age"] * 70) + " > 1", "nests deeper than the limit of 64 levels"),
+    ("min(" + ",".join(["x"] * 201) + ") > 1", "has more parts (names, numbers, operators, list items) than the limit of 200"),
+    ("age in (" + ",".join(["0"] * 250) + ")", "than the limit of 200"),
+    ("age > 1 and " * 100 + "age > 1", "characters long, over the limit of 1000 characters"),
+    ("age << 2 > 1", "the operator LShift is not allowed"),
+    ("age % 2 == 1", "the operator Mod is not allowed"),
+    ("'%s' % age == 'a'", "the operator Mod"),
+])
+def test_what_a_rule_may_compute_is_bounded_at_load(text, fragment):
+    """A rule that could hang or exhaust the worker is refused when it is compiled, naming the limit."""
+    with pytest.raises(ExpressionError) as exc:
+        parse(text, where="action 'x' eligibility rule")
+    assert fragment in str(exc.value), str(exc.value)
+    assert str(exc.value).startswith("action 'x' eligibility rule: '")
+
+
+def test_constants_are_folded_within_the_bounds():
+    assert parse("2 ** 16 * clv", kind="number").root.left == Const(65536.0)
+    assert parse("clv > 9 ** 2 ** 3").root.comparators == (Const(43046721.0),)  # 2 ** 3 = 8 <= 16
+    assert parse("age in (-1, 2 * 3)").root.comparators == (Const((-1, 6.0)),)
+    assert parse("max(1, 2, abs(-3)) < age").root.left == Const(3.0)
+
+
+def test_arithmetic_is_float_arithmetic_on_arrays_and_on_one_customer():
+    """Division by zero, overflow and a negative base under a root give numpy's IEEE results on a
+    scalar too (Python alone would raise or go complex)."""
+    cases = {"clv / (age - age)": ([1.0, 0.0, -1.0], [np.inf, np.nan, -np.inf]),
+             "clv ** 16 * 1e200": ([1e30, -1e30, 2.0], [np.inf, np.inf, 65536e200]),
+             "clv ** 0.5": ([-4.0, 4.0, 0.0], [np.nan, 2.0, 0.0]),
+             "clv ** -1": ([0.0, 2.0, -0.0], [np.inf, 0.5, -np.inf]),
+             "min(clv, 1) + max(clv, 1)": ([np.nan, 0.0, 3.0], [np.nan, 1.0, 4.0])}
+    for text, (clv, expected) in cases.items():
+        f = parse(text, kind="number")
+        env = {"clv": np.array(clv), "age": np.array([30.0, 40.0, 50.0])}
+        np.testing.assert_array_equal(f.evaluate(env), expected, err_msg=text)
+        scalars = [f.evaluate({"clv": c, "age": 30.0}) for c in clv]
+        np.testing.assert_array_equal(scalars, expected, err_msg=text)
+        assert all(type(s) is float for s in scalars)
+
+
+def test_arithmetic_on_a_string_value_fails_alike_on_arrays_and_scalars():
+    rule = parse("rfm_segment * 2 == 'aa'")
+    for env in ({"rfm_segment": "a"}, {"rfm_segment": np.array(["a", None], dtype=object)}):
+        with pytest.raises(ExpressionError, match=r"'rfm_segment \* 2 == 'aa'': arithmetic needs numbers, got 'a'"):
+            rule.evaluate(env)
+    # numbers held in an object array are numbers
+    assert parse("x * 2 > 3").evaluate({"x": np.array([1, 2.5], dtype=object)}).tolist() == [False, True]
+
+
+def test_in_a_long_list_of_strings_on_an_array_with_missing_values():
+    """np.isin would sort the object array (None < 'a' fails); each item is compared instead."""
+    names = tuple(f"s{i}" for i in range(40)) + ("best_active",)
+    rule = parse(f"rfm_segment in {names!r}")
+    assert rule.evaluate(ENV).tolist() == [True, False, False, False, False]
+    assert [bool(rule.evaluate(_rows(ENV, i))) for i in range(5)] == [True, False, False, False, False]
