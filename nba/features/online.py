@@ -2,8 +2,8 @@
 
 The service's feature views are resolved once from the registry; a request reads every view
 of the service, applies each view's TTL the way Feast does (an older value is missing), and
-runs the on-demand view's own transformation from the registry (`transform_dict`) on the
-request time. The stored features are read
+runs the on-demand view's own (Python) transformation from the registry on the request
+time. The stored features are read
 
 * from the SQLite online store (the local profile) with one query over the views' tables, in
   `nba.features.feast_adapter`, the one module that reads Feast below its public API (about
@@ -153,7 +153,10 @@ class OnlineFeatureReader:
             for source in odfv.source_feature_view_projections.values():
                 for f in source.features:
                     inputs[f.name] = list(columns[f.name])
-            result = odfv.transform_dict(inputs)
+            # The view's public Python transformation on short feature names (the declarations
+            # use mode="python"); `odfv.transform_dict` gives the same but costs 70 us more a call
+            # (typeguard checks its arguments), a fifth of a one-customer read.
+            result = odfv.feature_transformation.transform(inputs)
             for f in odfv.features:
                 out[f.name] = list(result[f.name])
         return out
