@@ -173,9 +173,8 @@ def collect_objects(repo: Path) -> dict[str, list[Any]]:
     """
     import importlib.util
 
-    from feast import Entity, FeatureService, FeatureView
-    from feast.data_source import DataSource
-    from feast.on_demand_feature_view import OnDemandFeatureView
+    from feast import Entity, FeatureService, FeatureView, OnDemandFeatureView
+    from feast.data_source import DataSource  # the base class of every source (not re-exported by `feast`)
 
     kinds: dict[str, type] = {
         "entities": Entity,
