@@ -182,3 +182,88 @@ def test_a_source_with_a_missing_column_is_rejected_naming_it(tmp_path: Path, si
     settings = Settings(home=PROJECT_ROOT, work_dir=tmp_path / "work")
     with pytest.raises(Exception, match=r"table 'risk' in .*risk.parquet: missing column\(s\) \['credit_score'\]"):
         store.apply(settings, bad)
+
+
+# --- the decision service's online reader: the adapter's fast path and the public fallback ---------
+
+
+def _fresh_ids_and_time(sim_dir: Path) -> tuple[list[int], int, int]:
+    risk = pd.read_parquet(sim_dir / "risk.parquet", columns=[schemas.ENTITY_KEY, schemas.EVENT_TS])
+    last_ts = risk[schemas.EVENT_TS].max()
+    ids = risk.loc[risk[schemas.EVENT_TS] == last_ts, schemas.ENTITY_KEY].unique()[:25].tolist()
+    return [int(c) for c in ids], int(last_ts.timestamp()) + 3 * 86400, int(last_ts.timestamp()) + 200 * 86400
+
+
+def test_the_readers_fast_and_public_paths_give_what_get_online_features_gives(feast: Settings, sim_dir: Path,
+                                                                                 monkeypatch):
+    """The one-query SQLite read (`feast_adapter`) and the provider's public `online_read` give
+    the values `FeatureStore.get_online_features` gives, for known, unknown and repeated
+    customers; and the same as each other per customer request time, stale ones included
+    (past the views' TTL at the request time: missing), and across query chunks."""
+    from nba.features.online import OnlineFeatureReader
+
+    fresh, now, late = _fresh_ids_and_time(sim_dir)
+    ids = [*fresh, 987_654_321, fresh[0]]
+    fast = OnlineFeatureReader(feast, "serving_v1")
+    public = OnlineFeatureReader(feast, "serving_v1", fast=False)
+    assert fast.fast and not public.fast
+
+    cols, found = fast.read(ids, now)
+    reference = store.online_features(feast, "serving_v1", ids, request_ts=now)
+    assert cols == {k: v for k, v in reference.items() if k != schemas.ENTITY_KEY}
+    assert found == [True] * len(fresh) + [False, True]
+    assert cols["credit_score"][0] is not None and cols["credit_score"][-2] is None
+    assert public.read(ids, now) == (cols, found)
+
+    times = [now if i % 2 else late for i in range(len(ids))]
+    mixed = fast.read(ids, times)
+    assert mixed == public.read(ids, times)
+    assert mixed[1] == [bool(i % 2) and c != 987_654_321 for i, c in enumerate(ids)]
+    assert all(v is None for v in mixed[0]["credit_score"][0::2])
+
+    from nba.features import feast_adapter
+
+    monkeypatch.setattr(feast_adapter.SqliteViews, "CHUNK", 7)  # several queries for one read
+    assert fast.read(ids, now) == (cols, found)
+
+
+def test_outside_the_tested_feast_versions_the_reader_falls_back_to_online_read_with_one_warning(
+        feast: Settings, sim_dir: Path, monkeypatch, caplog):
+    import logging
+
+    from nba.features import feast_adapter
+    from nba.features.online import OnlineFeatureReader
+
+    fresh, now, _ = _fresh_ids_and_time(sim_dir)
+    expected = OnlineFeatureReader(feast, "serving_v1").read(fresh, now)
+
+    monkeypatch.setattr(feast_adapter, "FEAST_VERSION", "0.68.0")  # what importlib.metadata would report
+    monkeypatch.setattr(feast_adapter, "_WARNED", set())
+    with caplog.at_level(logging.WARNING, logger=feast_adapter.__name__):
+        readers = [OnlineFeatureReader(feast, "serving_v1") for _ in range(2)]
+    warnings = [r.getMessage() for r in caplog.records if r.name == feast_adapter.__name__]
+    assert len(warnings) == 1
+    assert "feast 0.68.0 is installed" in warnings[0] and "feast>=0.67,<0.68" in warnings[0]
+    assert not any(r.fast for r in readers)
+    assert readers[0].read(fresh, now) == expected
+
+
+def test_the_version_check_accepts_exactly_the_tested_range(monkeypatch):
+    from nba.features import feast_adapter
+
+    monkeypatch.setattr(feast_adapter, "_WARNED", set())
+    assert [feast_adapter.version_supported(v) for v in ("0.67.0", "0.67.12", "0.67.1rc1")] == [True] * 3
+    assert [feast_adapter.version_supported(v) for v in ("0.66.9", "0.68.0", "1.67.0", "nightly")] == [False] * 4
+
+
+def test_the_tested_feast_range_is_the_range_pyproject_requires_and_the_installed_one():
+    import importlib.metadata
+    import tomllib
+
+    from nba.features import feast_adapter
+
+    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+    feast_req = [d for d in project["dependencies"] if d.startswith("feast")]
+    assert len(feast_req) == 1 and feast_req[0].endswith(feast_adapter.TESTED_RANGE), feast_req
+    assert importlib.metadata.version("feast") == feast_adapter.FEAST_VERSION
+    assert feast_adapter.version_supported()  # the pinned Feast takes the fast path

@@ -409,8 +409,9 @@ def test_the_fast_paths_equal_feast_and_the_models_own_predictions(served, custo
     reference = online_features(served, "serving_v1", ids, request_ts=DECISION_EPOCH)
     assert {k: v for k, v in cols.items()} == {k: v for k, v in reference.items() if k != "customer_id"}
     assert found == [True] * 20 + [False, True]
-    reader._sqlite = None  # the provider's online_read, as for the Redis online store
-    assert reader.read(ids, DECISION_EPOCH) == (cols, found)
+    public = OnlineFeatureReader(served, "serving_v1", fast=False)  # the provider's online_read, as for Redis
+    assert reader.fast and not public.fast
+    assert public.read(ids, DECISION_EPOCH) == (cols, found)
 
     configure(served)
     manifest = read_manifest(served.bundle_dir)

@@ -36,8 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 from evidently.core.datasets import Dataset
-from evidently.core.metric_types import SingleValue, SingleValueCalculation, SingleValueMetric
-from evidently.legacy.tests.base_test import TestStatus
+from evidently.core.metric_types import SingleValue, SingleValueCalculation, SingleValueMetric, TestStatus
 
 from nba.config import DriftLimits, DriftTest, gates_path, load_gates
 from nba.errors import ConfigError, NbaError, SchemaError

@@ -25,7 +25,12 @@ from evidently.core.metric_types import (
     SingleValueCalculation,
     SingleValueMetric,
 )
-from evidently.legacy.renderers.html_widgets import CounterData, WidgetSize, counter, table_data
+
+# The one use of Evidently's `legacy` package in nba: 0.7.23's public `evidently.widgets` has
+# the counter and plotly widgets but neither the widget size (a counter drawn half width) nor
+# a plain table widget; Evidently's own new metrics import both from here too.
+from evidently.legacy.renderers.html_widgets import WidgetSize, table_data
+from evidently.widgets import CounterData, counter
 
 VALUE_ONLY_PARAMS = ("value",)  # parameters of NbaValue that are not labels of its series
 

@@ -108,7 +108,7 @@ def _arrays(data: Dataset, *columns: str) -> list[np.ndarray]:
 
 def _curve_widget(title: str, x: np.ndarray, y: np.ndarray, ylabel: str) -> list[Any]:
     import plotly.graph_objects as go
-    from evidently.legacy.renderers.html_widgets import plotly_figure
+    from evidently.widgets import GraphData, plotly_graph
 
     step = max(1, len(x) // 400)  # a few hundred points draw the same curve
     xs, ys = x[::step], y[::step]
@@ -119,7 +119,7 @@ def _curve_widget(title: str, x: np.ndarray, y: np.ndarray, ylabel: str) -> list
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, float(y[-1])], mode="lines", name="random targeting",
                              line={"dash": "dash", "color": "grey"}))
     fig.update_layout(xaxis_title="share of customers targeted (by predicted uplift)", yaxis_title=ylabel)
-    return [plotly_figure(title=title, figure=fig)]
+    return [plotly_graph(graph_data=GraphData.figure(title, fig))]
 
 
 class QiniCoefficientCalculation(SingleValueCalculation[QiniCoefficient]):

@@ -173,9 +173,8 @@ def collect_objects(repo: Path) -> dict[str, list[Any]]:
     """
     import importlib.util
 
-    from feast import Entity, FeatureService, FeatureView
-    from feast.data_source import DataSource
-    from feast.on_demand_feature_view import OnDemandFeatureView
+    from feast import Entity, FeatureService, FeatureView, OnDemandFeatureView
+    from feast.data_source import DataSource  # the base class of every source (not re-exported by `feast`)
 
     kinds: dict[str, type] = {
         "entities": Entity,
@@ -261,7 +260,7 @@ def feature_service_names(store: FeatureStore) -> list[str]:
     return sorted(s.name for s in store.list_feature_services())
 
 
-def _feature_service(store: FeatureStore, name: str):
+def feature_service(store: FeatureStore, name: str):
     names = feature_service_names(store)
     if name not in names:
         raise FeatureStoreError(f"unknown feature service '{name}'; registered services: {', '.join(names)}")
@@ -276,7 +275,7 @@ _SERVICES: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDicti
 def _cached_service(store: FeatureStore, name: str):
     per_store = _SERVICES.setdefault(store, {})
     if name not in per_store:
-        per_store[name] = _feature_service(store, name)
+        per_store[name] = feature_service(store, name)
     return per_store[name]
 
 
@@ -330,7 +329,7 @@ def epoch_seconds(ts: pd.Series) -> pd.Series:
 def service_join_keys(settings: Settings, service: str, store: FeatureStore | None = None) -> list[str]:
     """The entity join keys of a feature service's views (e.g. ['customer_id'])."""
     store = store or get_store(settings)
-    fs = _feature_service(store, service)
+    fs = feature_service(store, service)
     keys: list[str] = []
     view_names = {v.name for v in store.list_feature_views()}
     for proj in fs.feature_view_projections:
@@ -347,7 +346,7 @@ def training_frame(settings: Settings, service: str, entities: pd.DataFrame) -> 
 
     Extra columns of `entities` (labels, treatment) are carried through unchanged."""
     store = get_store(settings)
-    fs = _feature_service(store, service)
+    fs = feature_service(store, service)
     keys = service_join_keys(settings, service, store)
     entities = validate_entities(entities, keys=keys)
     if _needs_request_ts(fs) and schemas.REQUEST_TS not in entities.columns:

@@ -1,0 +1,180 @@
+"""The one place that reads Feast below its public API: the SQLite online store in one query.
+
+Feast's public online reads are `FeatureStore.get_online_features` (about 3 ms for the 39
+features of `serving_v1`, most of it building a response object feature by feature) and the
+provider's `online_read`, one call per feature view (about 0.8 ms for the five views of
+`serving_v1`, each call serialising the keys again). The decision service reads the SQLite
+online store of the local profile with one query over every view's table instead (about
+0.3 ms for one customer; `benchmarks/bench_online_read.py`). That query depends on how Feast
+0.67 lays the store out, none of which is a documented interface:
+
+* the database file: `online_store.path`, relative to the repository;
+* one table per view, named by `feast.infra.online_stores.helpers.compute_table_id`, with the
+  columns `entity_key, feature_name, value, event_ts`;
+* keys serialised by `feast.infra.key_encoding_utils.serialize_entity_key`;
+* values as serialised `ValueProto`s, `event_ts` as epoch seconds (Feast's sqlite3 adapter).
+
+So the installed Feast version is checked once, at import, against the range this was tested
+with (`TESTED_RANGE`, the range `pyproject.toml` pins; a test keeps the two equal). Outside it
+the reader falls back to the public `online_read`, with one logged warning, rather than
+refusing to start: the public path gives the same values, only slower. `OnlineFeatureReader(...,
+fast=False)` forces the public path whatever the version. A test checks that the fast path,
+the public path and `get_online_features` give the same values.
+
+No other module of `nba` may import Feast internals.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import re
+import sqlite3
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+TESTED_RANGE = ">=0.67,<0.68"  # the Feast versions the fast path was written and tested against
+_LOWEST, _ABOVE = (0, 67), (0, 68)  # TESTED_RANGE as (major, minor) bounds: lowest included, above excluded
+
+FEAST_VERSION = importlib.metadata.version("feast")  # the installed version, detected once
+_WARNED: set[str] = set()
+
+
+def _major_minor(version: str) -> tuple[int, int] | None:
+    m = re.match(r"(\d+)\.(\d+)", version)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def version_supported(version: str | None = None) -> bool:
+    """Whether the fast path may run on `version` (default: the installed Feast). Outside the
+    tested range, logs one warning per version naming it and the range, and returns False."""
+    version = version or FEAST_VERSION
+    mm = _major_minor(version)
+    ok = mm is not None and _LOWEST <= mm < _ABOVE
+    if not ok and version not in _WARNED:
+        _WARNED.add(version)
+        log.warning("feast %s is installed; the fast SQLite online read is tested with feast%s only: "
+                    "reading through the provider's public online_read instead (same values, slower)",
+                    version, TESTED_RANGE)
+    return ok
+
+
+version_supported()  # at import: the one warning, when the installed Feast is outside the range
+
+
+# Serialised ValueProto -> its Python value. Most stored values repeat (ages, flags, scores,
+# categories: 18,000 distinct among 170,000 in the bank's online store), and a dictionary
+# lookup costs a tenth of decoding one. Only immutable scalars are kept, up to a bound.
+_DECODED: dict[bytes, Any] = {}
+_DECODED_MAX = 100_000
+_SCALARS = (int, float, str, bool, bytes)
+_MISSING = object()
+
+
+def value(proto: Any) -> Any:
+    """The Python value a Feast `ValueProto` holds (None when unset)."""
+    which = proto.WhichOneof("val")
+    return getattr(proto, which) if which else None
+
+
+def _decode(raw: bytes) -> Any:
+    from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
+    val = value(ValueProto.FromString(raw))
+    if len(_DECODED) < _DECODED_MAX and (val is None or isinstance(val, _SCALARS)):
+        _DECODED[raw] = val
+    return val
+
+
+def sqlite_views(config: Any, views: Sequence[Any], *, fast: bool = True) -> SqliteViews | None:
+    """The fast reader of `views` when it may run: the online store is SQLite, `fast` is not
+    switched off and the installed Feast is in the tested range. None otherwise (read through
+    the provider's `online_read`)."""
+    if not fast or str(config.online_store.type) != "sqlite" or not version_supported():
+        return None
+    return SqliteViews(config, views)
+
+
+class SqliteViews:
+    """Every view of a feature service read from Feast's SQLite online store in one query."""
+
+    CHUNK = 5_000  # keys per query (x views, under SQLite's limit of bound parameters)
+    MMAP = 1 << 30  # bytes of the online store mapped (address space, not memory)
+
+    def __init__(self, config: Any, views: Sequence[Any]):
+        from feast.infra.online_stores.helpers import compute_table_id
+
+        self.config = config
+        path = Path(config.online_store.path)
+        self.path = str(config.repo_path / path if config.repo_path and not path.is_absolute() else path)
+        versioning = bool(getattr(config.registry, "enable_online_feature_view_versioning", False))
+        self.tables = [compute_table_id(config.project, v, versioning) for v in views]
+        self.features = [{f.name for f in v.features} for v in views]
+        self._local = threading.local()
+        self._sql: dict[int, str] = {}
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if not Path(self.path).is_file():
+                raise FileNotFoundError(f"online store {self.path} does not exist: run `nba features materialize`")
+            # event_ts comes back as stored (epoch seconds) and is converted once per (view,
+            # customer) below, not once per feature row; the file is memory-mapped (read-only): no
+            # read() call and no copy per page
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            conn.execute(f"PRAGMA mmap_size={self.MMAP}")
+            self._local.conn = conn
+        return conn
+
+    def _query(self, k: int) -> str:
+        if k not in self._sql:
+            marks = ",".join("?" * k)
+            self._sql[k] = " UNION ALL ".join(
+                f'SELECT {i}, entity_key, feature_name, value, event_ts FROM "{t}" WHERE entity_key IN ({marks})'
+                for i, t in enumerate(self.tables))
+        return self._sql[k]
+
+    def read(self, keys: Sequence[Any]) -> list[list[tuple[Any, dict[str, Any] | None]]]:
+        """Per view, per key (`EntityKey` proto): (event time, feature -> value) or (None, None),
+        as `online_read` gives but with each value decoded from its ValueProto."""
+        from feast.infra.key_encoding_utils import serialize_entity_key
+
+        cache = _DECODED
+        version = self.config.entity_key_serialization_version
+        blobs = [serialize_entity_key(k, entity_key_serialization_version=version) for k in keys]
+        where: dict[bytes, list[int]] = {}  # a customer asked for twice gets its values twice
+        for i, b in enumerate(blobs):
+            where.setdefault(b, []).append(i)
+        unique = list(where)
+        found: list[list[dict[str, Any]]] = [[{} for _ in blobs] for _ in self.tables]
+        times: list[list[Any]] = [[None] * len(blobs) for _ in self.tables]
+        conn = self._conn()
+        for start in range(0, len(unique), self.CHUNK):
+            part = unique[start:start + self.CHUNK]
+            rows = conn.execute(self._query(len(part)), part * len(self.tables)).fetchall()
+            for vi, key, feature, raw, event_ts in rows:
+                if feature not in self.features[vi]:
+                    continue
+                val = cache.get(raw, _MISSING)
+                if val is _MISSING:
+                    val = _decode(raw)
+                for i in where[key]:
+                    found[vi][i][feature] = val
+                    times[vi][i] = event_ts
+        out = []
+        for vi in range(len(self.tables)):
+            view_rows: list[tuple[Any, dict[str, Any] | None]] = []
+            for i in range(len(blobs)):
+                if not found[vi][i]:
+                    view_rows.append((None, None))
+                    continue
+                t = times[vi][i]  # Feast writes int(event_ts.timestamp()): the epoch second, UTC
+                t = datetime.fromtimestamp(int(t), tz=UTC) if t is not None else None
+                view_rows.append((t, found[vi][i]))
+            out.append(view_rows)
+        return out
