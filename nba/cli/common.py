@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from nba import console
 from nba.errors import ConfigError, NbaError
 
 if TYPE_CHECKING:
@@ -61,14 +62,11 @@ def parse_time(value: str | None, option: str) -> datetime | None:
 
 
 @contextmanager
-def progress(total: int, desc: str, unit: str, *, leave: bool = True,
-             disable: bool | None = False) -> Iterator[Callable[[str], None]]:
-    """A tqdm bar that counts one step per call of the yielded function (whose argument is
-    shown beside the bar); closed on the way out, also on an error. `disable=None`: no bar
-    when the output is not a terminal."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc=desc, unit=unit, leave=leave, disable=disable)
+def progress(total: int, desc: str, unit: str, *, leave: bool = True) -> Iterator[Callable[[str], None]]:
+    """A bar that counts one step per call of the yielded function (whose argument is shown
+    beside the bar); closed on the way out, also on an error. No bar when the output is not a
+    terminal (`nba.console.progress`)."""
+    bar = console.progress(total, desc, unit, leave=leave)
 
     def step(what: str) -> None:
         bar.set_postfix_str(what)
@@ -84,9 +82,7 @@ def progress(total: int, desc: str, unit: str, *, leave: bool = True,
 def model_progress(total: int, desc: str) -> Iterator[Callable[[str], None]]:
     """A bar over models whose callback is called as each model STARTS: it counts the previous
     one as done. Hidden when the output is not a terminal."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc=desc, unit="model", leave=False, disable=None)
+    bar = console.progress(total, desc, "model", leave=False)
     started: list[str] = []
 
     def advance(name: str) -> None:

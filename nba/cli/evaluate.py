@@ -254,7 +254,7 @@ def policy_cmd(
             email_cost=DEFAULT_EMAIL_COST if email_cost is None else email_cost,
             learners=tuple(x.value for x in learner) if learner else HillstromPolicyConfig.learners,
             seed=s.seed if seed is None else seed, confidence=confidence)
-        with progress(len(config.learners) + 1, "hillstrom policy", "fit", disable=None) as step:
+        with progress(len(config.learners) + 1, "hillstrom policy", "fit") as step:
             report = hillstrom_policy_values(s, config, limits=limits, progress=step)
         payload = report.to_dict()
         table = report.table()

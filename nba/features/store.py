@@ -11,6 +11,7 @@ Every function takes `Settings` and returns plain values; the CLI wraps them.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import weakref
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nba import schemas
+from nba import console, schemas
 from nba.errors import FeatureStoreError
 from nba.io import atomic_path, write_text
 from nba.settings import Settings
@@ -27,6 +28,8 @@ from nba.settings import Settings
 if TYPE_CHECKING:
     import pandas as pd
     from feast import FeatureStore
+
+logger = logging.getLogger(__name__)
 
 # Offline source file (under data/) -> the table contract it must satisfy.
 SOURCE_TABLES: dict[str, schemas.TableSchema] = {t.name: t for t in schemas.SIM_FEATURE_TABLES}
@@ -229,7 +232,8 @@ def materialize(settings: Settings, start: datetime | None = None, end: datetime
     start, end = _utc(start), _utc(end)
     if start >= end:
         raise FeatureStoreError(f"materialize: start {start.isoformat()} is not before end {end.isoformat()}")
-    store.materialize(start_date=start, end_date=end)
+    with console.library_prints(logger):  # Feast's coloured banner: the summary says the same
+        store.materialize(start_date=start, end_date=end)
     online = store.config.online_store.type
     return MaterializeSummary(settings.feast_repo, start, end, sorted(v.name for v in views), str(online))
 

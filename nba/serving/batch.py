@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from nba import schemas
+from nba import console, schemas
 from nba.errors import DataFileError
 from nba.settings import Settings
 
@@ -80,7 +80,6 @@ def decide_batch(settings: Settings, customers: Path, channel: str, out: Path, *
     """Decide for every customer of the file; write the ranked decisions and the log."""
     import pandas as pd
     import pyarrow as pa
-    from tqdm import tqdm
 
     from nba.decisioning.log import SEGMENT_TABLES, write_batch
     from nba.io import write_parquet
@@ -104,7 +103,7 @@ def decide_batch(settings: Settings, customers: Path, channel: str, out: Path, *
     batch_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}-{channel}-{engine_id()}"
     parts: dict[str, list[Any]] = {"decisions": [], "candidates": [], "filtered": [], "features": [], "ranked": []}
     contacts_all: list[Any] = []
-    bar = tqdm(total=len(frame), desc="decisions", unit="customer", disable=not progress)
+    bar = console.progress(len(frame), "decisions", "customer", enabled=progress)
     for start in range(0, len(frame), chunk):
         part = frame.iloc[start:start + chunk]
         ids = part[schemas.ENTITY_KEY].to_numpy()

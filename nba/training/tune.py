@@ -56,6 +56,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nba import console
 from nba.errors import ConfigError, NbaError
 from nba.settings import Settings
 from nba.training.config import ModelConfig, best_params_path, config_path, load_model_config
@@ -317,11 +318,7 @@ def tune(settings: Settings, model: str, trials: int, timeout: float | None = No
             mlflow.log_dict({"metric": problem.metric, "direction": problem.direction,
                              "search_space": {k: v.model_dump() for k, v in cfg.tuning.search_space.items()},
                              "fixed_params": cfg.params}, "tuning/search_space.yaml")
-            bar = None
-            if progress:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(total=trials, desc=f"tune {study_name}", unit="trial")
+            bar = console.progress(trials, f"tune {study_name}", "trial") if progress else None
             logger = _TrialLogger(settings, problem.family, run.info.run_id, study_name, problem.metric, bar)
             t0 = time.perf_counter()
             try:
