@@ -28,6 +28,12 @@ class Silenced:
     module: str  # a regular expression matched against the module the warning is attributed to
     reason: str
 
+    def matches(self, message: str, category: type[Warning], filename: str) -> bool:
+        """Whether a warning about to be shown is this one (by its text, class and the file of
+        the library it is attributed to)."""
+        return (issubclass(category, self.category) and re.match(self.message, message, re.I) is not None
+                and re.search("/" + self.module.replace(r"\.", "/"), filename) is not None)
+
     def filter_spec(self) -> str:
         """The same filter in pytest's `filterwarnings` syntax (fields split on ':', so a colon
         in the message matches as any character)."""
@@ -95,10 +101,24 @@ def quiet_libraries() -> None:
         os.environ.setdefault("TQDM_DISABLE", "1")
     for w in LIBRARY_WARNINGS:
         warnings.filterwarnings("ignore", message=w.message, category=w.category, module=w.module)
+    # Some libraries put filters of their own in front of ours (Feast, at import:
+    # simplefilter("once", DeprecationWarning); MLflow around log_model: "once" for UserWarning),
+    # so the listed warnings are also dropped where they would be shown.
+    if not getattr(warnings.showwarning, "_nba_quiet", False):
+        warnings.showwarning = _drop_listed(warnings.showwarning)
     for name, level in LIBRARY_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
     if "mlflow" in sys.modules:
         quiet_mlflow()
+
+
+def _drop_listed(show):
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if not any(w.matches(str(message), category, filename) for w in LIBRARY_WARNINGS):
+            show(message, category, filename, lineno, file, line)
+
+    showwarning._nba_quiet = True  # type: ignore[attr-defined]
+    return showwarning
 
 
 def quiet_mlflow() -> None:

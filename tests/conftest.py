@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import feast  # noqa: F401  (see pytest_configure)
 import pytest
 
 from nba.console import LIBRARY_WARNINGS
@@ -20,6 +21,9 @@ disable_telemetry()
 def pytest_configure(config: pytest.Config) -> None:
     # The library warnings we silence are named in one place (nba/console.py); pyproject's
     # filterwarnings makes our own deprecations errors. Added after the ini lines, so they win.
+    # Feast runs warnings.simplefilter("once", DeprecationWarning) when first imported, which
+    # would put its filter in front of these for the rest of the test that imported it (our
+    # own deprecations would pass there): it is imported above, before any test's filters.
     for w in LIBRARY_WARNINGS:
         config.addinivalue_line("filterwarnings", w.filter_spec())
 

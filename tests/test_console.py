@@ -62,3 +62,21 @@ def test_our_own_deprecations_fail_the_tests() -> None:
     # pyproject's filterwarnings: error::DeprecationWarning:nba
     with pytest.raises(DeprecationWarning):
         warnings.warn_explicit("old", DeprecationWarning, "nba/x.py", 1, module="nba.somewhere")
+
+
+def test_a_listed_warning_is_dropped_even_behind_a_library_filter_of_its_own() -> None:
+    # Feast runs simplefilter("once", DeprecationWarning) at import: in front of our filters
+    code = (
+        "import warnings\n"
+        "from nba import console\n"
+        "console.quiet_libraries()\n"
+        "warnings.simplefilter('once', DeprecationWarning)\n"
+        "warnings.warn_explicit('fetch_arrow_table() is deprecated, use to_arrow_table() instead.',"
+        " DeprecationWarning, '/venv/site-packages/ibis/backends/duckdb/__init__.py', 332,"
+        " module='ibis.backends.duckdb')\n"
+        "warnings.warn_explicit('another one is deprecated', DeprecationWarning,"
+        " '/venv/site-packages/ibis/backends/duckdb/__init__.py', 333, module='ibis.backends.duckdb')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    shown = [line for line in out.stderr.splitlines() if "DeprecationWarning" in line]
+    assert len(shown) == 1 and "another one is deprecated" in shown[0]
