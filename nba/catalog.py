@@ -6,7 +6,7 @@ Two files a business user edits, both under `serving/`:
   information, wellbeing, collections, risk), group, channels, value (a fixed amount or a
   formula, e.g. `0.05 * clv`), lever (a boost: 0.5 multiplies the priority by 1.5), the
   eligibility / applicability / suitability rules (lists of expressions over feature names,
-  `nba.decisioning.expressions`), its contact policy, the registered model that gives its
+  `nba.rules`), its contact policy, the registered model that gives its
   propensity (and optionally its uplift), and active-from / active-to dates.
 * `policies.yaml`: what holds for every action: the channels (consent rules, caps, context
   weight), caps per group, the default contact policy, global suppressions (e.g. an open
@@ -34,8 +34,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from nba.config import StrictModel, load_yaml_model
-from nba.decisioning.expressions import Expression, ExpressionError, parse
 from nba.errors import ConfigError
+from nba.rules import Expression, ExpressionError, parse
 
 ISSUES = ("sales", "retention", "service", "information", "wellbeing", "collections", "risk")
 Issue = Literal["sales", "retention", "service", "information", "wellbeing", "collections", "risk"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nba.decisioning.expressions import Const, ExpressionError, parse
+from nba.rules import Const, ExpressionError, parse
 
 ENV = {
     "age": np.array([17.0, 18.0, 45.0, 70.0, np.nan]),

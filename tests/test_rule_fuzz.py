@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from nba.decisioning.expressions import MAX_NODES, ExpressionError, parse
+from nba.rules import MAX_NODES, ExpressionError, parse
 
 NUMERIC = ("age", "credit_score", "clv", "has_mortgage")
 STRINGS = ("segment",)
