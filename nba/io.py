@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nba.errors import DataFileError
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -55,8 +57,6 @@ def read_table(path: Path, what: str, error: type[Exception] | None = None) -> p
     """A user's table file, Parquet or CSV, as a DataFrame. `what` names it in the errors
     ("customers file", "entity file"), raised as `error` (default `DataFileError`)."""
     import pandas as pd
-
-    from nba.errors import DataFileError
 
     error = error or DataFileError
     path = Path(path)

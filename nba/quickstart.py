@@ -7,8 +7,14 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any
 
-from nba.errors import DataFileError
+from nba.errors import DataFileError, NbaError
+from nba.evaluation.dashboards import ui_command
+from nba.features import store
+from nba.io import write_parquet
+from nba.serving.run import serve as run_service
 from nba.settings import Settings
+from nba.training.registry import PromotionRefused, promote
+from nba.training.tracking import tracking_uri
 
 
 @contextmanager
@@ -25,8 +31,6 @@ def run(settings: Settings, *, customers: int, seed: int, echo: Callable[[str], 
     (with `train`) tune, train, register and promote every model, build the serving bundle and
     (with `serve`) run the decision service on localhost until interrupted."""
     from nba.data.simulator import simulate_to_dir
-    from nba.features import store
-    from nba.io import write_parquet
 
     result: dict[str, Any] = {}
     with _step(echo, "Real data sets (Hillstrom, CDNOW): verify checksums, write tidy tables"):
@@ -92,19 +96,14 @@ def run(settings: Settings, *, customers: int, seed: int, echo: Callable[[str], 
     echo("  a training frame:            nba features training-frame --service propensity_v1 --entities FILE")
     echo(f"  online features:             nba features online --customer {result['customer']}")
     if train:
-        from nba.training.tracking import tracking_uri
-
         echo(f"  experiments and registry:    .venv/bin/mlflow ui --backend-store-uri {tracking_uri(settings)}")
         echo(f"  serving bundle:              {settings.bundle_dir}  (nba bundle show; nba serve)")
         echo("  outbound batch:              nba decide-batch --customers FILE --channel email --out FILE")
-        from nba.evaluation.dashboards import ui_command
 
         echo(f"  evaluation reports (HTML):   {settings.reports_dir}  (written by nba report and nba evaluate ..."
              " once decisions are logged)")
         echo(f"  dashboards:                  {ui_command(settings)}")
     if train and serve:
-        from nba.serving.run import serve as run_service
-
         echo("")
         echo(f"==> The decision service (BentoML, {settings.serve_workers} workers) on http://127.0.0.1:{port}")
         run_service(settings, port=port, echo=echo)
@@ -120,7 +119,6 @@ def train_all(settings: Settings, *, tune_trials: int, echo: Callable[[str], Non
     from nba.training import propensity
     from nba.training.churn import train_churn
     from nba.training.clv import train_clv
-    from nba.training.registry import PromotionRefused, promote
     from nba.training.tune import tune
     from nba.training.uplift import train_uplift
 
@@ -156,7 +154,5 @@ def train_all(settings: Settings, *, tune_trials: int, echo: Callable[[str], Non
             champions[m.name] = promoted.version
             echo(f"    {m.name:<40} v{promoted.version} @champion")
     if refused:
-        from nba.errors import NbaError
-
         raise NbaError("quickstart: promotion refused for " + "; ".join(refused))
     return champions

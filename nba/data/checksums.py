@@ -9,13 +9,10 @@ would silently change every figure downstream; a digest mismatch stops it at the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from nba.errors import ChecksumError, DataFileError
 from nba.io import sha256_file
-
-if TYPE_CHECKING:
-    from nba.settings import Settings
+from nba.settings import Settings
 
 HILLSTROM_ZIP = "hillstrom.csv.zip"
 HILLSTROM_CSV = "hillstrom.csv"  # the one member of the zip
@@ -50,8 +47,6 @@ def locate(name: str, path: Path | str | None = None, settings: Settings | None 
     """
     if path is None:
         if settings is None:
-            from nba.settings import Settings
-
             settings = Settings()
         folder, origin = settings.real_data_dir(), " (NBA_DATA_DIR)"
     else:

@@ -125,6 +125,7 @@ import pandas as pd
 
 from nba import console
 from nba.errors import ConfigError
+from nba.io import atomic_path, sha256_file, write_parquet, write_text
 from nba.schemas import (
     ACTIONS,
     CHANNELS,
@@ -430,8 +431,6 @@ def write(result: SimulationResult, out_dir: Path, *, progress: bool = False) ->
 
     Returns table name -> path, and "manifest" -> the manifest's path.
     """
-    from nba.io import sha256_file, write_parquet
-
     out_dir = Path(out_dir)
     tables = result.tables()
     bar = _bar(len(tables), "writing tables", progress, unit="table")
@@ -460,8 +459,6 @@ def simulate_to_dir(customers: int, seed: int, out_dir: Path, months: int = 12, 
     a failure leaves no partial table. The tables hold the same rows as `simulate()`.
     """
     from contextlib import ExitStack
-
-    from nba.io import sha256_file
 
     config = SimulationConfig(customers=customers, seed=seed, months=months)
     out_dir = Path(out_dir)
@@ -519,8 +516,6 @@ class _ParquetSink:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from nba.io import atomic_path
-
         table = pa.Table.from_pandas(frame, preserve_index=False)
         writer = self.writers.get(name)
         if writer is None:
@@ -536,7 +531,6 @@ class _ParquetSink:
 
 def _write_manifest(config: SimulationConfig, rows: dict[str, int], digests: dict[str, str], out_dir: Path) -> dict:
     import nba
-    from nba.io import write_text
 
     names = [t.name for t in SIM_ALL_TABLES]
     manifest = {

@@ -16,7 +16,10 @@ import numpy as np
 import pandas as pd
 
 from nba.errors import NbaError
+from nba.evaluation.reporting import champion_run
 from nba.settings import Settings
+from nba.training import tracking
+from nba.training.registry import _load_model, family_of
 
 REFERENCE_ARTIFACT = "evaluation/reference.parquet"  # nba.training.classifier.log_reference
 HOLDOUT_ARTIFACT = "evaluation/holdout.parquet"
@@ -77,8 +80,6 @@ def champion_names(settings: Settings, families: Sequence[str] | None = None) ->
     """Every registered nba-* model (of `families`) that has a @champion, sorted."""
     from mlflow.exceptions import MlflowException
 
-    from nba.training import tracking
-    from nba.training.registry import family_of
 
     client = tracking.configure(settings)
     out = []
@@ -102,9 +103,6 @@ def load_champion(settings: Settings, name: str,
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from nba.evaluation.reporting import champion_run
-    from nba.training import tracking
-    from nba.training.registry import _load_model, family_of
 
     family = family_of(name)
     if family is None:

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nba.evaluation import dashboards
+from nba.evaluation.dashboards import read_values
 from nba.settings import Settings
 
 # (what, module, command that publishes it to the `platform` project)
@@ -41,7 +43,6 @@ def _has_log(folder: Path) -> bool:
 
 def run_report(settings: Settings, *, log_dir: Path | None = None, days: int = 30,
                echo: Callable[[str], None] = print) -> ReportSummary:
-    from nba.evaluation import dashboards
     from nba.evaluation.champions import ChampionError, champion_names
     from nba.evaluation.drift import DriftError, drift_limits, evaluate_drift
     from nba.evaluation.uplift import UpliftEvaluationError, evaluate_uplift, uplift_limits
@@ -126,8 +127,6 @@ def _platform_hook(module_name: str):
 
 
 def _latest_platform_values(ws) -> dict[str, tuple]:
-    from nba.evaluation.dashboards import read_values
-
     latest: dict[str, tuple] = {}
     for row in read_values(ws, "platform"):
         if row["metric"] != "NbaValue":

@@ -15,6 +15,7 @@ import pandas as pd
 
 from nba.evaluation.experiments import ExperimentReport
 from nba.evaluation.incrementality import LogIncrementality
+from nba.evaluation.reporting import publish
 from nba.evaluation.stats import Incrementality
 
 if TYPE_CHECKING:
@@ -123,7 +124,6 @@ def publish_figures(settings: Settings, *, name: str, values: Mapping[str, float
                     tables: Mapping[str, pd.DataFrame]) -> Published:
     """Publish an evaluation's figures to the `platform` dashboard, leaving out the ones that
     could not be computed (None, NaN)."""
-    from nba.evaluation.reporting import publish
 
     clean = {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))}
     return publish(settings, project=REPORT_PROJECT, name=name, values=clean, tables=dict(tables),

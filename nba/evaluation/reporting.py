@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nba.errors import NbaError
+from nba.evaluation import dashboards
 from nba.settings import Settings
+from nba.training import tracking
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -62,7 +64,6 @@ def publish(settings: Settings, *, project: str, name: str, values: Mapping[str,
     import pandas as pd
     from evidently import Dataset, Report
 
-    from nba.evaluation import dashboards
     from nba.evaluation.evidently_metrics import NbaTable, value_metric
 
     dashboards.check_project(project)
@@ -104,7 +105,6 @@ def publish_snapshot(settings: Settings, *, project: str, snapshot: Snapshot, pa
                      html_path: Path | None = None, run_id: str | None = None) -> Published:
     """Add a snapshot to the project (creating it and the missing `panels`), write its HTML,
     and log the HTML to the MLflow run `run_id` if given."""
-    from nba.evaluation import dashboards
 
     ws = dashboards.open_workspace(settings)
     proj = dashboards.project(ws, project)
@@ -132,8 +132,6 @@ def champion_run(settings: Settings, model: str) -> str:
     """The run id of the model's `@champion` version; an error naming the model otherwise."""
     from mlflow.exceptions import MlflowException
 
-    from nba.training import tracking
-
     client = tracking.configure(settings)
     try:
         version = client.get_model_version_by_alias(model, "champion")
@@ -153,8 +151,6 @@ def champion_run(settings: Settings, model: str) -> str:
 
 def log_html(settings: Settings, run_id: str, html: Path) -> None:
     """Log an HTML report as an artifact of a (finished) run, under evaluation/reports/."""
-    from nba.training import tracking
-
     tracking.configure(settings).log_artifact(run_id, str(html), artifact_path=REPORT_ARTIFACT_DIR)
 
 

@@ -31,8 +31,11 @@ import pandas as pd
 from evidently.core.datasets import Dataset
 from evidently.core.metric_types import SingleValue, SingleValueCalculation, SingleValueMetric
 
-from nba.errors import NbaError, SchemaError
+from nba.config import gates_path, load_gates
+from nba.errors import ConfigError, NbaError, SchemaError
+from nba.evaluation import dashboards
 from nba.evaluation.champions import HOLDOUT_ARTIFACT, champion_names, evaluate_each, load_champion
+from nba.evaluation.reporting import _naive_utc, publish_snapshot
 from nba.settings import Settings
 from nba.training.metrics import auuc, qini_coefficient, qini_curve, uplift_curve
 
@@ -253,7 +256,6 @@ def uplift_report(frame: pd.DataFrame, *, model: str, data: str, top_shares: Seq
     from evidently import DataDefinition, Report
 
     from nba.evaluation.evidently_metrics import NbaTable
-    from nba.evaluation.reporting import _naive_utc
 
     check_frame(frame, source or data, min_rows=min_rows)
     has_truth = TRUTH in frame.columns and frame[TRUTH].notna().all()
@@ -320,8 +322,6 @@ def _data_label(tags: dict[str, str], name: str) -> str:
 
 
 def uplift_limits(settings: Settings):
-    from nba.config import gates_path, load_gates
-    from nba.errors import ConfigError
 
     config = load_gates(gates_path(settings.home))
     if config.monitoring is None:
@@ -352,8 +352,6 @@ def evaluate_model(settings: Settings, name: str, *, current: pd.DataFrame | Non
     result = replace(result, champion_version=champion.version)
     if not publish:
         return result
-    from nba.evaluation import dashboards
-    from nba.evaluation.reporting import publish_snapshot
 
     published = publish_snapshot(settings, project="uplift", snapshot=snapshot, panels=dashboards.uplift_panels(),
                                  run_id=champion.run_id)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from nba import schemas
+from nba.errors import DataFileError
 from nba.features.store import write_source
 from nba.io import write_parquet
 from nba.settings import Settings
@@ -102,8 +103,6 @@ def require_published(settings: Settings, model: str, dataset_file: str, what: s
              "features": settings.feast_repo / "data" / f"{tables[1]}.parquet"}
     for path in paths.values():
         if not path.is_file():
-            from nba.errors import DataFileError
-
             raise DataFileError(
                 f"{model} ({what}): {path} not found: set NBA_DATA_DIR to the folder holding {dataset_file} "
                 f"and run `nba features apply` (it publishes the {tables[2]} tables)")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from nba import console, schemas
 from nba.errors import FeatureStoreError
-from nba.io import atomic_path, write_text
+from nba.io import atomic_path, read_table, write_text
 from nba.settings import Settings
 
 if TYPE_CHECKING:
@@ -289,8 +289,6 @@ def _needs_request_ts(service) -> bool:
 
 def read_entities(path: Path, keys: Sequence[str] = (schemas.ENTITY_KEY,)) -> pd.DataFrame:
     """Read an entity frame (CSV or Parquet) with the join key(s) and `event_timestamp` columns."""
-    from nba.io import read_table
-
     frame = read_table(path, "entity file", FeatureStoreError)
     return validate_entities(frame, keys=keys, source=str(path))
 

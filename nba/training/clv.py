@@ -83,6 +83,7 @@ import pandas as pd
 
 from nba import schemas
 from nba.errors import ConfigError
+from nba.features import store
 from nba.features.real import require_published
 from nba.settings import Settings
 from nba.training import tracking
@@ -182,7 +183,6 @@ def _value_before(events: pd.DataFrame, key: str, column: str, rows: pd.DataFram
 def _service_frame(settings: Settings, service: str, entities: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Feast's point-in-time frame and its feature columns: exactly the columns the service
     added to the entity rows (carried columns, keys and timestamps are never features)."""
-    from nba.features import store
 
     frame = store.training_frame(settings, service, entities)
     carried = set(entities.columns) | {schemas.REQUEST_TS, schemas.EVENT_TS, schemas.CREATED_TS}

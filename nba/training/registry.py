@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from nba.config import gates_path, load_gates
 from nba.errors import ConfigError, NbaError
 from nba.settings import Settings
+from nba.training import tracking
 from nba.training.config import MODEL_FAMILIES
 from nba.training.gates import COMPARISON_GATE, GateResult, check_gates
 
@@ -219,7 +220,6 @@ def promote(settings: Settings, name: str, to: str = "champion", reason: str = "
             user: str | None = None) -> PromotionResult:
     """Move `@champion` to the challenger if it passes every gate (else raise
     `PromotionRefused`), or with `to="challenger"` move `@challenger` to the latest version."""
-    from nba.training import tracking
 
     if to not in ALIASES:
         raise ConfigError(f"--to must be one of {', '.join(ALIASES)} (got '{to}')")
@@ -299,8 +299,6 @@ def promote(settings: Settings, name: str, to: str = "champion", reason: str = "
 
 def rollback(settings: Settings, name: str, reason: str = "", user: str | None = None) -> RollbackResult:
     """Move `@champion` back to the previous champion in the model's history."""
-    from nba.training import tracking
-
     client = tracking.configure(settings)
     model = _registered(client, name)
     current = _alias(client, name, "champion")

@@ -59,7 +59,15 @@ from typing import TYPE_CHECKING, Any
 from nba import console
 from nba.errors import ConfigError, NbaError
 from nba.settings import Settings
-from nba.training.config import ModelConfig, best_params_path, config_path, load_model_config
+from nba.training import tracking
+from nba.training.config import (
+    CategoricalDist,
+    FloatDist,
+    ModelConfig,
+    best_params_path,
+    config_path,
+    load_model_config,
+)
 from nba.training.families import family
 from nba.training.problems import REPORT_EVERY, TuningProblem
 
@@ -114,8 +122,6 @@ def _distributions(cfg: ModelConfig, path: Path) -> dict[str, BaseDistribution]:
     naming the file, the parameter and the value."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    from nba.training.config import CategoricalDist, FloatDist
-
     out: dict[str, BaseDistribution] = {}
     for name, d in cfg.tuning.search_space.items():
         key = f"tuning.search_space.{name}"
@@ -136,8 +142,6 @@ def _distributions(cfg: ModelConfig, path: Path) -> dict[str, BaseDistribution]:
 
 def _suggest(trial: Any, cfg: ModelConfig, path: Path) -> dict[str, Any]:
     """One value per searched parameter; a value Optuna rejects names the file, key and value."""
-    from nba.training.config import CategoricalDist, FloatDist
-
     out: dict[str, Any] = {}
     for name, d in cfg.tuning.search_space.items():
         try:
@@ -199,8 +203,6 @@ class _TrialLogger:
 
     def __init__(self, settings: Settings, family: str, parent_run_id: str, study_name: str, metric: str,
                  bar: Any):
-        from nba.training import tracking
-
         self.client = tracking.configure(settings)
         self.experiment_id = tracking.experiment_id(settings, family)
         self.parent = parent_run_id
@@ -264,8 +266,6 @@ def tune(settings: Settings, model: str, trials: int, timeout: float | None = No
 
     import mlflow
     import optuna
-
-    from nba.training import tracking
 
     url = settings.tuning_storage
     _prepare_storage(url)

@@ -47,6 +47,7 @@ from sklearn.base import clone
 
 from nba import schemas
 from nba.errors import ConfigError
+from nba.features import store
 from nba.features.real import require_published
 from nba.settings import Settings
 from nba.training import tracking
@@ -311,7 +312,6 @@ def _split(n: int, validation: float, test: float, seed: int, strata: np.ndarray
 def _service_frame(settings: Settings, service: str, entities: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Feast's point-in-time frame and its feature columns: exactly the columns the service
     added to the entity rows (carried columns, keys and timestamps are never features)."""
-    from nba.features import store
 
     frame = store.training_frame(settings, service, entities)
     carried = set(entities.columns) | {schemas.REQUEST_TS, schemas.EVENT_TS, schemas.CREATED_TS}
