@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nba.decisioning.log import read_log
+from nba.stores.decision_log import read_log
 from nba.evaluation.incrementality import ExperimentDataError, log_incrementality
 from nba.evaluation.policy import PLATFORM_POLICIES, platform_policy_values
 from nba.schemas import ACTIONS

@@ -73,8 +73,8 @@ from nba.evaluation.ope import (
 if TYPE_CHECKING:
     import pandas as pd
 
-    from nba.decisioning.log import LogFrames
     from nba.settings import Settings
+    from nba.stores.decision_log import LogFrames
     from nba.training.gates import EvaluationLimits
 
 PLATFORM_POLICIES = ("nba", "random", "propensity_only", "no_levers", "holdout")

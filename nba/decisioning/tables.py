@@ -1,0 +1,105 @@
+"""The decision records of a core call, column-wise: what goes in each column of the decision log.
+
+`decision_tables` is the one definition of the `decisions`, `candidates`, `filtered` and
+`features` rows (`nba.records`); `/decide` calls it for the requests of a call, `nba
+decide-batch` for a chunk of a million customers, and the stores turn its columns into rows
+(SQLite) or Arrow tables (a batch segment). `contacts` gives the shown actions the contact
+policies count. Pure: numpy in, arrays out.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from nba.catalog import Catalog
+from nba.decisioning.core import GROUPS, Decisions, reason_table
+from nba.records import CANDIDATE, DECISION, FEATURES, FILTERED, NO_ACTION, Coded, Columns, DecisionTables
+
+
+@functools.cache
+def _names(catalog: Catalog) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """Action codes (A = do nothing), and the stage and rule of each reason code."""
+    table = reason_table(catalog)
+    return ((*catalog.action_ids, NO_ACTION), tuple(r.stage for r in table), tuple(r.rule for r in table))
+
+
+def ranks(d: Decisions, k: int | np.ndarray) -> np.ndarray:
+    """(n, A) rank of each action in its decision: 1..k if shown, 0 if not (k per row or one)."""
+    kr = np.broadcast_to(np.asarray(k, dtype=np.int64), (d.n,))
+    rank = np.zeros(d.alive.shape, dtype=np.int64)
+    rows = np.arange(d.n)
+    for r in range(min(int(kr.max(initial=0)), d.ranked.shape[1])):
+        col = d.ranked[:, r]
+        ok = (col >= 0) & (kr > r)
+        rank[rows[ok], col[ok]] = r + 1
+    return rank
+
+
+def decision_tables(catalog: Catalog, d: Decisions, *, decision_ids: list[str], customer_ids: np.ndarray,
+                    channel: np.ndarray, now: np.ndarray, features_missing: np.ndarray, k: int | np.ndarray,
+                    source: str, env: Mapping[str, Any], model_versions: Mapping[str, str]) -> DecisionTables:
+    """The log records of the n decisions `d`: `channel` holds codes into the catalog's channels,
+    `now` epoch seconds, `k` how many actions each decision shows, `env` the features and scores
+    the core saw (scalars when n = 1, arrays otherwise)."""
+    n = d.n
+    A = len(catalog.actions)
+    actions, stages, rules = _names(catalog)
+    zeros = np.zeros(n, dtype=np.int32)
+    top = d.ranked[:, 0]
+    has = top >= 0
+    ti = np.where(has, top, 0)
+    rows = np.arange(n)
+
+    def at_top(m: np.ndarray) -> np.ndarray:
+        return np.where(has, m[rows, ti], np.nan)
+
+    decisions = Columns(DECISION, n, {
+        "decision_id": decision_ids, "customer_id": np.asarray(customer_ids, dtype=np.int64),
+        "channel": Coded(np.asarray(channel), catalog.channel_names),
+        "decided_at": np.broadcast_to(np.asarray(now, dtype=np.float64), (n,)),
+        "experiment_group": Coded(d.group, GROUPS), "action_id": Coded(np.where(d.shown >= 0, d.shown, A), actions),
+        "probability": d.probability, "propensity": at_top(d.propensity), "value": at_top(d.value),
+        "lever": np.where(has, d.lever[ti], np.nan), "priority": at_top(d.priority), "uplift": at_top(d.uplift),
+        "n_candidates": d.alive.sum(axis=1).astype(np.int64),
+        "features_missing": np.asarray(features_missing, dtype=np.int64),
+        "catalog_version": Coded(zeros, (catalog.version,)), "source": Coded(zeros, (source,)),
+    })
+    rank = ranks(d, k)
+    cr, cc = np.nonzero(d.alive)
+    candidates = Columns(CANDIDATE, cr.size, {
+        "decision_id": Coded(cr, decision_ids), "action_id": Coded(cc, actions), "rank": rank[cr, cc],
+        "propensity": d.propensity[cr, cc], "value": d.value[cr, cc], "lever": d.lever[cc],
+        "priority": d.priority[cr, cc], "uplift": d.uplift[cr, cc]})
+    fr, fc = np.nonzero(d.reason >= 0)
+    codes = d.reason[fr, fc]
+    filtered = Columns(FILTERED, fr.size, {
+        "decision_id": Coded(fr, decision_ids), "action_id": Coded(fc, actions),
+        "stage": Coded(codes, stages), "rule": Coded(codes, rules)})
+    features = Columns(FEATURES, n, {"decision_id": decision_ids,
+                                     **{name: (value if n > 1 else [value]) for name, value in env.items()}})
+    return DecisionTables(decisions, candidates, filtered, features, model_versions)
+
+
+def contacts(catalog: Catalog, d: Decisions, *, decision_ids: list[str], customer_ids: np.ndarray,
+             channel: np.ndarray, now: np.ndarray, k: int | np.ndarray) -> list[tuple]:
+    """(customer, action, group, channel, time, decision) of every shown action (the contact
+    policies' `Contact` fields), as plain tuples: a batch's million go to the store as they are."""
+    kr = np.broadcast_to(np.asarray(k, dtype=np.int64), (d.n,))
+    action_ids = np.array(catalog.action_ids, dtype=object)
+    groups = np.array([a.group for a in catalog.actions], dtype=object)
+    channels = np.array(catalog.channel_names, dtype=object)[np.broadcast_to(np.asarray(channel), (d.n,))]
+    ts = np.broadcast_to(np.asarray(now, dtype=np.float64), (d.n,))
+    ids = np.asarray(customer_ids, dtype=np.int64)
+    did = np.asarray(decision_ids, dtype=object)
+    out: list[tuple] = []
+    for r in range(min(int(kr.max(initial=0)), d.ranked.shape[1])):
+        col = d.ranked[:, r]
+        i = np.flatnonzero((col >= 0) & (kr > r))
+        a = col[i]
+        out.extend(zip(ids[i].tolist(), action_ids[a].tolist(), groups[a].tolist(), channels[i].tolist(),
+                       ts[i].tolist(), did[i].tolist(), strict=True))
+    return out
