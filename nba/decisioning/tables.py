@@ -40,7 +40,7 @@ def ranks(d: Decisions, k: int | np.ndarray) -> np.ndarray:
 
 
 def decision_tables(catalog: Catalog, d: Decisions, *, decision_ids: list[str], customer_ids: np.ndarray,
-                    channel: np.ndarray, now: np.ndarray, features_missing: np.ndarray, k: int | np.ndarray,
+                    channel: np.ndarray, now: float | np.ndarray, features_missing: np.ndarray, k: int | np.ndarray,
                     source: str, env: Mapping[str, Any], model_versions: Mapping[str, str]) -> DecisionTables:
     """The log records of the n decisions `d`: `channel` holds codes into the catalog's channels,
     `now` epoch seconds, `k` how many actions each decision shows, `env` the features and scores
@@ -85,7 +85,7 @@ def decision_tables(catalog: Catalog, d: Decisions, *, decision_ids: list[str], 
 
 
 def contacts(catalog: Catalog, d: Decisions, *, decision_ids: list[str], customer_ids: np.ndarray,
-             channel: np.ndarray, now: np.ndarray, k: int | np.ndarray) -> list[tuple]:
+             channel: np.ndarray, now: float | np.ndarray, k: int | np.ndarray) -> list[tuple]:
     """(customer, action, group, channel, time, decision) of every shown action (the contact
     policies' `Contact` fields), as plain tuples: a batch's million go to the store as they are."""
     kr = np.broadcast_to(np.asarray(k, dtype=np.int64), (d.n,))

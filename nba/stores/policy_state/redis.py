@@ -53,7 +53,7 @@ class RedisPolicyStore:
             raise PolicyStoreError(f"contact-policy store {self.url}: {exc}") from None
         return rows_to_raw(ids, contacts, rejects)
 
-    def record_contacts(self, contacts: Sequence[Contact]) -> None:
+    def record_contacts(self, contacts: Sequence[Contact] | Sequence[tuple]) -> None:
         import redis
 
         try:

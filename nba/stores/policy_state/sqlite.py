@@ -60,7 +60,7 @@ class SqlitePolicyStore:
         contacts, rejects = self.db.read(read)
         return rows_to_raw(ids, contacts, rejects)
 
-    def record_contacts(self, contacts: Sequence[Contact]) -> None:
+    def record_contacts(self, contacts: Sequence[Contact] | Sequence[tuple]) -> None:
         if contacts:
             self.db.submit(lambda conn: conn.executemany(_INSERT_CONTACT, contacts))
 
