@@ -23,10 +23,11 @@ imported by the functions that need them.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from nba.schemas import ENTITY_KEY
 
@@ -84,26 +85,30 @@ class Record:
     def __contains__(self, name: object) -> bool:
         return name in self._by_name
 
-    @property
+    @functools.cached_property
     def names(self) -> tuple[str, ...]:
         """Every column, in storage order."""
         return tuple(c.name for c in self.columns)
 
-    @property
+    @functools.cached_property
     def tabular(self) -> tuple[Column, ...]:
         """The columns a frame or a Parquet segment holds (all but the JSON ones)."""
         return tuple(c for c in self.columns if c.kind is not JSON)
 
-    @property
+    @functools.cached_property
     def tabular_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.tabular)
 
-    @property
+    @functools.cached_property
+    def tabular_set(self) -> frozenset[str]:
+        return frozenset(self.tabular_names)
+
+    @functools.cached_property
     def dtypes(self) -> dict[str, str]:
         """Column -> pandas dtype of the tabular columns (what `read_log` returns)."""
         return {c.name: PANDAS_DTYPES[c.kind] for c in self.tabular}
 
-    @property
+    @functools.cached_property
     def time_columns(self) -> frozenset[str]:
         return frozenset(c.name for c in self.columns if c.kind is TIME)
 
@@ -254,10 +259,9 @@ REJECTION = Record(
 # --- records in memory, column-wise ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Coded:
+class Coded(NamedTuple):
     """A text column as codes into its names (dictionary encoding): one small integer per row,
-    no string per row until a store asks for them."""
+    no string per row until a store asks for them. (A tuple: one request builds a dozen.)"""
 
     codes: Any  # integer array
     names: Sequence[str]
@@ -274,9 +278,12 @@ class Columns:
     values: Mapping[str, Any]
 
     def __post_init__(self) -> None:
-        declared = set(self.record.tabular_names)
-        missing = declared - set(self.values)
-        extra = set(self.values) - declared
+        declared = self.record.tabular_set
+        keys = self.values.keys()
+        if keys == declared or (self.record.open and keys >= declared):
+            return
+        missing = declared - set(keys)
+        extra = set(keys) - declared
         if missing or (extra and not self.record.open):
             raise ValueError(f"record '{self.record.name}': columns {sorted(missing)} missing, "
                              f"{sorted(extra)} not declared")

@@ -27,15 +27,30 @@ def _names(catalog: Catalog) -> tuple[tuple[str, ...], tuple[str, ...], tuple[st
     return ((*catalog.action_ids, NO_ACTION), tuple(r.stage for r in table), tuple(r.rule for r in table))
 
 
+@functools.cache
+def _contact_names(catalog: Catalog) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Action ids, action groups and channel names by code, as object arrays."""
+    return (np.array(catalog.action_ids, dtype=object), np.array([a.group for a in catalog.actions], dtype=object),
+            np.array(catalog.channel_names, dtype=object))
+
+
+def _shown(d: Decisions, k: int | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, rank - 1, action) of every shown action: the first k of each decision's ranking."""
+    per_row = isinstance(k, np.ndarray) and k.ndim == 1
+    kk = min(int(k.max()) if per_row else int(k), d.ranked.shape[1])  # type: ignore[union-attr, arg-type]
+    sub = d.ranked[:, :kk]
+    ok = sub >= 0
+    if per_row:
+        ok &= np.arange(kk) < k[:, None]  # type: ignore[index]
+    r, c = np.nonzero(ok)
+    return r, c, sub[r, c]
+
+
 def ranks(d: Decisions, k: int | np.ndarray) -> np.ndarray:
     """(n, A) rank of each action in its decision: 1..k if shown, 0 if not (k per row or one)."""
-    kr = np.broadcast_to(np.asarray(k, dtype=np.int64), (d.n,))
     rank = np.zeros(d.alive.shape, dtype=np.int64)
-    rows = np.arange(d.n)
-    for r in range(min(int(kr.max(initial=0)), d.ranked.shape[1])):
-        col = d.ranked[:, r]
-        ok = (col >= 0) & (kr > r)
-        rank[rows[ok], col[ok]] = r + 1
+    r, c, a = _shown(d, k)
+    rank[r, a] = c + 1
     return rank
 
 
@@ -50,21 +65,24 @@ def decision_tables(catalog: Catalog, d: Decisions, *, decision_ids: list[str], 
     actions, stages, rules = _names(catalog)
     zeros = np.zeros(n, dtype=np.int32)
     top = d.ranked[:, 0]
-    has = top >= 0
-    ti = np.where(has, top, 0)
+    none = top < 0  # nothing ranked: the shown action's numbers are missing
     rows = np.arange(n)
+    ti = top.clip(0)
 
     def at_top(m: np.ndarray) -> np.ndarray:
-        return np.where(has, m[rows, ti], np.nan)
+        v = m[rows, ti] if m.ndim == 2 else m[ti]
+        if none.any():
+            v[none] = np.nan
+        return v
 
     decisions = Columns(DECISION, n, {
         "decision_id": decision_ids, "customer_id": np.asarray(customer_ids, dtype=np.int64),
         "channel": Coded(np.asarray(channel), catalog.channel_names),
-        "decided_at": np.broadcast_to(np.asarray(now, dtype=np.float64), (n,)),
+        "decided_at": now if isinstance(now, np.ndarray) and now.ndim == 1 else np.full(n, now, dtype=np.float64),
         "experiment_group": Coded(d.group, GROUPS), "action_id": Coded(np.where(d.shown >= 0, d.shown, A), actions),
         "probability": d.probability, "propensity": at_top(d.propensity), "value": at_top(d.value),
-        "lever": np.where(has, d.lever[ti], np.nan), "priority": at_top(d.priority), "uplift": at_top(d.uplift),
-        "n_candidates": d.alive.sum(axis=1).astype(np.int64),
+        "lever": at_top(d.lever), "priority": at_top(d.priority), "uplift": at_top(d.uplift),
+        "n_candidates": np.count_nonzero(d.alive, axis=1).astype(np.int64),
         "features_missing": np.asarray(features_missing, dtype=np.int64),
         "catalog_version": Coded(zeros, (catalog.version,)), "source": Coded(zeros, (source,)),
     })
@@ -88,18 +106,11 @@ def contacts(catalog: Catalog, d: Decisions, *, decision_ids: list[str], custome
              channel: np.ndarray, now: float | np.ndarray, k: int | np.ndarray) -> list[tuple]:
     """(customer, action, group, channel, time, decision) of every shown action (the contact
     policies' `Contact` fields), as plain tuples: a batch's million go to the store as they are."""
-    kr = np.broadcast_to(np.asarray(k, dtype=np.int64), (d.n,))
-    action_ids = np.array(catalog.action_ids, dtype=object)
-    groups = np.array([a.group for a in catalog.actions], dtype=object)
-    channels = np.array(catalog.channel_names, dtype=object)[np.broadcast_to(np.asarray(channel), (d.n,))]
-    ts = np.broadcast_to(np.asarray(now, dtype=np.float64), (d.n,))
-    ids = np.asarray(customer_ids, dtype=np.int64)
-    did = np.asarray(decision_ids, dtype=object)
-    out: list[tuple] = []
-    for r in range(min(int(kr.max(initial=0)), d.ranked.shape[1])):
-        col = d.ranked[:, r]
-        i = np.flatnonzero((col >= 0) & (kr > r))
-        a = col[i]
-        out.extend(zip(ids[i].tolist(), action_ids[a].tolist(), groups[a].tolist(), channels[i].tolist(),
-                       ts[i].tolist(), did[i].tolist(), strict=True))
-    return out
+    action_ids, groups, channels = _contact_names(catalog)
+    r, _, a = _shown(d, k)
+    ch = np.asarray(channel)
+    ts = np.asarray(now, dtype=np.float64)
+    return list(zip(np.asarray(customer_ids, dtype=np.int64)[r].tolist(), action_ids[a].tolist(), groups[a].tolist(),
+                    channels[ch[r] if ch.ndim else np.full(r.size, ch)].tolist(),
+                    (ts[r] if ts.ndim else np.full(r.size, float(ts))).tolist(),
+                    np.asarray(decision_ids, dtype=object)[r].tolist(), strict=True))
