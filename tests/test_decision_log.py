@@ -55,7 +55,8 @@ def test_one_at_a_time_and_a_batch_log_the_same_records(tmp_path: Path):
     tables = decision_tables(cat, d, **kw, features_missing=np.zeros(N), k=k, source="batch", env=_batch(rows),
                              model_versions=versions)
     segment = write_batch(tmp_path / "batch", "b1", segment_tables(tables, {"nba.bundle": "test"}))
-    assert sorted(one_contacts) == sorted(contacts(cat, d, **kw, k=k))
+    assert sorted(one_contacts) == sorted(contacts(cat, d, **kw, k=k)) == \
+        sorted(contacts(cat, d, **{**kw, "channel": ch}, k=k))  # one channel for all, as a batch passes it
 
     a, b = read_log(tmp_path / "api", with_features=True), read_log(tmp_path / "batch", with_features=True)
     assert len(a.decisions) == N and len(a.candidates) > N and len(a.filtered) > 0

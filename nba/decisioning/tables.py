@@ -103,14 +103,14 @@ def decision_tables(catalog: Catalog, d: Decisions, *, decision_ids: list[str], 
 
 
 def contacts(catalog: Catalog, d: Decisions, *, decision_ids: list[str], customer_ids: np.ndarray,
-             channel: np.ndarray, now: float | np.ndarray, k: int | np.ndarray) -> list[tuple]:
+             channel: int | np.ndarray, now: float | np.ndarray, k: int | np.ndarray) -> list[tuple]:
     """(customer, action, group, channel, time, decision) of every shown action (the contact
-    policies' `Contact` fields), as plain tuples: a batch's million go to the store as they are."""
+    policies' `Contact` fields), as plain tuples: a batch's million go to the store as they are.
+    `channel` (a code) and `now` are one value for every decision, or one per decision."""
     action_ids, groups, channels = _contact_names(catalog)
     r, _, a = _shown(d, k)
-    ch = np.asarray(channel)
-    ts = np.asarray(now, dtype=np.float64)
+    m = r.size
+    ch = channels[np.asarray(channel)[r]].tolist() if np.ndim(channel) else [channels[int(channel)]] * m
+    ts = np.asarray(now, dtype=np.float64)[r].tolist() if np.ndim(now) else [float(now)] * m  # type: ignore[arg-type]
     return list(zip(np.asarray(customer_ids, dtype=np.int64)[r].tolist(), action_ids[a].tolist(), groups[a].tolist(),
-                    channels[ch[r] if ch.ndim else np.full(r.size, ch)].tolist(),
-                    (ts[r] if ts.ndim else np.full(r.size, float(ts))).tolist(),
-                    np.asarray(decision_ids, dtype=object)[r].tolist(), strict=True))
+                    ch, ts, np.asarray(decision_ids, dtype=object)[r].tolist(), strict=True))

@@ -133,7 +133,7 @@ def decide_batch(settings: Settings, customers: Path, channel: str, out: Path, *
         for name, t in segment_tables(tables, {"nba.bundle": engine.bundle}).items():
             parts[name].append(t)
         parts["ranked"].append(_ranked(engine, d, ids, dids, k))
-        contacts_all.append(contacts(engine.catalog, d, decision_ids=dids, customer_ids=ids, channel=chan, now=now,
+        contacts_all.append(contacts(engine.catalog, d, decision_ids=dids, customer_ids=ids, channel=ci, now=now,
                                      k=k))
         bar.update(n)
     bar.close()
