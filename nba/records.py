@@ -100,6 +100,10 @@ class Record:
         return tuple(c.name for c in self.tabular)
 
     @functools.cached_property
+    def float_names(self) -> frozenset[str]:
+        return frozenset(c.name for c in self.columns if c.kind is FLOAT)
+
+    @functools.cached_property
     def tabular_set(self) -> frozenset[str]:
         return frozenset(self.tabular_names)
 
@@ -267,6 +271,14 @@ class Coded(NamedTuple):
     names: Sequence[str]
 
 
+@functools.cache
+def np_ndarray() -> type:
+    """numpy's array type (numpy is imported on first use: `nba --help` reads this module)."""
+    import numpy as np
+
+    return np.ndarray
+
+
 @dataclass(frozen=True)
 class Columns:
     """n rows of one record, column-wise: each column a numpy array (a time in epoch seconds) or
@@ -276,6 +288,7 @@ class Columns:
     record: Record
     n: int
     values: Mapping[str, Any]
+    _lists: dict[str, list[Any]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         declared = self.record.tabular_set
@@ -289,14 +302,19 @@ class Columns:
                              f"{sorted(extra)} not declared")
 
     def pylist(self, name: str) -> list[Any]:
-        """One column as Python values: names for codes, None for NaN (a row store's NULL)."""
-        v = self.values[name]
-        if isinstance(v, Coded):
-            names = v.names
-            return [names[i] for i in v.codes.tolist()]
-        out = v.tolist() if hasattr(v, "tolist") else list(v)
-        if name in self.record and self.record[name].kind is FLOAT:
-            out = [None if x != x else x for x in out]  # NaN -> None
+        """One column as Python values: names for codes, None for NaN (a row store's NULL).
+        Made once per column (the response and the store of a request share them)."""
+        out = self._lists.get(name)
+        if out is None:
+            v = self.values[name]
+            if isinstance(v, Coded):
+                names = v.names
+                out = [names[i] for i in v.codes.tolist()]
+            else:
+                out = v.tolist() if isinstance(v, np_ndarray()) else list(v)
+                if name in self.record.float_names:
+                    out = [None if x != x else x for x in out]  # NaN -> None
+            self._lists[name] = out
         return out
 
     def rows(self) -> list[tuple[Any, ...]]:

@@ -42,7 +42,7 @@ def _shown(d: Decisions, k: int | np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     ok = sub >= 0
     if per_row:
         ok &= np.arange(kk) < k[:, None]  # type: ignore[index]
-    r, c = np.nonzero(ok)
+    r, c = ok.nonzero()
     return r, c, sub[r, c]
 
 
@@ -66,12 +66,13 @@ def decision_tables(catalog: Catalog, d: Decisions, *, decision_ids: list[str], 
     zeros = np.zeros(n, dtype=np.int32)
     top = d.ranked[:, 0]
     none = top < 0  # nothing ranked: the shown action's numbers are missing
+    any_none = bool(none.any())
     rows = np.arange(n)
-    ti = top.clip(0)
+    ti = np.maximum(top, 0)
 
     def at_top(m: np.ndarray) -> np.ndarray:
         v = m[rows, ti] if m.ndim == 2 else m[ti]
-        if none.any():
+        if any_none:
             v[none] = np.nan
         return v
 
@@ -82,17 +83,17 @@ def decision_tables(catalog: Catalog, d: Decisions, *, decision_ids: list[str], 
         "experiment_group": Coded(d.group, GROUPS), "action_id": Coded(np.where(d.shown >= 0, d.shown, A), actions),
         "probability": d.probability, "propensity": at_top(d.propensity), "value": at_top(d.value),
         "lever": at_top(d.lever), "priority": at_top(d.priority), "uplift": at_top(d.uplift),
-        "n_candidates": np.count_nonzero(d.alive, axis=1).astype(np.int64),
+        "n_candidates": np.add.reduce(d.alive, axis=1, dtype=np.int64),
         "features_missing": np.asarray(features_missing, dtype=np.int64),
         "catalog_version": Coded(zeros, (catalog.version,)), "source": Coded(zeros, (source,)),
     })
     rank = ranks(d, k)
-    cr, cc = np.nonzero(d.alive)
+    cr, cc = d.alive.nonzero()
     candidates = Columns(CANDIDATE, cr.size, {
         "decision_id": Coded(cr, decision_ids), "action_id": Coded(cc, actions), "rank": rank[cr, cc],
         "propensity": d.propensity[cr, cc], "value": d.value[cr, cc], "lever": d.lever[cc],
         "priority": d.priority[cr, cc], "uplift": d.uplift[cr, cc]})
-    fr, fc = np.nonzero(d.reason >= 0)
+    fr, fc = (d.reason >= 0).nonzero()
     codes = d.reason[fr, fc]
     filtered = Columns(FILTERED, fr.size, {
         "decision_id": Coded(fr, decision_ids), "action_id": Coded(fc, actions),

@@ -330,7 +330,7 @@ class DecisionEngine:
                                            "experiment_group", "features_missing", "probability", "n_candidates")}
         filt = tables.filtered
         frows = filt.values["decision_id"].codes
-        bounds = np.searchsorted(frows, np.arange(dec.n + 1)).tolist()
+        bounds = frows.searchsorted(np.arange(dec.n + 1)).tolist()
         fa, fs, fr = filt.pylist("action_id"), filt.pylist("stage"), filt.pylist("rule")
         out = []
         for i in range(dec.n):

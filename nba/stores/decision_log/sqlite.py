@@ -107,19 +107,18 @@ class DecisionLog:
 
 def _features_json(values: Mapping[str, Any], n: int) -> list[str]:
     """One JSON object per decision: feature -> value (numpy scalars as Python, NaN as null)."""
-    cols = [(name, v) for name, v in values.items() if name != "decision_id"]
-    out = []
-    for i in range(n):
-        row: dict[str, Any] = {}
-        for name, v in cols:
-            x = v[i]
-            if hasattr(x, "item"):
-                x = x.item()
-            if isinstance(x, float) and x != x:
-                x = None
-            row[name] = x
-        out.append(json.dumps(row))
-    return out
+    names = [name for name in values if name != "decision_id"]
+    cols = [values[name] for name in names]
+    dumps = json.dumps
+    return [dumps(dict(zip(names, [_plain(c[i]) for c in cols], strict=True))) for i in range(n)]
+
+
+def _plain(x: Any) -> Any:
+    if x.__class__ is float or x.__class__ is str or x is None:  # the common cases first
+        return None if x != x else x
+    if hasattr(x, "item"):
+        x = x.item()
+    return None if isinstance(x, float) and x != x else x
 
 
 # --- batch segments -------------------------------------------------------------------
