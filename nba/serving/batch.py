@@ -25,7 +25,9 @@ from nba import schemas
 from nba.decisioning.core import GROUPS, Decisions
 from nba.decisioning.tables import contacts, decision_tables
 from nba.errors import DataFileError
+from nba.io import read_table, write_parquet
 from nba.records import NO_ACTION, SEGMENT_RECORDS, segment_tables
+from nba.serving.bundle import load_engine
 from nba.serving.engine import DecisionRequest
 from nba.settings import Settings
 from nba.stores.decision_log.sqlite import write_batch
@@ -58,8 +60,6 @@ class BatchSummary:
 
 
 def read_customers(path: Path) -> Any:
-    from nba.io import read_table
-
     path = Path(path)
     frame = read_table(path, "customers file")
     if schemas.ENTITY_KEY not in frame.columns:
@@ -86,15 +86,12 @@ def decide_batch(settings: Settings, customers: Path, channel: str, out: Path, *
     import pyarrow as pa
     from tqdm import tqdm
 
-    from nba.io import write_parquet
-    from nba.serving.bundle import load_engine
-
     t0 = time.perf_counter()
     frame = read_customers(customers)  # a bad file fails before the models load
     engine = engine or load_engine(settings, nthread=2)
     engine.check(DecisionRequest(0, channel, {}, timestamp, k))
     reader = engine.features
-    from nba.serving.models import SMALL
+    from nba.serving.models import SMALL  # the serve-time scorer (its runtime is heavy)
 
     engine.warm(rows=max(1, min(len(frame), chunk, SMALL + 1)))  # load and warm now: the time below is the decisions'
     t_loaded = time.perf_counter()
