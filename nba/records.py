@@ -124,7 +124,7 @@ class Record:
 # --- the decision log ----------------------------------------------------------------------
 # Every decision the platform makes (`/decide`, `nba decide-batch`) is appended to the decision
 # log before it is returned; every outcome a channel reports to it. Evaluation (incrementality,
-# off-policy value, drift) reads nothing else (`nba.stores.decision_log.read_log`).
+# off-policy value, drift) reads nothing else (`nba.stores.decisions.read_log`).
 
 NO_ACTION = "do_nothing"  # the action_id of a decision that shows nothing
 EXPERIMENT_GROUPS = ("holdout", "nba", "explore")

@@ -38,7 +38,7 @@ from nba import records
 from nba.data.simulator import ACTION_VALUE, SimulationConfig, simulate
 from nba.records import NO_ACTION
 from nba.schemas import ACTIONS, CHANNELS
-from nba.stores.decision_log.sqlite import DecisionLog
+from nba.stores.decisions.sqlite import DecisionLog
 
 MORTGAGE_VALUE = 2_000.0  # the simulator's mortgage value is 4 % of income; a fixed stand-in here
 LEVERS = {"payment_plan": 0.5, "sick_leave_support": 0.5, "mobile_app": 1.0}  # boosts, as in the catalog

@@ -14,8 +14,8 @@ import pytest
 from nba.decisioning.core import ContactHistory, MatrixScorer, decide
 from nba.decisioning.tables import contacts, decision_tables
 from nba.records import segment_tables
-from nba.stores.decision_log import UnknownDecision, read_log
-from nba.stores.decision_log.sqlite import DecisionLog, write_batch
+from nba.stores.decisions import UnknownDecision, read_log
+from nba.stores.decisions.sqlite import DecisionLog, write_batch
 from tests.test_decisioning import NOW, _bank, _batch, _customer
 
 N = 40

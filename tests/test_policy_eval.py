@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nba.stores.decision_log import read_log
 from nba.evaluation.incrementality import ExperimentDataError, log_incrementality
 from nba.evaluation.policy import PLATFORM_POLICIES, platform_policy_values
 from nba.schemas import ACTIONS
+from nba.stores.decisions import read_log
 from nba.training.gates import gates_path, load_gates
 from tests.conftest import PROJECT_ROOT
 from tests.constants import HILLSTROM_ARM_MEANS, SEED

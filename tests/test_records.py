@@ -13,8 +13,8 @@ import pytest
 
 from nba import records, schemas
 from nba.records import FLOAT, TEXT, Coded, Column, Columns, arrow_schema, model_fields, to_arrow
-from nba.stores.decision_log import DecisionLogError, read_log
-from nba.stores.decision_log.sqlite import DecisionLog, conform
+from nba.stores.decisions import DecisionLogError, read_log
+from nba.stores.decisions.sqlite import DecisionLog, conform
 from nba.stores.sqlite import SQL_TYPES, create_table, insert_sql
 
 ALL = (*records.LOG_RECORDS, records.CONTACT, records.REJECTION)

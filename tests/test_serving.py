@@ -17,7 +17,7 @@ import pytest
 from nba import schemas
 from nba.decisioning import experiment
 from nba.settings import Settings
-from nba.stores.decision_log import read_log
+from nba.stores.decisions import read_log
 from nba.stores.policy_state.redis import RedisPolicyStore
 from nba.stores.policy_state.sqlite import SqlitePolicyStore
 from tests.serving_env import DECISION_EPOCH, DECISION_TIME, build_served_bank, call, start_server
@@ -374,7 +374,7 @@ def test_reject_mode_answers_404_for_a_customer_without_features(served, tmp_pat
 
     from nba.serving.bundle import load_engine, read_manifest, write_bundle
     from nba.serving.engine import DecisionRequest, RequestError
-    from nba.stores.decision_log.sqlite import DecisionLog
+    from nba.stores.decisions.sqlite import DecisionLog
     from tests.serving_env import make_home
 
     home = make_home(tmp_path, policies={"missing_features__mode": "reject"})

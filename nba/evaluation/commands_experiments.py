@@ -484,7 +484,7 @@ def evaluation_limits(settings: Settings) -> Any:
 
 
 def _read_log(settings: Settings, log: Path | None) -> Any:
-    from nba.stores.decision_log import read_log
+    from nba.stores.decisions import read_log
 
     return read_log(log or settings.decision_log_dir)
 

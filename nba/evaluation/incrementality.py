@@ -82,7 +82,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-    from nba.stores.decision_log import LogFrames
+    from nba.stores.decisions import LogFrames
     from nba.training.gates import EvaluationLimits
 
 DEFAULT_CONFIDENCE = 0.95

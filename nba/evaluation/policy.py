@@ -74,7 +74,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from nba.settings import Settings
-    from nba.stores.decision_log import LogFrames
+    from nba.stores.decisions import LogFrames
     from nba.training.gates import EvaluationLimits
 
 PLATFORM_POLICIES = ("nba", "random", "propensity_only", "no_levers", "holdout")

@@ -30,7 +30,7 @@ from nba.records import NO_ACTION, SEGMENT_RECORDS, segment_tables
 from nba.serving.bundle import load_engine
 from nba.serving.engine import DecisionRequest
 from nba.settings import Settings
-from nba.stores.decision_log.sqlite import write_batch
+from nba.stores.decisions.sqlite import write_batch
 
 ONLINE_CHUNK = 5_000  # customers per online-store read
 

@@ -284,7 +284,7 @@ def load_engine(settings: Settings, bundle_dir: Path | None = None, *, nthread: 
     feature store) are retried on use; readiness says why."""
     from nba.features.online import OnlineFeatureReader
     from nba.serving.engine import DecisionEngine
-    from nba.stores.decision_log.sqlite import DecisionLog
+    from nba.stores.decisions.sqlite import DecisionLog
     from nba.stores.policy_state import open_policy_store as policy_store
 
     bundle_dir = Path(bundle_dir or settings.bundle_dir)

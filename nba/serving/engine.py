@@ -34,7 +34,7 @@ from nba.decisioning.tables import contacts, decision_tables
 from nba.errors import NbaError
 from nba.records import DecisionTables
 from nba.settings import Settings
-from nba.stores.decision_log import DecisionLogStore, UnknownDecision
+from nba.stores.decisions import DecisionLogStore, UnknownDecision
 from nba.stores.policy_state import PolicyStore, to_history
 
 RETRY_S = 1.0

@@ -1,6 +1,6 @@
 """The decision log: every decision and every outcome, appended durably, read as frames.
 
-A log is a folder (the embedded backend, `nba.stores.decision_log.sqlite`):
+A log is a folder (the embedded backend, `nba.stores.decisions.sqlite`):
 
     <log>/log.db                   SQLite in WAL mode, synchronous=FULL: the service's decisions
                                    (one transaction per request, committed before the response

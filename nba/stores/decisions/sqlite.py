@@ -22,7 +22,7 @@ from nba.records import (
     DecisionTables,
     arrow_schema,
 )
-from nba.stores.decision_log import BATCH_DIR, DB_FILE, DecisionLogError, OutcomeResult, UnknownDecision
+from nba.stores.decisions import BATCH_DIR, DB_FILE, DecisionLogError, OutcomeResult, UnknownDecision
 from nba.stores.sqlite import SqliteFile, create_table, insert_sql
 
 _SCHEMA = "".join(create_table(r) for r in LOG_RECORDS)
