@@ -288,54 +288,20 @@ def _dtype_matches(actual: str, expected: str) -> bool:
     return False
 
 
-# --- Decisions and outcomes (the decision log) ---------------------------------------
-# Every decision the platform makes (the BentoML service, `nba decide-batch`) is appended
-# to the decision log before it is returned; every outcome a channel reports to it. Read
-# them with `nba.decisioning.log.read_log`; evaluation (incrementality, off-policy value,
-# drift) reads nothing else.
+# --- Decisions and outcomes ----------------------------------------------------------
+# The decision log's records are declared once in `nba.records` (every store and the batch path
+# derive from them). The names below are kept for older callers; they are read from there.
 
-NO_ACTION = "do_nothing"  # the action_id of a decision that shows nothing
-EXPERIMENT_GROUPS = ("holdout", "nba", "explore")
-OUTCOME_KINDS = ("accepted", "rejected", "ignored")
+_FROM_RECORDS = {"NO_ACTION", "EXPERIMENT_GROUPS", "OUTCOME_KINDS", "DECISIONS", "OUTCOMES"}
 
-DECISIONS = TableSchema(
-    "decisions",
-    {
-        "decision_id": "string",  # 32 hex characters, unique
-        ENTITY_KEY: "int64",
-        "channel": "string",  # one of the catalog's channels
-        "decided_at": "datetime64[ns, UTC]",  # the moment the decision is for
-        # holdout: the customer is in the universal hold-out (stable per customer);
-        # explore: the shown action was drawn uniformly among the eligible ones;
-        # nba: the shown action is the arbitration's winner (or nothing)
-        "experiment_group": "string",
-        "action_id": "string",  # the first action shown, or NO_ACTION
-        # P(the logging policy shows `action_id` | customer, moment): the exact mixture of the
-        # arbitration and the exploration draw (off-policy evaluation divides by it)
-        "probability": "float64",
-        "propensity": "float64",  # P of the shown action (NaN for NO_ACTION)
-        "value": "float64",  # V of the shown action
-        "lever": "float64",  # L of the shown action (a boost: 0.5 multiplies by 1.5)
-        "priority": "float64",  # its priority under the catalog's formula
-        "uplift": "float64",  # its predicted uplift (NaN without an uplift model)
-        "n_candidates": "int64",  # actions left after rules and contact policies
-        "features_missing": "int64",  # 1 if the customer had no online features (defaults used)
-        "catalog_version": "string",
-        "source": "string",  # api | batch
-    },
-    "One row per decision. `read_log` gives beside it `candidates` (every action left after rules and "
-    "policies with its propensity, value, lever, priority, uplift and rank, 0 if not shown: what a "
-    "counterfactual policy could have chosen), `filtered` (action, stage, rule) and the served features.",
-)
 
-OUTCOMES = TableSchema(
-    "outcomes",
-    {
-        "decision_id": "string",
-        "action_id": "string",
-        "outcome": "string",  # one of OUTCOME_KINDS
-        "value": "float64",  # value realised (0 unless accepted)
-        "responded_at": "datetime64[ns, UTC]",
-    },
-    "One row per (decision, action) outcome a channel reported; duplicates are ignored.",
-)
+def __getattr__(name: str):  # resolved on first use: nba.records imports this module
+    if name not in _FROM_RECORDS:
+        raise AttributeError(f"module 'nba.schemas' has no attribute '{name}'")
+    from nba import records
+
+    if name == "DECISIONS":
+        return TableSchema(records.DECISION.name, records.DECISION.dtypes, records.DECISION.doc)
+    if name == "OUTCOMES":
+        return TableSchema(records.OUTCOME.name, records.OUTCOME.dtypes, records.OUTCOME.doc)
+    return getattr(records, name)

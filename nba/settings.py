@@ -91,7 +91,7 @@ class Settings(BaseSettings):
 
     @property
     def decision_log_dir(self) -> Path:
-        """Every decision and outcome (`nba.decisioning.log`)."""
+        """Every decision and outcome (`nba.stores.decisions`)."""
         return self.work / "decision_log"
 
     @property

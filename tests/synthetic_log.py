@@ -21,8 +21,9 @@ have offered), reported as `accepted` against `do_nothing`. So the true value of
 decision is sum_a pi(a | x) r(x, a) with r(x, a) = p_treated(a) for an action and
 p_control(top candidate) for nothing (x V for value): `reward_matrix`.
 
-Decisions go through `DecisionLog.append` (one transaction) and outcomes through
-`DecisionLog.append_outcome`: the log's own writing path.
+Decisions go through `DecisionLog.append` (one transaction, the records column-wise as the
+engine's column builder gives them) and outcomes through `DecisionLog.append_outcome`: the
+log's own writing path.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from nba import records
 from nba.data.simulator import ACTION_VALUE, SimulationConfig, simulate
-from nba.decisioning.log import DecisionLog, DecisionRecord
-from nba.schemas import ACTIONS, CHANNELS, NO_ACTION
+from nba.records import NO_ACTION
+from nba.schemas import ACTIONS, CHANNELS
+from nba.stores.decisions.sqlite import DecisionLog
 
 MORTGAGE_VALUE = 2_000.0  # the simulator's mortgage value is 4 % of income; a fixed stand-in here
 LEVERS = {"payment_plan": 0.5, "sick_leave_support": 0.5, "mobile_app": 1.0}  # boosts, as in the catalog
@@ -131,25 +134,39 @@ def build_log(folder: Path, *, customers: int = 6_000, seed: int = 7, per_custom
     ids = [f"{i:032x}" for i in rng.integers(0, 2**62, size=n)]
     t0 = pd.Timestamp("2025-06-01", tz="UTC").timestamp()
 
-    records = []
-    for i in range(n):
-        s = int(shown[i])
-        cands = [{"action_id": ACTIONS[j], "rank": 1 if j == s else 0, "propensity": prop[i, j],
-                  "value": value[i, j], "lever": lever[j], "priority": priority[i, j], "uplift": None}
-                 for j in np.flatnonzero(elig[i])] if (holdout_candidates or not holdout[i]) else []
-        records.append(DecisionRecord(
-            decision={"decision_id": ids[i], "customer_id": int(cid[i]), "channel": CHANNELS[channel[i]],
-                      "decided_at": t0 + i, "experiment_group": str(group[i]),
-                      "action_id": ACTIONS[s] if s >= 0 else NO_ACTION, "probability": float(prob[i]),
-                      "propensity": prop[i, s] if s >= 0 else None, "value": value[i, s] if s >= 0 else None,
-                      "lever": lever[s] if s >= 0 else None, "priority": priority[i, s] if s >= 0 else None,
-                      "uplift": None, "n_candidates": int(n_cand[i]), "features_missing": 0,
-                      "catalog_version": "synthetic", "source": "batch"},
-            candidates=cands, model_versions={}, features={},
-            filtered=[{"action_id": c["action_id"], "stage": "threshold", "rule": f"priority <= {threshold:g}"}
-                      for c in cands if not c["priority"] > threshold]))
+    # the records column-wise, as `nba.decisioning.tables.decision_tables` builds them
+    names = [*ACTIONS, NO_ACTION]
+    shown_or_nothing = np.where(shown >= 0, shown, len(ACTIONS))
+    sv = np.maximum(shown, 0)
+
+    def at_shown(m: np.ndarray) -> np.ndarray:
+        return np.where(shown >= 0, m[rows, sv], np.nan)
+
+    zeros = np.zeros(n, dtype=np.int64)
+    groups = list(records.EXPERIMENT_GROUPS)
+    decisions = records.Columns(records.DECISION, n, {
+        "decision_id": ids, "customer_id": cid.astype(np.int64), "channel": records.Coded(channel, CHANNELS),
+        "decided_at": t0 + np.arange(n, dtype=np.float64),
+        "experiment_group": records.Coded(np.array([groups.index(g) for g in group]), groups),
+        "action_id": records.Coded(shown_or_nothing, names), "probability": prob,
+        "propensity": at_shown(prop), "value": at_shown(value), "lever": np.where(shown >= 0, lever[sv], np.nan),
+        "priority": at_shown(priority), "uplift": np.full(n, np.nan), "n_candidates": n_cand.astype(np.int64),
+        "features_missing": zeros, "catalog_version": records.Coded(zeros, ["synthetic"]),
+        "source": records.Coded(zeros, ["batch"])})
+    cand = elig & (holdout_candidates | ~holdout)[:, None]
+    cr, cc = np.nonzero(cand)
+    candidates = records.Columns(records.CANDIDATE, cr.size, {
+        "decision_id": records.Coded(cr, ids), "action_id": records.Coded(cc, names),
+        "rank": (cc == shown[cr]).astype(np.int64), "propensity": prop[cr, cc], "value": value[cr, cc],
+        "lever": lever[cc], "priority": priority[cr, cc], "uplift": np.full(cr.size, np.nan)})
+    fr, fc = np.nonzero(cand & ~(priority > threshold))
+    fz = np.zeros(fr.size, dtype=np.int64)
+    filtered = records.Columns(records.FILTERED, fr.size, {
+        "decision_id": records.Coded(fr, ids), "action_id": records.Coded(fc, names),
+        "stage": records.Coded(fz, ["threshold"]), "rule": records.Coded(fz, [f"priority <= {threshold:g}"])})
+    features = records.Columns(records.FEATURES, n, {"decision_id": ids})
     log = DecisionLog(folder)
-    log.append(records)
+    log.append(records.DecisionTables(decisions, candidates, filtered, features, {}))
     for i in np.flatnonzero(converted):
         if holdout[i] and not report_holdout:
             continue

@@ -144,7 +144,7 @@ def decision_log(folder: Path, served: pd.DataFrame, propensity: np.ndarray, bat
     """A decision log holding one batch: one decision per served row, the action a candidate
     with its served propensity (written through the log's own API)."""
     from nba import schemas
-    from nba.decisioning.log import write_batch
+    from nba.stores.decisions.sqlite import write_batch
 
     n = len(served)
     ids = [f"{i:032x}" for i in range(n)]

@@ -46,7 +46,7 @@ def test_a_function_level_import_of_a_store_library_breaks_it(tree_copy: Path) -
 
 def test_an_indirect_import_of_a_store_breaks_it(tree_copy: Path) -> None:
     # decisioning -> a harmless-looking helper -> the decision log's store
-    (tree_copy / "nba" / "helper_for_test.py").write_text("from nba.stores import decision_log  # noqa: F401\n")
+    (tree_copy / "nba" / "helper_for_test.py").write_text("from nba.stores import decisions  # noqa: F401\n")
     core = tree_copy / "nba" / "decisioning" / "core.py"
     core.write_text(core.read_text() + "\n\ndef _leak():\n    from nba import helper_for_test  # noqa: F401\n")
     result = _lint(tree_copy)

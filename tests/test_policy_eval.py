@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from nba.config import gates_path, load_gates
-from nba.decisioning.log import read_log
 from nba.evaluation.incrementality import log_incrementality
 from nba.evaluation.policy import PLATFORM_POLICIES, platform_policy_values
 from nba.evaluation.stats import ExperimentDataError
 from nba.schemas import ACTIONS
+from nba.stores.decisions import read_log
 from tests.conftest import PROJECT_ROOT
 from tests.constants import HILLSTROM_ARM_MEANS, SEED
 from tests.synthetic_log import SyntheticLog, build_log

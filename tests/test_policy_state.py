@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from nba.catalog import load_catalog
-from nba.decisioning.state import Contact, PolicyStoreError, RedisPolicyStore, SqlitePolicyStore, to_history
+from nba.stores.policy_state import Contact, PolicyStoreError, RawHistory, to_history
+from nba.stores.policy_state.redis import RedisPolicyStore
+from nba.stores.policy_state.sqlite import SqlitePolicyStore
 from tests.conftest import PROJECT_ROOT
 from tests.test_catalog import FEATURES
 
@@ -74,8 +76,6 @@ def test_a_batch_reads_its_customers_in_chunks(store):
 
 def test_the_history_maps_onto_catalog_indices():
     cat = load_catalog(PROJECT_ROOT, FEATURES)
-    from nba.decisioning.state import RawHistory
-
     raw = RawHistory(np.array([0, 0]), ["mortgage", "retired_offer"], ["lending", "gone"], ["email", "web"],
                      np.array([T, T]), np.array([0]), ["mobile_app"], np.array([T]))
     h = to_history(cat, raw)

@@ -16,9 +16,10 @@ import pytest
 
 from nba import schemas
 from nba.decisioning import experiment
-from nba.decisioning.log import read_log
-from nba.decisioning.state import RedisPolicyStore, SqlitePolicyStore
 from nba.settings import Settings
+from nba.stores.decisions import read_log
+from nba.stores.policy_state.redis import RedisPolicyStore
+from nba.stores.policy_state.sqlite import SqlitePolicyStore
 from tests.serving_env import DECISION_EPOCH, DECISION_TIME, build_served_bank, call, start_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -371,9 +372,9 @@ def test_reject_mode_answers_404_for_a_customer_without_features(served, tmp_pat
     """`missing_features.mode: reject` in the policies: no decision from defaults."""
     import yaml
 
-    from nba.decisioning.log import DecisionLog
     from nba.serving.bundle import load_engine, read_manifest, write_bundle
     from nba.serving.engine import DecisionRequest, RequestError
+    from nba.stores.decisions.sqlite import DecisionLog
     from tests.serving_env import make_home
 
     home = make_home(tmp_path, policies={"missing_features__mode": "reject"})

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nba.sqlite import SqliteFile
+from nba.stores.sqlite import SqliteFile
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY, who TEXT NOT NULL);"
 
@@ -52,7 +52,7 @@ def test_a_failing_write_fails_alone(tmp_path: Path):
 
 WRITER = """
 import sys
-from nba.sqlite import SqliteFile
+from nba.stores.sqlite import SqliteFile
 db = SqliteFile(sys.argv[1], schema="CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY, who TEXT NOT NULL);")
 for j in range(300):
     db.submit(lambda conn, j=j: conn.execute("INSERT INTO t VALUES (?, ?)", (f"{sys.argv[2]}-{j}", sys.argv[2])))

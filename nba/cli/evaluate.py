@@ -51,7 +51,7 @@ PublishOpt = Annotated[bool, typer.Option(help="Also publish the figures to the 
 
 
 def _read_log(s: Settings, log: Path | None) -> Any:
-    from nba.decisioning.log import read_log
+    from nba.stores.decisions import read_log
 
     return read_log(log or s.decision_log_dir)
 

@@ -5,7 +5,7 @@ frame, `nba.training.classifier.log_reference`); runs trained before it was logg
 to their `evaluation/holdout.parquet`. The champion scores the reference, so the prediction
 has a reference distribution too.
 
-Current: the decision log (`nba.decisioning.log.read_log`): the features each decision was
+Current: the decision log (`nba.stores.decisions.read_log`): the features each decision was
 made on, within a time window, and the score served for the model's action (the candidate's
 propensity for `nba-propensity-<action>`, its uplift for `nba-uplift-<action>`; other models
 are scored on the served features); or a batch frame (`--current FILE`, Parquet or CSV) with
@@ -364,7 +364,7 @@ class ServedData:
 
 def served_data(log_dir: Path, since: datetime | None = None, days: int | None = DEFAULT_DAYS) -> ServedData:
     """Decisions of the log from `since` (default: `days` before its newest decision)."""
-    from nba.decisioning.log import read_log
+    from nba.stores.decisions import read_log
 
     log = read_log(log_dir, with_features=True, decision_columns=["decision_id", "decided_at"])
     decisions = log.decisions

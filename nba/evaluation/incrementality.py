@@ -4,7 +4,7 @@ statistics (lifts, intervals, clustered standard errors) are `nba.evaluation.sta
 
 The platform's decision log
 ---------------------------
-`log_incrementality` reads what `nba.decisioning.log.read_log` returns and compares each
+`log_incrementality` reads what `nba.stores.decisions.read_log` returns and compares each
 treated group (`nba`: the arbitration's choice; `explore`: a uniformly random candidate)
 with the universal hold-out (`holdout`: chosen by a salted hash of the customer, so it is a
 random sample of customers; with `holdout_treatment: none` it is shown nothing).
@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from nba.config import EvaluationLimits
-    from nba.decisioning.log import LogFrames
+    from nba.stores.decisions import LogFrames
 
 NO_ACTION = "do_nothing"  # nba.schemas.NO_ACTION (not imported: keeps this module's imports small)
 INTENDED_AGREEMENT_MIN = 0.99

@@ -75,8 +75,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from nba.config import EvaluationLimits
-    from nba.decisioning.log import LogFrames
     from nba.settings import Settings
+    from nba.stores.decisions import LogFrames
 
 PLATFORM_POLICIES = ("nba", "random", "propensity_only", "no_levers", "holdout")
 PLATFORM_OUTCOMES = ("converted", "value")

@@ -14,7 +14,6 @@ whom nothing is worth sending gets one row with `do_nothing`).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,15 @@ from typing import Any
 import numpy as np
 
 from nba import console, schemas
+from nba.decisioning.core import GROUPS, Decisions
+from nba.decisioning.tables import contacts, decision_tables
 from nba.errors import DataFileError
+from nba.io import read_table, write_parquet
+from nba.records import NO_ACTION, SEGMENT_RECORDS, segment_tables
+from nba.serving.bundle import load_engine
+from nba.serving.engine import DecisionRequest
 from nba.settings import Settings
+from nba.stores.decisions.sqlite import write_batch
 
 ONLINE_CHUNK = 5_000  # customers per online-store read
 
@@ -54,8 +60,6 @@ class BatchSummary:
 
 
 def read_customers(path: Path) -> Any:
-    from nba.io import read_table
-
     path = Path(path)
     frame = read_table(path, "customers file")
     if schemas.ENTITY_KEY not in frame.columns:
@@ -81,17 +85,12 @@ def decide_batch(settings: Settings, customers: Path, channel: str, out: Path, *
     import pandas as pd
     import pyarrow as pa
 
-    from nba.decisioning.log import SEGMENT_TABLES, write_batch
-    from nba.io import write_parquet
-    from nba.serving.bundle import load_engine
-    from nba.serving.engine import DecisionRequest
-
     t0 = time.perf_counter()
     frame = read_customers(customers)  # a bad file fails before the models load
     engine = engine or load_engine(settings, nthread=2)
     engine.check(DecisionRequest(0, channel, {}, timestamp, k))
     reader = engine.features
-    from nba.serving.models import SMALL
+    from nba.serving.models import SMALL  # the serve-time scorer (its runtime is heavy)
 
     engine.warm(rows=max(1, min(len(frame), chunk, SMALL + 1)))  # load and warm now: the time below is the decisions'
     t_loaded = time.perf_counter()
@@ -120,19 +119,24 @@ def decide_batch(settings: Settings, customers: Path, channel: str, out: Path, *
                 for name, values in c.items():
                     cols.setdefault(name, []).extend(values)
                 found.extend(f)
-        d, env, missing, dids = engine.run_core(ids.tolist(), np.full(n, ci, dtype=np.int64), np.full(n, now), cols,
-                                                found, k)
-        tables = _tables(engine, d, env, ids, dids, channel, now, missing, k)
-        for name, t in tables.items():
+        chan = np.full(n, ci, dtype=np.int64)
+        d, env, missing, dids = engine.run_core(ids.tolist(), chan, np.full(n, now), cols, found, k)
+        fm = np.zeros(n, dtype=np.int64)
+        fm[missing] = 1
+        tables = decision_tables(engine.catalog, d, decision_ids=dids, customer_ids=ids, channel=chan, now=now,
+                                 features_missing=fm, k=k, source="batch", env=env,
+                                 model_versions=engine.model_versions)
+        for name, t in segment_tables(tables, {"nba.bundle": engine.bundle}).items():
             parts[name].append(t)
-        contacts_all.append(_contacts(engine, d, ids, dids, channel, now, k))
+        parts["ranked"].append(_ranked(engine, d, ids, dids, k))
+        contacts_all.append(contacts(engine.catalog, d, decision_ids=dids, customer_ids=ids, channel=ci, now=now,
+                                     k=k))
         bar.update(n)
     bar.close()
+    # a chunk's dictionaries are its own; the first chunk's schema metadata holds for the run
     joined = {name: pa.concat_tables(ts) if name != "ranked" else pd.concat(ts, ignore_index=True)
               for name, ts in parts.items()}
-    joined["decisions"] = joined["decisions"].replace_schema_metadata(
-        {"nba.model_versions": json.dumps(engine.model_versions, sort_keys=True), "nba.bundle": engine.bundle})
-    write_batch(settings.decision_log_dir, batch_id, {n: joined[n] for n in SEGMENT_TABLES})
+    write_batch(settings.decision_log_dir, batch_id, {r.name: joined[r.name] for r in SEGMENT_RECORDS})
     dec = joined["decisions"]
     engine.log.index_batch(batch_id, dec.column("decision_id").to_pylist(), dec.column("customer_id").to_pylist(),
                            channel)
@@ -143,7 +147,7 @@ def decide_batch(settings: Settings, customers: Path, channel: str, out: Path, *
     actions = dec.column("action_id").to_numpy(zero_copy_only=False)
     counts = pd.Series(actions).value_counts().to_dict()
     return BatchSummary(
-        customers=len(frame), decisions_with_action=int((actions != schemas.NO_ACTION).sum()),
+        customers=len(frame), decisions_with_action=int((actions != NO_ACTION).sum()),
         holdout=int((groups == "holdout").sum()), explore=int((groups == "explore").sum()),
         features_missing=int(dec.column("features_missing").to_numpy().sum()),
         feature_source="the file" if from_file else f"the online store ({engine.catalog.feature_service})",
@@ -165,76 +169,23 @@ def _column(series: Any) -> list[Any]:
     return series.astype(object).where(series.notna(), None).to_numpy()
 
 
-def _dict(codes: np.ndarray, names: Any) -> Any:
-    """A dictionary-encoded string column: one small integer per row (no string per row)."""
-    import pyarrow as pa
-
-    return pa.DictionaryArray.from_arrays(pa.array(np.asarray(codes, dtype=np.int32)), pa.array(list(names), pa.string()))
-
-
-def _tables(engine: Any, d: Any, env: dict[str, Any], ids: np.ndarray, dids: list[str], channel: str, now: float,
-            missing: list[int], k: int) -> dict[str, Any]:
-    """The decision-log tables and the ranked output of one chunk, built column-wise."""
+def _ranked(engine: Any, d: Decisions, ids: np.ndarray, dids: list[str], k: int) -> Any:
+    """The ranked output of one chunk: one row per shown action, or one do_nothing row."""
     import pandas as pd
-    import pyarrow as pa
-
-    from nba.decisioning import core
 
     cat = engine.catalog
-    n = d.n
     A = len(cat.actions)
-    names = [*cat.action_ids, schemas.NO_ACTION]  # code A = do_nothing
-    did = pa.array(dids, pa.string())
-    zeros = np.zeros(n, dtype=np.int32)
-    top = d.ranked[:, 0]
-    has = top >= 0
-    ti = np.where(has, top, 0)
-    rows = np.arange(n)
-
-    def at_top(m: np.ndarray) -> np.ndarray:
-        return np.where(has, m[rows, ti], np.nan)
-
-    fm = np.zeros(n, dtype=np.int64)
-    fm[missing] = 1
-    decisions = pa.table({
-        "decision_id": did, "customer_id": ids.astype(np.int64), "channel": _dict(zeros, [channel]),
-        "decided_at": pa.array(np.full(n, int(now * 1e6), dtype="int64")).cast(pa.timestamp("us", tz="UTC")),
-        "experiment_group": _dict(d.group, core.GROUPS), "action_id": _dict(np.where(d.shown >= 0, d.shown, A), names),
-        "probability": d.probability, "propensity": at_top(d.propensity), "value": at_top(d.value),
-        "lever": np.where(has, d.lever[ti], np.nan), "priority": at_top(d.priority), "uplift": at_top(d.uplift),
-        "n_candidates": d.alive.sum(axis=1).astype(np.int64), "features_missing": fm,
-        "catalog_version": _dict(zeros, [cat.version]), "source": _dict(zeros, ["batch"]),
-    })
+    names = [*cat.action_ids, NO_ACTION]  # code A = do_nothing
+    rows = np.arange(d.n)
+    has = d.ranked[:, 0] >= 0
     kk = min(k, d.ranked.shape[1])
-    rank = np.zeros(d.alive.shape, dtype=np.int64)
-    for r in range(kk):
-        col = d.ranked[:, r]
-        ok = col >= 0
-        rank[rows[ok], col[ok]] = r + 1
-    cr, cc = np.nonzero(d.alive)
-    candidates = pa.table({
-        "decision_id": did.take(pa.array(cr)), "action_id": _dict(cc, names), "rank": rank[cr, cc],
-        "propensity": d.propensity[cr, cc], "value": d.value[cr, cc], "lever": d.lever[cc],
-        "priority": d.priority[cr, cc], "uplift": d.uplift[cr, cc]})
-    fr, fc = np.nonzero(d.reason >= 0)
-    table = core.reason_table(cat)
-    codes = d.reason[fr, fc]
-    filtered = pa.table({"decision_id": did.take(pa.array(fr)), "action_id": _dict(fc, names),
-                         "stage": _dict(codes, [r.stage for r in table]),
-                         "rule": _dict(codes, [r.rule for r in table])})
-    feats: dict[str, Any] = {"decision_id": did}
-    for name, value in env.items():
-        arr = np.asarray(value)
-        feats[name] = arr if arr.dtype != object else pa.array(arr.tolist(), pa.string())
-    features = pa.table(feats)
-    # the ranked output: one row per shown action, or one do_nothing row
     pos = [(rows[d.ranked[:, r] >= 0], r) for r in range(kk)]
     rr = np.concatenate([p for p, _ in pos] + [np.flatnonzero(~has)])
     rk = np.concatenate([np.full(p.size, r + 1) for p, r in pos] + [np.ones((~has).sum(), dtype=np.int64)])
     ra = np.concatenate([d.ranked[p, r] for p, r in pos] + [np.full((~has).sum(), A)])
     shown = ra < A
     sa = np.where(shown, ra, 0)
-    ranked = pd.DataFrame({
+    return pd.DataFrame({
         "customer_id": ids[rr].astype(np.int64),
         "decision_id": np.asarray(dids, dtype=object)[rr],
         "rank": rk.astype(np.int64),
@@ -243,25 +194,6 @@ def _tables(engine: Any, d: Any, env: dict[str, Any], ids: np.ndarray, dids: lis
         "value": np.where(shown, d.value[rr, sa], np.nan),
         "lever": np.where(shown, d.lever[sa], np.nan),
         "priority": np.where(shown, d.priority[rr, sa], np.nan),
-        "experiment_group": pd.Categorical.from_codes(d.group[rr], core.GROUPS),
+        "experiment_group": pd.Categorical.from_codes(d.group[rr], GROUPS),
         "probability": d.probability[rr],
     }).sort_values(["customer_id", "rank"], kind="stable").reset_index(drop=True)
-    return {"decisions": decisions, "candidates": candidates, "filtered": filtered, "features": features,
-            "ranked": ranked}
-
-
-def _contacts(engine: Any, d: Any, ids: np.ndarray, dids: list[str], channel: str, now: float,
-              k: int) -> list[tuple]:
-    """(customer, action, group, channel, time, decision) of every shown action, as plain tuples."""
-    cat = engine.catalog
-    action_ids = np.array(cat.action_ids, dtype=object)
-    groups = np.array([a.group for a in cat.actions], dtype=object)
-    did = np.asarray(dids, dtype=object)
-    out: list[tuple] = []
-    for r in range(min(k, d.ranked.shape[1])):
-        col = d.ranked[:, r]
-        i = np.flatnonzero(col >= 0)
-        a = col[i]
-        out.extend(zip(ids[i].tolist(), action_ids[a].tolist(), groups[a].tolist(), [channel] * i.size,
-                       [now] * i.size, did[i].tolist(), strict=True))
-    return out

@@ -282,9 +282,10 @@ def load_models(settings: Settings, cat: catalog_mod.Catalog, manifest: dict[str
 def load_engine(settings: Settings, bundle_dir: Path | None = None, *, nthread: int = 1) -> Any:
     """A `DecisionEngine` over a bundle folder. Components that fail to load (a model, the
     feature store) are retried on use; readiness says why."""
-    from nba.decisioning.log import DecisionLog
     from nba.features.online import OnlineFeatureReader
-    from nba.serving.engine import DecisionEngine, policy_store
+    from nba.serving.engine import DecisionEngine
+    from nba.stores.decisions.sqlite import DecisionLog
+    from nba.stores.policy_state import open_policy_store as policy_store
 
     bundle_dir = Path(bundle_dir or settings.bundle_dir)
     manifest = read_manifest(bundle_dir)

@@ -26,14 +26,16 @@ from typing import Any
 
 import numpy as np
 
-from nba import schemas
+from nba import records, schemas
 from nba.catalog import Catalog
 from nba.decisioning import core
 from nba.decisioning.experiment import decision_keys
-from nba.decisioning.log import DecisionLog, DecisionRecord, UnknownDecision
-from nba.decisioning.state import Contact, PolicyStore, to_history
+from nba.decisioning.tables import contacts, decision_tables
 from nba.errors import NbaError
+from nba.records import DecisionTables
 from nba.settings import Settings
+from nba.stores.decisions import DecisionLogStore, UnknownDecision
+from nba.stores.policy_state import PolicyStore, to_history
 
 RETRY_S = 1.0
 
@@ -115,7 +117,7 @@ class DecisionEngine:
     """Decides for customers and records outcomes; safe to share between threads."""
 
     def __init__(self, settings: Settings, catalog: Catalog, *, models: Any, features: Any, policy: Any,
-                 log: DecisionLog, model_versions: Mapping[str, str], bundle: str = "source"):
+                 log: DecisionLogStore, model_versions: Mapping[str, str], bundle: str = "source"):
         """`models`, `features` and `policy` are callables building the `ModelSet`, the
         `OnlineFeatureReader` and the `PolicyStore` (or the objects themselves)."""
         self.settings = settings
@@ -297,21 +299,18 @@ class DecisionEngine:
         k = max(r.k or self.catalog.default_k for r in requests)
         d, env, missing, dids = self.run_core(ids, channel, now, cols, found, k, [r.context for r in requests])
         t_decide = time.perf_counter()
-        records: list[DecisionRecord] = []
-        responses: list[dict[str, Any]] = []
-        contacts: list[Contact] = []
-        missing_set = set(missing)
-        for i, r in enumerate(requests):
-            rec, resp = self._record(d, i, r, dids[i], ids[i], float(now[i]), env, n, i in missing_set, source,
-                                     r.k or self.catalog.default_k)
-            records.append(rec)
-            responses.append(resp)
-            contacts.extend(Contact(ids[i], a["action_id"], a["group"], r.channel, float(now[i]), dids[i])
-                            for a in resp["actions"])
-        self.log.append(records)
+        kr = np.array([r.k or self.catalog.default_k for r in requests], dtype=np.int64)
+        fm = np.zeros(n, dtype=np.int64)
+        fm[missing] = 1
+        tables = decision_tables(self.catalog, d, decision_ids=dids, customer_ids=np.asarray(ids, dtype=np.int64),
+                                 channel=channel, now=now, features_missing=fm, k=kr, source=source, env=env,
+                                 model_versions=self.model_versions)
+        responses = self._responses(d, tables, kr)
+        self.log.append(tables)
         t_log = time.perf_counter()
         try:
-            self.policy.record_contacts(contacts)
+            self.policy.record_contacts(contacts(self.catalog, d, decision_ids=dids, customer_ids=np.asarray(ids),
+                                                 channel=channel, now=now, k=kr))
         except NbaError as exc:
             raise Unavailable(str(exc)) from None
         t_end = time.perf_counter()
@@ -322,67 +321,59 @@ class DecisionEngine:
             resp["timing"] = timing
         return responses
 
-    def _record(self, d: core.Decisions, i: int, req: DecisionRequest, did: str, cid: int, ts: float,
-                env: Mapping[str, Any], n: int, features_missing: bool, source: str,
-                k: int) -> tuple[DecisionRecord, dict[str, Any]]:
+    def _responses(self, d: core.Decisions, tables: DecisionTables, k: np.ndarray) -> list[dict[str, Any]]:
+        """The decision responses: the logged decision rows, their ranked actions with the
+        reasons, and their filtered rows as logged."""
         cat = self.catalog
-        group = core.GROUPS[int(d.group[i])]
-        shown = int(d.shown[i])
-        ranked_idx = [int(j) for j in d.ranked[i][:k] if j >= 0]
-        n_cand = int(d.alive[i].sum())
-        actions = []
-        for rank, j in enumerate(ranked_idx, start=1):
-            a = cat.actions[j]
-            p, v, lev, pri, u = (float(d.propensity[i, j]), float(d.value[i, j]), float(d.lever[j]),
-                                 float(d.priority[i, j]), float(d.uplift[i, j]))
-            if rank == 1 and group != "nba" and shown != int(d.greedy[i]):
-                reason = (f"{'exploration' if group == 'explore' else 'hold-out (random treatment)'}: drawn "
-                          f"uniformly among {n_cand} eligible actions")
-            elif cat.priority.text == "propensity * value * (1 + lever)":
-                reason = f"P {p:.4f} x V {v:.2f} x (1 + L {lev:g}) = {pri:.4f}; rank {rank} of {n_cand} candidates"
-            else:
-                reason = f"priority {pri:.4f} = {cat.priority.text}; rank {rank} of {n_cand} candidates"
-            actions.append({"rank": rank, "action_id": a.id, "name": a.name, "issue": a.issue, "group": a.group,
-                            "propensity": p, "value": v, "lever": lev, "priority": pri,
-                            "uplift": None if math.isnan(u) else u, "reason": reason})
-        filtered = core.trace(cat, d, i)
-        candidates = []
-        for jj in np.flatnonzero(d.alive[i]):
-            j = int(jj)
-            candidates.append({"action_id": cat.actions[j].id,
-                               "rank": ranked_idx.index(j) + 1 if j in ranked_idx else 0,
-                               "propensity": d.propensity[i, j], "value": d.value[i, j], "lever": d.lever[j],
-                               "priority": d.priority[i, j], "uplift": d.uplift[i, j]})
-        top = actions[0] if actions else None
-        shown_id = cat.actions[shown].id if shown >= 0 else schemas.NO_ACTION
-        decision = {
-            "decision_id": did, "customer_id": cid, "channel": req.channel, "decided_at": ts,
-            "experiment_group": group, "action_id": shown_id, "probability": float(d.probability[i]),
-            "propensity": top["propensity"] if top else None, "value": top["value"] if top else None,
-            "lever": top["lever"] if top else None, "priority": top["priority"] if top else None,
-            "uplift": top["uplift"] if top else None, "n_candidates": n_cand,
-            "features_missing": int(features_missing), "catalog_version": cat.version, "source": source,
-        }
-        feats = {name: (value if n == 1 else value[i]) for name, value in env.items()}
-        record = DecisionRecord(decision, candidates, filtered, self.model_versions, feats)
-        response = {
-            "decision_id": did, "customer_id": cid, "channel": req.channel, "decided_at": iso(ts),
-            "experiment_group": group, "features_missing": features_missing,
-            "probability": float(d.probability[i]), "actions": actions, "filtered": filtered,
-            "versions": {"catalog": cat.version, "bundle": self.bundle, "models": self.model_versions},
-        }
-        return record, response
+        dec = tables.decisions
+        cols = {c: dec.pylist(c) for c in ("decision_id", schemas.ENTITY_KEY, "channel", "decided_at",
+                                           "experiment_group", "features_missing", "probability", "n_candidates")}
+        filt = tables.filtered
+        frows = filt.values["decision_id"].codes
+        bounds = frows.searchsorted(np.arange(dec.n + 1)).tolist()
+        fa, fs, fr = filt.pylist("action_id"), filt.pylist("stage"), filt.pylist("rule")
+        out = []
+        for i in range(dec.n):
+            group = cols["experiment_group"][i]
+            shown = int(d.shown[i])
+            n_cand = cols["n_candidates"][i]
+            actions = []
+            for rank, j in enumerate((int(j) for j in d.ranked[i][:int(k[i])] if j >= 0), start=1):
+                a = cat.actions[j]
+                p, v, lev, pri, u = (float(d.propensity[i, j]), float(d.value[i, j]), float(d.lever[j]),
+                                     float(d.priority[i, j]), float(d.uplift[i, j]))
+                if rank == 1 and group != "nba" and shown != int(d.greedy[i]):
+                    reason = (f"{'exploration' if group == 'explore' else 'hold-out (random treatment)'}: drawn "
+                              f"uniformly among {n_cand} eligible actions")
+                elif cat.priority.text == "propensity * value * (1 + lever)":
+                    reason = f"P {p:.4f} x V {v:.2f} x (1 + L {lev:g}) = {pri:.4f}; rank {rank} of {n_cand} candidates"
+                else:
+                    reason = f"priority {pri:.4f} = {cat.priority.text}; rank {rank} of {n_cand} candidates"
+                actions.append({"rank": rank, "action_id": a.id, "name": a.name, "issue": a.issue, "group": a.group,
+                                "propensity": p, "value": v, "lever": lev, "priority": pri,
+                                "uplift": None if math.isnan(u) else u, "reason": reason})
+            lo, hi = bounds[i], bounds[i + 1]
+            filtered = [{"action_id": a, "stage": st, "rule": ru}
+                        for a, st, ru in zip(fa[lo:hi], fs[lo:hi], fr[lo:hi], strict=True)]
+            out.append({
+                "decision_id": cols["decision_id"][i], "customer_id": cols[schemas.ENTITY_KEY][i],
+                "channel": cols["channel"][i], "decided_at": iso(cols["decided_at"][i]), "experiment_group": group,
+                "features_missing": bool(cols["features_missing"][i]), "probability": cols["probability"][i],
+                "actions": actions, "filtered": filtered,
+                "versions": {"catalog": cat.version, "bundle": self.bundle, "models": self.model_versions},
+            })
+        return out
 
     def respond(self, decision_id: str, action_id: str, outcome: str, value: float = 0.0,
                 timestamp: float | None = None) -> dict[str, Any]:
         """Record an outcome once (idempotent on decision and action); a rejection starts the
         action's cool-down for the customer."""
-        if outcome not in schemas.OUTCOME_KINDS:
-            raise RequestError(f"outcome '{outcome}' is not one of {', '.join(schemas.OUTCOME_KINDS)}",
+        if outcome not in records.OUTCOME_KINDS:
+            raise RequestError(f"outcome '{outcome}' is not one of {', '.join(records.OUTCOME_KINDS)}",
                                field="outcome")
-        if action_id != schemas.NO_ACTION and action_id not in self._action_index:
+        if action_id != records.NO_ACTION and action_id not in self._action_index:
             raise RequestError(f"action_id '{action_id}' is not an action of the catalog (or "
-                               f"'{schemas.NO_ACTION}'); expected one of {', '.join(self.catalog.action_ids)}",
+                               f"'{records.NO_ACTION}'); expected one of {', '.join(self.catalog.action_ids)}",
                                field="action_id")
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
             raise RequestError(f"value {value!r} is not an amount >= 0", field="value")
@@ -400,15 +391,4 @@ class DecisionEngine:
         return {"decision_id": decision_id, "action_id": action_id, "outcome": res.outcome, "value": res.value,
                 "recorded": res.recorded, "duplicate": not res.recorded, "responded_at": iso(res.responded_at),
                 "customer_id": res.customer_id}
-
-
-def policy_store(settings: Settings, catalog: Catalog) -> PolicyStore:
-    """The profile's contact-policy store (`NBA_POLICY_STORE` overrides: sqlite | redis)."""
-    from nba.decisioning.state import RedisPolicyStore, SqlitePolicyStore
-
-    kind = settings.policy_store or ("redis" if settings.profile == "production" else "sqlite")
-    if kind == "redis":
-        retention = max(core.cap_windows_days(catalog), 1.0) * 86400.0
-        return RedisPolicyStore(settings.redis_url, prefix=f"{settings.redis_prefix}:policy", retention_s=retention)
-    return SqlitePolicyStore(settings.policy_state_path)
 

@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 from starlette.responses import JSONResponse, Response
 
+from nba import records
+from nba.records import model_fields
 from nba.settings import Settings, disable_telemetry
 
 disable_telemetry()  # this module is an entry point (bentoml serve): no library phones home
@@ -53,25 +55,19 @@ def bundle_location(settings: Settings) -> Path:
     return settings.bundle_dir
 
 
-class RankedAction(BaseModel):
-    rank: int
-    action_id: str
-    name: str
-    issue: str
-    group: str
-    propensity: float = Field(description="P: probability the customer accepts")
-    value: float = Field(description="V: what an acceptance is worth")
-    lever: float = Field(description="L: business boost; the priority is multiplied by 1 + L")
-    priority: float
-    uplift: float | None
-    reason: str
+# The response models share their fields with the records they report (`nba.records`): the
+# type, nullability and description of each such field come from the declaration.
+RankedAction = create_model(
+    "RankedAction",
+    **model_fields(records.CANDIDATE, ("rank", "action_id")),
+    name=(str, ...), issue=(str, ...), group=(str, ...),
+    # a ranked action was scored: its numbers are never missing
+    **model_fields(records.CANDIDATE, ("propensity", "value", "lever", "priority", "uplift"),
+                   required=("propensity", "value", "lever", "priority")),
+    reason=(str, ...),
+)
 
-
-class FilteredAction(BaseModel):
-    action_id: str
-    stage: str = Field(description="inactive | channel | eligibility | applicability | suitability | consent | "
-                                   "suppression | cooldown | cap | threshold")
-    rule: str
+FilteredAction = create_model("FilteredAction", **model_fields(records.FILTERED, ("action_id", "stage", "rule")))
 
 
 class Versions(BaseModel):
@@ -80,18 +76,16 @@ class Versions(BaseModel):
     models: dict[str, str]
 
 
-class Decision(BaseModel):
-    decision_id: str
-    customer_id: int
-    channel: str
-    decided_at: str
-    experiment_group: str = Field(description="holdout | nba | explore")
-    features_missing: bool
-    probability: float = Field(description="P(the logging policy shows the first action, or nothing)")
-    actions: list[RankedAction] = Field(description="ranked, best first; empty: do nothing")
-    filtered: list[FilteredAction]
-    versions: Versions
-    timing: dict[str, float]
+Decision = create_model(
+    "Decision",
+    **model_fields(records.DECISION, ("decision_id", "customer_id", "channel", "decided_at", "experiment_group")),
+    features_missing=(bool, Field(description="the customer had no online features (defaults used)")),
+    probability=(float, Field(description="P(the logging policy shows the first action, or nothing)")),
+    actions=(list[RankedAction], Field(description="ranked, best first; empty: do nothing")),  # type: ignore[valid-type]
+    filtered=(list[FilteredAction], ...),  # type: ignore[valid-type]
+    versions=(Versions, ...),
+    timing=(dict[str, float], ...),
+)
 
 
 class DecideRequest(BaseModel):
@@ -102,15 +96,13 @@ class DecideRequest(BaseModel):
     k: Annotated[int, Field(strict=True)] | None = None
 
 
-class Outcome(BaseModel):
-    decision_id: str
-    action_id: str
-    outcome: str
-    value: float
-    recorded: bool
-    duplicate: bool
-    responded_at: str
-    customer_id: int
+Outcome = create_model(
+    "Outcome",
+    **model_fields(records.OUTCOME, ("decision_id", "action_id", "outcome", "value")),
+    recorded=(bool, ...), duplicate=(bool, ...),
+    **model_fields(records.OUTCOME, ("responded_at",)),
+    customer_id=(int, ...),
+)
 
 
 def _error(exc: Exception) -> Response:
@@ -187,7 +179,7 @@ class DecisionService:
                    description="request-time values overriding features of the same name")] = {},  # noqa: B006
                timestamp: Annotated[datetime | None, Field(description="the moment (ISO 8601); default now")] = None,
                k: Annotated[int | None, Field(strict=True, description="how many actions to rank")] = None,
-               ) -> Decision:
+               ) -> Decision:  # type: ignore[valid-type]
         """The next best action(s) for one customer in one channel, with the reasons."""
         from nba.serving.engine import DecisionRequest
 
@@ -199,7 +191,7 @@ class DecisionService:
 
     @bentoml.api(route="/decide_batch")
     def decide_batch(self, requests: Annotated[list[DecideRequest], Field(min_length=1, max_length=1000)]
-                     ) -> list[Decision]:
+                     ) -> list[Decision]:  # type: ignore[valid-type]
         """Decisions for up to 1,000 customers in one call (one vectorised pass of the core)."""
         from nba.serving.engine import DecisionRequest
 
@@ -214,7 +206,7 @@ class DecisionService:
     async def respond(self, decision_id: str, action_id: str,
                 outcome: Annotated[str, Field(description="accepted | rejected | ignored")],
                 value: Annotated[float, Field(ge=0, description="value realised (0 unless accepted)")] = 0.0,
-                timestamp: datetime | None = None) -> Outcome:
+                timestamp: datetime | None = None) -> Outcome:  # type: ignore[valid-type]
         """Record the outcome of a shown action; idempotent on (decision_id, action_id)."""
         try:
             out = self.engine.respond(decision_id, action_id, outcome, value, _epoch(timestamp))

@@ -1,4 +1,5 @@
-"""One SQLite file shared by the threads and processes of a busy service.
+"""One SQLite file shared by the threads and processes of a busy service, and the SQLite form
+of the records (`create_table`, `insert_sql`, derived from `nba.records`).
 
 The decision log and the contact-policy state each live in a SQLite file in WAL mode that
 every worker of the decision service writes to. Three things keep that fast under load:
@@ -17,15 +18,41 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from nba.errors import NbaError
+from nba.records import FLOAT, INT, JSON, TEXT, TIME, Record
 
 T = TypeVar("T")
 LOCK_TIMEOUT_S = 30.0
+
+SQL_TYPES = {TEXT: "TEXT", INT: "INTEGER", FLOAT: "REAL", TIME: "REAL", JSON: "TEXT"}  # a time: epoch seconds
+
+
+def create_table(record: Record) -> str:
+    """`CREATE TABLE IF NOT EXISTS` for a record: its columns in order, NOT NULL unless
+    nullable, its key. A keyed table of small rows (no JSON column) is `WITHOUT ROWID` (the
+    key is its storage order; SQLite advises against it for large rows, as a decision with its
+    features is)."""
+    cols = [f"{c.name} {SQL_TYPES[c.kind]}{'' if c.nullable else ' NOT NULL'}" for c in record.columns]
+    if record.key:
+        cols.append(f"PRIMARY KEY ({', '.join(record.key)})")
+    small = record.key and all(c.kind is not JSON for c in record.columns)
+    return (f"CREATE TABLE IF NOT EXISTS {record.name} (\n    " + ",\n    ".join(cols) + "\n)"
+            + (" WITHOUT ROWID" if small else "") + ";\n")
+
+
+def insert_sql(record: Record, *, conflict: str = "", columns: Sequence[str] | None = None) -> str:
+    """`INSERT [OR <conflict>] INTO <record> (<columns>) VALUES (?, ...)`: rows in declaration
+    order, or in the order of `columns` (every column of the record, once)."""
+    names = tuple(columns) if columns is not None else record.names
+    if sorted(names) != sorted(record.names):
+        raise ValueError(f"record '{record.name}': insert columns {list(names)} are not its columns {list(record.names)}")
+    verb = f"INSERT OR {conflict}" if conflict else "INSERT"
+    return f"{verb} INTO {record.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
 
 
 class StoreLocked(NbaError):

@@ -1,0 +1,178 @@
+"""The embedded decision log: `<log>/log.db` (SQLite, WAL, synchronous=FULL) and the Parquet
+segments of batch runs under `<log>/batch/`; tables and segment schemas from `nba.records`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from nba.records import (
+    BATCH_INDEX,
+    CANDIDATE,
+    DECISION,
+    FILTERED,
+    LOG_RECORDS,
+    OUTCOME,
+    SEGMENT_RECORDS,
+    DecisionTables,
+    arrow_schema,
+)
+from nba.stores.decisions import BATCH_DIR, DB_FILE, DecisionLogError, OutcomeResult, UnknownDecision
+from nba.stores.sqlite import SqliteFile, create_table, insert_sql
+
+_SCHEMA = "".join(create_table(r) for r in LOG_RECORDS)
+_INSERT = {r.name: insert_sql(r) for r in LOG_RECORDS}
+_INSERT_OUTCOME = insert_sql(OUTCOME, conflict="IGNORE")
+
+
+class DecisionLog:
+    """The SQLite part of a decision log, safe to share between threads and processes.
+
+    Each `append` is committed with `synchronous=FULL` before it returns (concurrent appends of
+    a process share one transaction: `nba.stores.sqlite.SqliteFile`): once it has returned,
+    neither a crash of the process nor of the machine loses it.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.path = self.folder / DB_FILE
+        try:
+            self.db = SqliteFile(self.path, synchronous="FULL", schema=_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise DecisionLogError(f"decision log {self.path}: {exc}") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def append(self, tables: DecisionTables) -> int:
+        """Append the decisions of `tables` in one transaction; returns how many."""
+        n = tables.n
+        if not n:
+            return 0
+        dec = tables.decisions
+        lists = {c: dec.pylist(c) for c in DECISION.tabular_names}
+        lists["model_versions"] = [json.dumps(dict(tables.model_versions), sort_keys=True)] * n
+        lists["features"] = _features_json(tables.features.values, n)
+        dec_rows = list(zip(*(lists[c] for c in DECISION.names), strict=True))
+        cand_rows = tables.candidates.rows()
+        filt_rows = tables.filtered.rows()
+
+        def write(conn: sqlite3.Connection) -> int:
+            conn.executemany(_INSERT[DECISION.name], dec_rows)
+            conn.executemany(_INSERT[CANDIDATE.name], cand_rows)
+            conn.executemany(_INSERT[FILTERED.name], filt_rows)
+            return n
+
+        return self.db.submit(write)
+
+    def index_batch(self, batch_id: str, decision_ids: Sequence[str], customer_ids: Sequence[int], channel: str) -> int:
+        """Record where a batch run's decisions are (their full records are in its segment), in
+        one transaction, so `/respond` finds them."""
+        rows = zip(decision_ids, customer_ids, [channel] * len(decision_ids), [batch_id] * len(decision_ids),
+                   strict=True)
+        self.db.submit(lambda conn: conn.executemany(_INSERT[BATCH_INDEX.name], rows))
+        return len(decision_ids)
+
+    def append_outcome(self, decision_id: str, action_id: str, outcome: str, value: float,
+                       responded_at: float) -> OutcomeResult:
+        """Record an outcome once; a second report of the same (decision, action) is ignored.
+
+        Raises `UnknownDecision` if the decision is not in the log.
+        """
+        def write(conn: sqlite3.Connection) -> OutcomeResult:
+            row = conn.execute(f"SELECT customer_id, channel FROM {DECISION.name} WHERE decision_id = ?",
+                               (decision_id,)).fetchone() or conn.execute(
+                f"SELECT customer_id, channel FROM {BATCH_INDEX.name} WHERE decision_id = ?", (decision_id,)).fetchone()
+            if row is None:
+                raise UnknownDecision(f"decision_id '{decision_id}' is not in the decision log")
+            cur = conn.execute(_INSERT_OUTCOME, (decision_id, action_id, outcome, float(value), float(responded_at)))
+            recorded = cur.rowcount == 1
+            kept = (outcome, value, responded_at) if recorded else conn.execute(
+                f"SELECT outcome, value, responded_at FROM {OUTCOME.name} WHERE decision_id = ? AND action_id = ?",
+                (decision_id, action_id)).fetchone()
+            return OutcomeResult(decision_id, action_id, int(row[0]), str(row[1]), recorded, kept[0],
+                                 float(kept[1]), float(kept[2]))
+
+        return self.db.submit(write)
+
+    def count(self) -> int:
+        return int(self.db.read(lambda conn: conn.execute(f"SELECT count(*) FROM {DECISION.name}").fetchone()[0]))
+
+
+def _features_json(values: Mapping[str, Any], n: int) -> list[str]:
+    """One JSON object per decision: feature -> value (numpy scalars as Python, NaN as null)."""
+    names = [name for name in values if name != "decision_id"]
+    cols = [values[name] for name in names]
+    dumps = json.dumps
+    return [dumps(dict(zip(names, [_plain(c[i]) for c in cols], strict=True))) for i in range(n)]
+
+
+def _plain(x: Any) -> Any:
+    if x.__class__ is float or x.__class__ is str or x is None:  # the common cases first
+        return None if x != x else x
+    if hasattr(x, "item"):
+        x = x.item()
+    return None if isinstance(x, float) and x != x else x
+
+
+# --- batch segments -------------------------------------------------------------------
+
+
+def write_batch(folder: Path, batch_id: str, tables: Mapping[str, Any]) -> Path:
+    """Write one batch run's `decisions`, `candidates`, `filtered` and `features` tables (pyarrow
+    Tables or DataFrames) as Parquet under `<log>/batch/<batch_id>/`, atomically: the folder appears
+    complete or not at all; then `DecisionLog.index_batch` records its decision ids. Each table
+    is checked against (and cast to) its record's Arrow schema."""
+    import pyarrow.parquet as pq
+
+    final = Path(folder) / BATCH_DIR / batch_id
+    if final.exists():
+        raise DecisionLogError(f"batch {batch_id} is already in the decision log {folder}")
+    conformed = {r.name: conform(r, tables[r.name]) for r in SEGMENT_RECORDS}
+    tmp = final.parent / f".{batch_id}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        for name, table in conformed.items():
+            # dictionary-encode the repeated strings, not the unique decision ids
+            pq.write_table(table, tmp / f"{name}.parquet",
+                           use_dictionary=[f.name for f in table.schema if f.name != "decision_id"])
+            with open(tmp / f"{name}.parquet", "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return final
+
+
+def conform(record: Any, table: Any) -> Any:
+    """`table` (Arrow or pandas) under the record's Arrow schema: its declared columns in order,
+    cast where the types differ (an open record keeps its own columns after them); a missing or
+    undeclared column is a `DecisionLogError`."""
+    import pyarrow as pa
+
+    if not isinstance(table, pa.Table):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    names = list(record.tabular_names)
+    missing = [c for c in names if c not in table.column_names]
+    extra = [c for c in table.column_names if c not in names]
+    if missing or (extra and not record.open):
+        raise DecisionLogError(f"batch table '{record.name}': missing column(s) {missing}, undeclared {extra}; "
+                               f"expected {names}")
+    own = [table.schema.field(c) for c in extra]
+    schema = arrow_schema(record, own).with_metadata(table.schema.metadata)
+    table = table.select([*names, *extra])
+    if table.schema.equals(schema, check_metadata=False):
+        return table
+    try:
+        return table.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        raise DecisionLogError(f"batch table '{record.name}': {exc}") from None
