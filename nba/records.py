@@ -306,7 +306,7 @@ class Columns:
         Made once per column (the response and the store of a request share them)."""
         out = self._lists.get(name)
         if out is None:
-            v = self.values[name]
+            v: Any = self.values[name]
             if isinstance(v, Coded):
                 names = v.names
                 out = [names[i] for i in v.codes.tolist()]
