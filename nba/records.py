@@ -272,7 +272,7 @@ class Coded(NamedTuple):
 
 
 @functools.cache
-def np_ndarray() -> type:
+def np_ndarray() -> Any:
     """numpy's array type (numpy is imported on first use: `nba --help` reads this module)."""
     import numpy as np
 
