@@ -272,7 +272,7 @@ class Coded(NamedTuple):
 
 
 @functools.cache
-def np_ndarray() -> type:
+def np_ndarray() -> Any:
     """numpy's array type (numpy is imported on first use: `nba --help` reads this module)."""
     import numpy as np
 
@@ -306,7 +306,7 @@ class Columns:
         Made once per column (the response and the store of a request share them)."""
         out = self._lists.get(name)
         if out is None:
-            v = self.values[name]
+            v: Any = self.values[name]
             if isinstance(v, Coded):
                 names = v.names
                 out = [names[i] for i in v.codes.tolist()]
