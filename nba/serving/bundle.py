@@ -281,7 +281,7 @@ def build(settings: Settings, progress: Callable[[str], None] | None = None) -> 
     cat, fields, needed = compile_for_build(settings)
     models = resolve_champions(settings, needed)
     import_models(settings, models, progress)
-    bundle_dir = write_bundle(settings, cat, fields, models, progress=progress)
+    bundle_dir = write_bundle(settings, cat, fields, models)
     tag = build_bento(settings, bundle_dir, models)
     manifest = read_manifest(bundle_dir)
     manifest["bento"] = tag
