@@ -10,7 +10,8 @@ shape, the crossover (the fewest rows at which XGBoost is faster) and the per-de
 of scoring one customer (10 actions through the pooled model, churn and CLV one row each).
 Three interleaved runs; each figure is the median of a run, and the spread is over runs.
 
-`nba.serving.models.SMALL` is chosen from this benchmark's crossover (benchmarks/RESULTS.md).
+`nba.serving.models.SWITCH_WORK` (the rows x trees x depth from which a model is scored by
+XGBoost) is chosen from this benchmark's crossovers (benchmarks/RESULTS.md).
 
     python benchmarks/bench_scoring.py [--runs 3] [--budget 0.04]
 """
@@ -149,7 +150,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=0.04, help="seconds per (shape, rows, path) per run")
     args = parser.parse_args()
 
-    from nba.serving.models import SMALL
+    from nba.serving.models import SWITCH_WORK
 
     models = {name: train(*shape, seed=i) for i, (name, shape) in enumerate(SHAPES.items())}
     walkers = {name: OldTreeWalker(m.booster) for name, m in models.items()}
@@ -184,6 +185,7 @@ def main() -> None:
         return f"{statistics.median(v) * 1e6:7.0f} ({min(v) * 1e6:.0f}-{max(v) * 1e6:.0f})"
 
     crossover: dict[str, int | None] = {}
+    work = {name: shape[0] * shape[1] for name, shape in SHAPES.items()}
     for s in models:
         print(f"\n{s}: us per call, median of {args.runs} runs (min-max)")
         print(f"{'rows':>5}  {'onnx':>18}  {'xgboost':>18}  {'numpy walker (before)':>22}")
@@ -194,8 +196,9 @@ def main() -> None:
         crossover[s] = faster[0] if faster else None
     print()
     for s, r in crossover.items():
-        print(f"crossover {s}: XGBoost faster from {r if r else f'more than {max(ROWS)}'} rows")
-    print(f"nba.serving.models.SMALL = {SMALL} (ONNX Runtime up to it, XGBoost above)")
+        at = f"{r} rows ({r * work[s]:,} rows x trees x depth)" if r else f"more than {max(ROWS)} rows"
+        print(f"crossover {s}: XGBoost faster from {at}; the service switches above {models[s].small} rows")
+    print(f"nba.serving.models.SWITCH_WORK = {SWITCH_WORK:,} rows x trees x depth")
     print(f"one decision's tree scoring ({ACTIONS} actions pooled + churn + CLV), us: "
           f"before {fmt(decision['before'])}, after {fmt(decision['after'])}")
 

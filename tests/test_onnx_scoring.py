@@ -66,13 +66,14 @@ def test_onnx_scores_equal_xgboost_on_both_sides_of_the_switch(kind: str):
     assert np.isnan(X).any(axis=1).mean() > 0.5  # most rows hold a missing value
     xgboost = fast.finish(fast.margin_xgboost(X))
     assert np.array_equal(fast.margin_onnx(X), fast.margin_xgboost(X))  # the same float32 sums, bit for bit
-    for rows in (1, 7, SMALL, SMALL + 1, 400):  # ONNX Runtime up to SMALL rows, XGBoost above
+    assert 1 < fast.small <= SMALL
+    for rows in (1, 7, fast.small, fast.small + 1, 400):  # ONNX Runtime up to `small` rows, XGBoost above
         got = np.concatenate([fast.predict(X[i:i + rows]) for i in range(0, len(X), rows)])
         assert np.abs(got - xgboost).max() <= ONNX_TOLERANCE, rows
     # and what the model itself predicts: XGBoost applies the link in float32, numpy in float64,
     # and a steep isotonic step can make that 1e-5 (the pooled model scores each row's own
     # action, the bound one always its action)
-    assert np.allclose(fast.predict(X[:SMALL]), _own(inner, test[:SMALL]), rtol=1e-5, atol=1e-5)
+    assert np.allclose(fast.predict(X[:fast.small]), _own(inner, test[:fast.small]), rtol=1e-5, atol=1e-5)
     assert np.allclose(fast.predict(X), _own(inner, test), rtol=1e-5, atol=1e-5)
     assert check_onnx(kind, model, to_onnx(model)) <= ONNX_TOLERANCE
 

@@ -87,11 +87,15 @@ _LINKS = {
     "reg:squarederror": "identity", "reg:absoluteerror": "identity", "reg:pseudohubererror": "identity",
     "reg:tweedie": "log", "count:poisson": "log", "reg:gamma": "log",
 }
-# Up to this many rows ONNX Runtime scores the trees, above it XGBoost's `inplace_predict`
-# (one thread each). Measured by `benchmarks/bench_scoring.py` on the champions' shapes (depth
-# 2-6, 200-300 trees): see benchmarks/RESULTS.md, "Serve-time scoring". Both give the same
-# margins bit for bit, so the switch changes the time, never a score.
-SMALL = 64
+# ONNX Runtime scores a few rows, XGBoost's `inplace_predict` many (one thread each). ONNX
+# Runtime's cost grows with rows x trees x depth from about 10 us; XGBoost's starts at 0.15-0.6
+# ms per call and grows more slowly. `benchmarks/bench_scoring.py` measured XGBoost faster from
+# 192 rows for 200 trees of depth 2, 96 for 300 of depth 3 and 48 for 300 of depth 6: 77,000 to
+# 86,000 rows x trees x depth (benchmarks/RESULTS.md, "Serve-time scoring"). Each model switches
+# at SWITCH_WORK // (trees x depth) rows, at most SMALL. Both paths give the same margins bit
+# for bit, so the switch changes the time, never a score.
+SWITCH_WORK = 80_000
+SMALL = 256  # the most rows any model scores through ONNX Runtime
 ONNX_TOLERANCE = 1e-6  # |ONNX - XGBoost| on final probabilities and values, checked at bundle build
 
 
@@ -202,8 +206,8 @@ def onnx_session(onnx_model: bytes, nthread: int = 1) -> Any:
 class FastModel:
     """A classifier or regressor of `nba.training.models`, scored on numpy arrays.
 
-    The margin comes from ONNX Runtime for up to `SMALL` rows and from XGBoost's
-    `inplace_predict` above; the link and the calibration (Platt: two numbers; isotonic: a
+    The margin comes from ONNX Runtime for up to `small` rows (see `SWITCH_WORK`) and from
+    XGBoost's `inplace_predict` above; the link and the calibration (Platt: two numbers; isotonic: a
     step table) are applied in numpy to either.
     """
 
@@ -235,6 +239,9 @@ class FastModel:
             self.iteration_range = (0, int(xgb_model.best_iteration) + 1)
         except AttributeError:
             self.iteration_range = (0, 0)  # every tree
+        depth = int(xgb_model.get_xgb_params().get("max_depth") or 6)  # XGBoost's default depth is 6
+        trees = (self.iteration_range[1] or self.booster.num_boosted_rounds()) - self.iteration_range[0]
+        self.small = max(1, min(SMALL, SWITCH_WORK // max(1, trees * depth)))  # rows ONNX Runtime scores
         self.session = onnx_session(onnx_model, nthread)
         width = self.session.get_inputs()[0].shape[1]
         if width != len(self.columns):
@@ -266,8 +273,8 @@ class FastModel:
         return np.asarray(out, dtype=np.float64).ravel()
 
     def margin(self, X: np.ndarray) -> np.ndarray:
-        """The trees' margin: ONNX Runtime for a few rows, XGBoost for many."""
-        return self.margin_onnx(X) if X.shape[0] <= SMALL else self.margin_xgboost(X)
+        """The trees' margin: ONNX Runtime up to `small` rows, XGBoost above."""
+        return self.margin_onnx(X) if X.shape[0] <= self.small else self.margin_xgboost(X)
 
     def finish(self, margin: np.ndarray) -> np.ndarray:
         """Link and calibration: probabilities (classifier) or non-negative values (regressor)."""
@@ -294,7 +301,7 @@ class FastModel:
 
     def warm(self) -> None:
         """First calls are slow (XGBoost: 10-40 ms): make them here, on both paths."""
-        for rows in (1, SMALL + 1):
+        for rows in (1, self.small + 1):
             self.predict(np.zeros((rows, len(self.columns)), dtype=np.float32))
 
     def check_sample(self, rows: int = 512, seed: int = 0, missing: float = 0.15) -> np.ndarray:
