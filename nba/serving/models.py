@@ -174,7 +174,8 @@ def to_onnx(model: Any) -> bytes:
     unknown = sorted(set(nodes) - set(first))
     if unknown:
         raise ModelLoadError(f"onnxmltools wrote tree attributes {unknown} this conversion does not know")
-    tree = {k: [first[k], *(t + 1 for t in v)] if k == "nodes_treeids" else [first[k], *v] for k, v in nodes.items()}
+    tree: dict[str, Any] = {k: [first[k], *(t + 1 for t in v)] if k == "nodes_treeids" else [first[k], *v]
+                            for k, v in nodes.items()}
     if len(set(attrs[out + "ids"])) != 1:
         raise ModelLoadError("the converted trees hold more than one output (a multi-class or multi-target model)")
     node = helper.make_node(
