@@ -43,8 +43,8 @@ SERVICE = "nba.serving.service:DecisionService"
 MANIFEST = "bundle.json"
 CHECK_ROWS = 512  # sample rows each converted graph is checked on
 # What a served Bento needs installed (pinned to this environment's versions).
-BENTO_PACKAGES = ("bentoml", "mlflow", "xgboost", "onnxruntime", "onnx", "scikit-learn", "pandas", "numpy", "pyarrow", "feast", "redis",
-                  "pydantic", "pydantic-settings", "pyyaml", "cloudpickle", "typer")
+BENTO_PACKAGES = ("bentoml", "mlflow", "xgboost", "onnxruntime", "onnx", "scikit-learn", "pandas", "numpy",
+                  "pyarrow", "feast", "redis", "pydantic", "pydantic-settings", "pyyaml", "cloudpickle", "typer")
 
 
 class BundleError(NbaError):
@@ -183,14 +183,18 @@ def convert_models(settings: Settings, models: list[ResolvedModel], folder: Path
                    progress: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
     """Each propensity and score model's trees as a checked ONNX file in `folder`: name ->
     its manifest entry. Models sharing a pooled booster share one file."""
-    from nba.serving.models import to_onnx
+    from nba.serving.models import to_onnx, xgboost_of
 
     out: dict[str, dict[str, Any]] = {}
+    converted: dict[str, bytes] = {}  # by the booster's bytes: a pooled model is converted once
     for m in models:
         if not any(r.startswith(("propensity:", "score:")) for r in m.roles):
             continue  # uplift learners are scored through their own predict
         model = load_trained(settings, m.bento_tag)
-        onnx_model = to_onnx(model)
+        key = hashlib.sha256(bytes(xgboost_of(model).get_booster().save_raw("ubj"))).hexdigest()
+        if key not in converted:
+            converted[key] = to_onnx(model)
+        onnx_model = converted[key]
         digest = hashlib.sha256(onnx_model).hexdigest()
         diff = check_onnx(m.name, model, onnx_model)
         file = f"trees-{digest[:16]}.onnx"

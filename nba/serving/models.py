@@ -135,6 +135,11 @@ def _base_margin(xgb_model: Any, link: str) -> np.float32:
     return estimate  # the check at bundle build says whether it is close enough
 
 
+def xgboost_of(model: Any) -> Any:
+    """The scikit-learn XGBoost estimator inside a trained model of `nba.training.models`."""
+    return _xgb_model(model)[0]
+
+
 def _link_of(xgb_model: Any) -> str:
     objective = str(xgb_model.get_xgb_params()["objective"])
     link = _LINKS.get(objective)
