@@ -35,7 +35,6 @@ from nba.settings import Settings, disable_telemetry
 disable_telemetry()  # this module is an entry point (bentoml serve): no library phones home
 
 
-
 def bundle_location(settings: Settings) -> Path:
     if settings.serve_bundle is not None:
         return settings.path(settings.serve_bundle)
