@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Profile = Literal["local", "production"]
@@ -60,6 +60,14 @@ class Settings(BaseSettings):
     redis_prefix: str = Field("nba", description="prefix of every Redis key the platform writes")
     serve_workers: int = Field(
         3, ge=1, description="worker processes of the decision service (cores + 1: one waits on its log fsync)"
+    )
+    serve_metrics: bool = Field(
+        False, description="BentoML's Prometheus metrics and tracing in the decision service (about a fifth of a "
+                           "decision's CPU: off by default)"
+    )
+    serve_bundle: Path | None = Field(
+        None, validation_alias=AliasChoices("NBA_BUNDLE_DIR", "serve_bundle"),
+        description="the bundle the decision service serves [default: the Bento's own, else <work>/bundle]"
     )
 
     def path(self, p: Path) -> Path:

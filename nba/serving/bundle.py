@@ -9,7 +9,10 @@
 3. imports each into the BentoML model store (`bentoml.mlflow.import_model`, tag
    `<registered name>:v<version>`; an existing tag is reused);
 4. writes the bundle folder (`<work>/bundle`: `bundle.json` with the versions, the catalog
-   version and the feature list, and copies of both YAML files);
+   version and the feature list, copies of both YAML files, and the trees of every
+   propensity and score model converted to ONNX, each checked against XGBoost on sample rows
+   with 15 % missing values: a graph further than `ONNX_TOLERANCE` from XGBoost refuses the
+   build, naming the model and the difference);
 5. builds a Bento (`nba_decision`) holding the engine's code, the bundle and references to
    the models, so `nba serve` (or `bentoml serve nba_decision:latest`) serves exactly these
    versions, and every decision names them.
@@ -20,6 +23,7 @@ what `nba decide-batch` does, so both decide with the same models.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -37,10 +41,10 @@ from nba.settings import Settings
 BENTO_NAME = "nba_decision"
 SERVICE = "nba.serving.service:DecisionService"
 MANIFEST = "bundle.json"
-MLFLOW_FOLDER = "mlflow_model"  # where bentoml.mlflow.import_model puts the MLflow model
+CHECK_ROWS = 512  # sample rows each converted graph is checked on
 # What a served Bento needs installed (pinned to this environment's versions).
-BENTO_PACKAGES = ("bentoml", "mlflow", "xgboost", "scikit-learn", "pandas", "numpy", "pyarrow", "feast", "redis",
-                  "pydantic", "pydantic-settings", "pyyaml", "cloudpickle", "typer")
+BENTO_PACKAGES = ("bentoml", "mlflow", "xgboost", "onnxruntime", "onnx", "scikit-learn", "pandas", "numpy",
+                  "pyarrow", "feast", "redis", "pydantic", "pydantic-settings", "pyyaml", "cloudpickle", "typer")
 
 
 class BundleError(NbaError):
@@ -140,9 +144,73 @@ def import_models(settings: Settings, models: list[ResolvedModel], progress: Cal
             progress(m.bento_tag)
 
 
+def load_trained(settings: Settings, bento_tag: str) -> Any:
+    """The trained model (`nba.training.models`) behind a tag of the BentoML model store,
+    through BentoML's MLflow loader and MLflow's `get_raw_model`."""
+    use_bentoml_home(settings)
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    from nba.serving.models import ModelLoadError
+
+    try:
+        return bentoml.mlflow.load_model(bento_tag).get_raw_model()
+    except NotFound:
+        raise ModelLoadError(f"model {bento_tag} is not in the BentoML model store {settings.bentoml_home}; "
+                             "rebuild with `nba bundle build`") from None
+    except Exception as exc:
+        raise ModelLoadError(f"model {bento_tag} cannot be loaded from the BentoML model store: {exc}") from exc
+
+
+def check_onnx(name: str, model: Any, onnx_model: bytes, rows: int = CHECK_ROWS) -> float:
+    """The largest |ONNX - XGBoost| of a model's final probabilities or values on sample rows
+    that take both sides of its splits, 15 % of the cells missing; a BundleError above
+    `ONNX_TOLERANCE`."""
+    import numpy as np
+
+    from nba.serving.models import ONNX_TOLERANCE, FastModel
+
+    fast = FastModel(name, model, onnx_model)
+    X = fast.check_sample(rows)
+    diff = float(np.max(np.abs(fast.finish(fast.margin_onnx(X)) - fast.finish(fast.margin_xgboost(X)))))
+    if not diff <= ONNX_TOLERANCE:  # NaN refuses too
+        raise BundleError(f"model {name}: its ONNX graph's predictions differ from XGBoost's by up to {diff:.3g} "
+                          f"on {rows} sample rows (tolerance {ONNX_TOLERANCE:g}); the bundle is not built")
+    return diff
+
+
+def convert_models(settings: Settings, models: list[ResolvedModel], folder: Path,
+                   progress: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+    """Each propensity and score model's trees as a checked ONNX file in `folder`: name ->
+    its manifest entry. Models sharing a pooled booster share one file."""
+    from nba.serving.models import to_onnx, xgboost_of
+
+    out: dict[str, dict[str, Any]] = {}
+    converted: dict[str, bytes] = {}  # by the booster's bytes: a pooled model is converted once
+    for m in models:
+        if not any(r.startswith(("propensity:", "score:")) for r in m.roles):
+            continue  # uplift learners are scored through their own predict
+        model = load_trained(settings, m.bento_tag)
+        key = hashlib.sha256(bytes(xgboost_of(model).get_booster().save_raw("ubj"))).hexdigest()
+        if key not in converted:
+            converted[key] = to_onnx(model)
+        onnx_model = converted[key]
+        digest = hashlib.sha256(onnx_model).hexdigest()
+        diff = check_onnx(m.name, model, onnx_model)
+        file = f"trees-{digest[:16]}.onnx"
+        if not (folder / file).exists():
+            (folder / file).write_bytes(onnx_model)
+        out[m.name] = {"file": file, "sha256": digest, "rows_checked": CHECK_ROWS, "max_abs_diff": diff}
+        if progress:
+            progress(f"{m.name}: ONNX, max |ONNX - XGBoost| {diff:.2g} on {CHECK_ROWS} rows")
+    return out
+
+
 def write_bundle(settings: Settings, cat: catalog_mod.Catalog, fields: list[dict[str, str]],
-                 models: list[ResolvedModel], target: Path | None = None) -> Path:
-    """The bundle folder: manifest and copies of the catalog files (replaced atomically)."""
+                 models: list[ResolvedModel], target: Path | None = None,
+                 progress: Callable[[str], None] | None = None) -> Path:
+    """The bundle folder: manifest, copies of the catalog files and the checked ONNX graphs
+    (replaced atomically)."""
     from nba.io import write_text
     from nba.training.tracking import git_commit
 
@@ -151,15 +219,17 @@ def write_bundle(settings: Settings, cat: catalog_mod.Catalog, fields: list[dict
     try:
         shutil.copyfile(settings.home / catalog_mod.ACTIONS_FILE, tmp / "actions.yaml")
         shutil.copyfile(settings.home / catalog_mod.POLICIES_FILE, tmp / "policies.yaml")
+        onnx_files = convert_models(settings, models, tmp, progress)
         manifest = {
-            "bundle_format": 1,
+            "bundle_format": 2,
             "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "git_commit": git_commit(settings.home),
             "catalog_version": cat.version,
             "feature_service": cat.feature_service,
             "features": fields,
             "models": {m.name: {"version": m.version, "run_id": m.run_id, "bento_model": m.bento_tag,
-                                "roles": list(m.roles)} for m in models},
+                                "roles": list(m.roles), **({"onnx": onnx_files[m.name]} if m.name in onnx_files
+                                                           else {})} for m in models},
         }
         write_text(json.dumps(manifest, indent=2) + "\n", tmp / MANIFEST)
         if target.exists():
@@ -238,33 +308,22 @@ def load_catalog_from_bundle(bundle_dir: Path, manifest: dict[str, Any]) -> cata
     return cat
 
 
-def load_models(settings: Settings, cat: catalog_mod.Catalog, manifest: dict[str, Any], *, nthread: int = 1) -> Any:
-    """The `ModelSet` of a bundle, from the BentoML model store."""
-    use_bentoml_home(settings)
-    import bentoml
-    import mlflow
-    from bentoml.exceptions import NotFound
-
+def load_models(settings: Settings, cat: catalog_mod.Catalog, manifest: dict[str, Any],
+                bundle_dir: Path | None = None, *, nthread: int = 1) -> Any:
+    """The `ModelSet` of a bundle: the models from the BentoML model store, their ONNX graphs
+    from the bundle folder."""
     from nba.serving.models import FastModel, ModelLoadError, ModelSet
 
-    loaded: dict[str, Any] = {}
-    for name, info in manifest["models"].items():
-        try:
-            path = bentoml.models.get(info["bento_model"]).path_of(MLFLOW_FOLDER)
-        except NotFound:
-            raise ModelLoadError(f"model {info['bento_model']} ({name} version {info['version']}) is not in the "
-                                 f"BentoML model store {settings.bentoml_home}; rebuild with `nba bundle build`") from None
-        try:
-            loaded[name] = mlflow.sklearn.load_model(path)
-        except Exception as exc:
-            raise ModelLoadError(f"model {info['bento_model']} cannot be loaded from {path}: {exc}") from exc
+    bundle_dir = Path(bundle_dir or settings.bundle_dir)
+    loaded = {name: load_trained(settings, info["bento_model"]) for name, info in manifest["models"].items()}
     prop, scores, uplift = {}, {}, {}
     fast: dict[str, FastModel] = {}  # one compiled model per registered model, however many actions share it
     for name, info in manifest["models"].items():
         for role in info["roles"]:
             kind, _, who = role.partition(":")
             if kind in ("propensity", "score") and name not in fast:
-                fast[name] = FastModel(name, loaded[name], nthread=nthread)
+                fast[name] = FastModel(name, loaded[name], _onnx_bytes(bundle_dir, name, info), nthread=nthread)
+                fast[name].warm()
             if kind == "propensity":
                 prop[who] = fast[name]
             elif kind == "score":
@@ -277,6 +336,23 @@ def load_models(settings: Settings, cat: catalog_mod.Catalog, manifest: dict[str
         raise ModelLoadError(f"the models read feature(s) {unknown} that feature service {cat.feature_service} "
                              "does not provide")
     return models
+
+
+def _onnx_bytes(bundle_dir: Path, name: str, info: dict[str, Any]) -> bytes:
+    from nba.serving.models import ModelLoadError
+
+    entry = info.get("onnx")
+    if not entry:
+        raise ModelLoadError(f"bundle {bundle_dir} has no ONNX graph for {name} (built before serve-time scoring "
+                             "moved to ONNX Runtime); rebuild it with `nba bundle build`")
+    path = bundle_dir / entry["file"]
+    if not path.is_file():
+        raise ModelLoadError(f"bundle {bundle_dir} lacks {entry['file']} (the ONNX graph of {name}); rebuild it")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise ModelLoadError(f"{path} (the ONNX graph of {name}) does not match the sha256 in the manifest; rebuild "
+                             "the bundle with `nba bundle build`")
+    return data
 
 
 def load_engine(settings: Settings, bundle_dir: Path | None = None, *, nthread: int = 1) -> Any:
@@ -301,7 +377,8 @@ def load_engine(settings: Settings, bundle_dir: Path | None = None, *, nthread: 
         return reader
 
     versions = {name: info["version"] for name, info in manifest["models"].items()}
-    return DecisionEngine(settings, cat, models=lambda: load_models(settings, cat, manifest, nthread=nthread),
+    return DecisionEngine(settings, cat, models=lambda: load_models(settings, cat, manifest, bundle_dir,
+                                                                    nthread=nthread),
                           features=features, policy=lambda: policy_store(settings, cat),
                           log=DecisionLog(settings.decision_log_dir), model_versions=versions,
                           bundle=manifest.get("bento") or _bento_of(bundle_dir) or str(bundle_dir))

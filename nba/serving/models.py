@@ -3,13 +3,15 @@
 The trained objects (`nba.training.models`) take DataFrames, which costs about a millisecond
 per call on the online path. At load, each model is compiled into a `FastModel`: the list of
 input columns (numeric as they are, string columns one-hot with the categories seen in
-training, exactly as `FrameEncoder` does), the XGBoost booster (scored with
-`inplace_predict` on a float32 matrix, one thread per worker) and the calibration as two
-numbers (Platt) or a step table (isotonic). Propensity models registered once per action
-but holding the same pooled model (the `pooled` strategy) are recognised by a fingerprint of
-their booster and calibration and scored in one call for every (customer, action) pair.
+training, exactly as `FrameEncoder` does), its trees twice (an ONNX graph that `nba bundle
+build` converted and checked, scored by ONNX Runtime for a few rows; the XGBoost booster's
+`inplace_predict` for many, one thread per worker) and the link and calibration in numpy.
+Propensity models registered once per action but holding the same pooled model (the
+`pooled` strategy) are recognised by a fingerprint of their booster and calibration and
+scored in one call for every (customer, action) pair.
 
-A test checks the fast path against the models' own `predict_proba` / `predict`.
+Tests check the ONNX margins against XGBoost's (tests/test_onnx_scoring.py) and the fast path
+against the models' own `predict_proba` / `predict` (tests/test_serving.py).
 
 Uplift models (several boosters per learner) are scored through their own `predict`; the
 core only asks for uplift when the priority formula reads it.
@@ -79,131 +81,152 @@ def feature_matrix(columns: Sequence[Column], env: Mapping[str, Any], n: int) ->
     return X
 
 
-# The output transform and the margin of the base score, per XGBoost objective.
+# The link from margin to prediction, per XGBoost objective (XGBoost's documented objectives).
 _LINKS = {
     "binary:logistic": "logit", "reg:logistic": "logit",
     "reg:squarederror": "identity", "reg:absoluteerror": "identity", "reg:pseudohubererror": "identity",
     "reg:tweedie": "log", "count:poisson": "log", "reg:gamma": "log",
 }
-SMALL = 256  # up to this many rows, the numpy trees beat XGBoost's per-call overhead
+# ONNX Runtime scores a few rows, XGBoost's `inplace_predict` many (one thread each). ONNX
+# Runtime's cost grows with rows x trees x depth from about 10 us; XGBoost's starts at 0.15-0.6
+# ms per call and grows more slowly. `benchmarks/bench_scoring.py` measured XGBoost faster from
+# 192 rows for 200 trees of depth 2, 96 for 300 of depth 3 and 48 for 300 of depth 6: 77,000 to
+# 86,000 rows x trees x depth (benchmarks/RESULTS.md, "Serve-time scoring"). Each model switches
+# at SWITCH_WORK // (trees x depth) rows, at most SMALL. Both paths give the same margins bit
+# for bit, so the switch changes the time, never a score.
+SWITCH_WORK = 80_000
+SMALL = 256  # the most rows any model scores through ONNX Runtime
+ONNX_TOLERANCE = 1e-6  # |ONNX - XGBoost| on final probabilities and values, checked at bundle build
 
 
-class TreeEnsemble:
-    """An XGBoost booster's trees as flat numpy arrays, for scoring a few rows.
+def _xgb_model(model: Any) -> tuple[Any, Any]:
+    """(the scikit-learn XGBoost estimator, the nba wrapper holding it) of a trained model."""
+    from nba.training.models import ActionBoundClassifier, CalibratedXGBClassifier, XGBRegressorOnFrame
 
-    From Python, one `inplace_predict` costs about 0.3 ms (0.7 ms on a loaded machine) whatever
-    the number of rows; walking the shallow trees in numpy costs 0.02-0.1 ms for up to ten
-    rows. Splits follow XGBoost: `x < split_condition` goes to `yes`, a missing value to
-    `missing`; leaves sum to the margin, plus the base score's margin, and the objective's
-    link gives the prediction. `supported` is False for objectives not handled here (the
-    caller then uses XGBoost). A test checks it against `Booster.predict`.
+    inner = model.model if isinstance(model, ActionBoundClassifier) else model
+    if not isinstance(inner, CalibratedXGBClassifier | XGBRegressorOnFrame):
+        raise ModelLoadError(f"{type(inner).__name__} has no fast path (expected a calibrated XGBoost classifier "
+                             "or an XGBoost regressor of nba.training.models)")
+    return inner.booster_, inner
 
-    Layout: the two children of a split are adjacent (`yes` at `left`, `no` at `left + 1`), so
-    one level of the walk is `left[node] + (x >= threshold)`: five numpy calls, two more only
-    when the rows hold a missing value. A leaf has a NaN threshold (never `>=`) and is its own
-    `left`, so walking on stays there. Indices are int32 and values float32: the churn model's
-    57,000 nodes take 0.9 MB instead of 2.3 MB, which keeps them in a core's cache between
-    requests.
+
+def _base_margin(xgb_model: Any, link: str) -> np.float32:
+    """XGBoost's base score as the float32 margin its sums start from.
+
+    `intercept_` (public) gives the base score in prediction space; its margin computed here
+    can differ from the one XGBoost computes by an ulp or two, which moves sums of hundreds of
+    leaves by a few more. So the candidates within 16 ulps are tried on XGBoost itself (its
+    `base_margin` argument replaces the base score): the one giving XGBoost's own margins bit
+    for bit on sample rows is XGBoost's.
     """
+    base = float(np.asarray(xgb_model.intercept_, dtype=np.float64).ravel()[0])
+    estimate = np.float32(np.log(base / (1 - base)) if link == "logit" else np.log(base) if link == "log" else base)
+    booster = xgb_model.get_booster()
+    X = sample_rows(booster, int(xgb_model.n_features_in_), rows=64)
+    own = booster.inplace_predict(X, predict_type="margin")
+    candidates = [estimate]
+    up = down = estimate
+    for _ in range(16):
+        up, down = np.nextafter(up, np.float32(np.inf)), np.nextafter(down, np.float32(-np.inf))
+        candidates += [up, down]
+    for b in candidates:
+        if np.array_equal(booster.inplace_predict(X, predict_type="margin", base_margin=np.full(len(X), b)), own):
+            return b
+    return estimate  # the check at bundle build says whether it is close enough
 
-    def __init__(self, booster: Any):
-        import json
 
-        config = json.loads(booster.save_config())
-        self.objective = config["learner"]["objective"]["name"]
-        self.link = _LINKS.get(self.objective)
-        self.supported = self.link is not None
-        if not self.supported:
-            return
-        base = float(str(config["learner"]["learner_model_param"]["base_score"]).strip("[]").split(",")[0])
-        margins = {"logit": float(np.log(base / (1 - base))) if 0 < base < 1 else 0.0,
-                   "log": float(np.log(base)) if base > 0 else 0.0, "identity": base}
-        self.base_margin = margins[str(self.link)]
-        feat: list[int] = []
-        thr: list[float] = []
-        left: list[int] = []
-        miss_right: list[bool] = []
-        leaf: list[float] = []
-        roots: list[int] = []
-        depth = 0
+def xgboost_of(model: Any) -> Any:
+    """The scikit-learn XGBoost estimator inside a trained model of `nba.training.models`."""
+    return _xgb_model(model)[0]
 
-        def place() -> int:  # reserve a slot, filled when its node is visited
-            feat.append(0)
-            thr.append(np.nan)
-            left.append(len(left))
-            miss_right.append(False)
-            leaf.append(0.0)
-            return len(feat) - 1
 
-        for dump in booster.get_dump(dump_format="json"):
-            tree = json.loads(dump)
-            queue = [(tree, place(), 0)]
-            roots.append(queue[0][1])
-            while queue:  # breadth first: a split's children get two adjacent slots
-                node, at, d = queue.pop(0)
-                depth = max(depth, d)
-                if "leaf" in node:
-                    leaf[at] = float(node["leaf"])
-                    continue
-                children = {c["nodeid"]: c for c in node["children"]}
-                yes, no = children[node["yes"]], children[node["no"]]
-                y_at, n_at = place(), place()  # side by side
-                feat[at] = int(str(node["split"]).lstrip("f"))
-                thr[at] = float(node["split_condition"])
-                left[at] = y_at
-                miss_right[at] = node["missing"] == node["no"]
-                queue.extend([(yes, y_at, d + 1), (no, n_at, d + 1)])
-        self.depth = depth
-        self.feat = np.asarray(feat, dtype=np.int32)
-        self.thr = np.asarray(thr, dtype=np.float32)
-        self.left = np.asarray(left, dtype=np.int32)
-        self.miss_right = np.asarray(miss_right, dtype=np.int32)
-        self.leaf = np.asarray(leaf, dtype=np.float32)
-        self.roots = np.asarray(roots, dtype=np.int32)
+def _link_of(xgb_model: Any) -> str:
+    objective = str(xgb_model.get_xgb_params()["objective"])
+    link = _LINKS.get(objective)
+    if link is None:
+        raise ModelLoadError(f"XGBoost objective {objective} is not scored at serving time (known: {sorted(_LINKS)})")
+    return link
 
-    def margin(self, X: np.ndarray) -> np.ndarray:
-        missing = bool(np.isnan(X).any())
-        if X.shape[0] == 1:  # one row: flat indexing
-            x = X[0]
-            node = self.roots
-            for _ in range(self.depth):
-                v = x[self.feat[node]]
-                right = v >= self.thr[node]
-                if missing:
-                    right = np.where(np.isnan(v), self.miss_right[node], right)
-                node = self.left[node] + right
-            return np.array([self.leaf[node].sum(dtype=np.float64) + self.base_margin])
-        node = np.broadcast_to(self.roots, (X.shape[0], self.roots.size))
-        r = np.arange(X.shape[0])[:, None]
-        for _ in range(self.depth):
-            v = X[r, self.feat[node]]
-            right = v >= self.thr[node]
-            if missing:
-                right = np.where(np.isnan(v), self.miss_right[node], right)
-            node = self.left[node] + right
-        return self.leaf[node].sum(axis=1, dtype=np.float64) + self.base_margin
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        m = self.margin(X)
-        if self.link == "logit":
-            return 1.0 / (1.0 + np.exp(-m))
-        if self.link == "log":
-            return np.exp(m)
-        return m
+def to_onnx(model: Any) -> bytes:
+    """The trees of a trained model (`nba.training.models`) as an ONNX graph of their margin.
+
+    `onnxmltools` converts the trees (splits, thresholds, default directions of missing
+    values, leaves). Its graph adds the base score after the trees and applies the link in
+    float32, which puts it up to 1e-5 (relative) from XGBoost on values in the hundreds (CLV).
+    So the graph kept here is one `TreeEnsembleRegressor` with the converted trees, the base
+    margin as a first one-leaf tree (XGBoost starts its float32 sum with it) and no post
+    transform: its margins equal XGBoost's bit for bit (tests/test_onnx_scoring.py), and the
+    link and the calibration are applied in numpy to either (`FastModel.finish`).
+    """
+    from onnx import TensorProto, helper
+    from onnxmltools.convert import convert_xgboost
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    xgb_model, _ = _xgb_model(model)
+    link = _link_of(xgb_model)
+    n = int(xgb_model.n_features_in_)
+    converted = convert_xgboost(xgb_model, initial_types=[("X", FloatTensorType([None, n]))])
+    ensembles = [node for node in converted.graph.node if node.op_type.startswith("TreeEnsemble")]
+    if len(ensembles) != 1:
+        raise ModelLoadError(f"onnxmltools gave {len(ensembles)} tree ensembles, expected one")
+    attrs = {a.name: helper.get_attribute_value(a) for a in ensembles[0].attribute}
+    out = "class_" if ensembles[0].op_type == "TreeEnsembleClassifier" else "target_"
+    first = {"nodes_treeids": 0, "nodes_nodeids": 0, "nodes_featureids": 0, "nodes_values": 0.0,
+             "nodes_modes": b"LEAF", "nodes_truenodeids": 0, "nodes_falsenodeids": 0,
+             "nodes_missing_value_tracks_true": 0, "nodes_hitrates": 1.0}
+    nodes = {k: v for k, v in attrs.items() if k.startswith("nodes_")}
+    unknown = sorted(set(nodes) - set(first))
+    if unknown:
+        raise ModelLoadError(f"onnxmltools wrote tree attributes {unknown} this conversion does not know")
+    tree: dict[str, Any] = {k: [first[k], *(t + 1 for t in v)] if k == "nodes_treeids" else [first[k], *v]
+                            for k, v in nodes.items()}
+    if len(set(attrs[out + "ids"])) != 1:
+        raise ModelLoadError("the converted trees hold more than one output (a multi-class or multi-target model)")
+    node = helper.make_node(
+        "TreeEnsembleRegressor", ["X"], ["margin"], domain="ai.onnx.ml", **tree,
+        target_treeids=[0, *(t + 1 for t in attrs[out + "treeids"])], target_nodeids=[0, *attrs[out + "nodeids"]],
+        target_ids=[0] * (1 + len(attrs[out + "ids"])),
+        target_weights=[float(_base_margin(xgb_model, link)), *attrs[out + "weights"]],
+        n_targets=1, aggregate_function="SUM", post_transform="NONE", base_values=[0.0])
+    graph = helper.make_graph([node], "nba_trees", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, n])],
+                              [helper.make_tensor_value_info("margin", TensorProto.FLOAT, [None, 1])])
+    onx = helper.make_model(graph, producer_name="nba", opset_imports=[helper.make_opsetid("", 17),
+                                                                       helper.make_opsetid("ai.onnx.ml", 3)])
+    onx.ir_version = 8
+    return onx.SerializeToString()
+
+
+def onnx_session(onnx_model: bytes, nthread: int = 1) -> Any:
+    """An ONNX Runtime session on `nthread` threads (the service runs several workers)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = nthread
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3  # errors only
+    return ort.InferenceSession(onnx_model, opts, providers=["CPUExecutionProvider"])
 
 
 class FastModel:
-    """A classifier or regressor of `nba.training.models`, scored on numpy."""
+    """A classifier or regressor of `nba.training.models`, scored on numpy arrays.
 
-    def __init__(self, name: str, model: Any, *, nthread: int = 1):
-        from nba.training.models import ActionBoundClassifier, CalibratedXGBClassifier, XGBRegressorOnFrame
+    The margin comes from ONNX Runtime for up to `small` rows (see `SWITCH_WORK`) and from
+    XGBoost's `inplace_predict` above; the link and the calibration (Platt: two numbers; isotonic: a
+    step table) are applied in numpy to either.
+    """
+
+    def __init__(self, name: str, model: Any, onnx_model: bytes, *, nthread: int = 1):
+        from nba.training.models import ActionBoundClassifier, CalibratedXGBClassifier
 
         self.name = name
-        self.action: str | None = None
-        inner = model
-        if isinstance(model, ActionBoundClassifier):
-            self.action = model.action
-            inner = model.model
+        self.action: str | None = model.action if isinstance(model, ActionBoundClassifier) else None
+        try:
+            xgb_model, inner = _xgb_model(model)
+            self.link = _link_of(xgb_model)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"model {name}: {exc}") from None
         if isinstance(inner, CalibratedXGBClassifier):
             self.kind = "classifier"
             self.calibration = inner.calibration
@@ -213,23 +236,32 @@ class FastModel:
             else:
                 self.x_thr = np.asarray(inner.calibrator_.X_thresholds_, dtype=np.float64)
                 self.y_thr = np.asarray(inner.calibrator_.y_thresholds_, dtype=np.float64)
-        elif isinstance(inner, XGBRegressorOnFrame):
-            self.kind = "regressor"
         else:
-            raise ModelLoadError(f"model {name}: {type(inner).__name__} has no fast path (expected a calibrated "
-                                 "XGBoost classifier or an XGBoost regressor of nba.training.models)")
+            self.kind = "regressor"
         self.columns = _columns(inner.encoder_)
-        self.booster = inner.booster_.get_booster()
+        self.booster = xgb_model.get_booster()
         self.booster.set_param({"nthread": nthread})
-        self.trees = TreeEnsemble(self.booster)
+        try:  # early stopping: XGBoost's scikit-learn predict uses the best iteration's trees
+            self.iteration_range = (0, int(xgb_model.best_iteration) + 1)
+        except AttributeError:
+            self.iteration_range = (0, 0)  # every tree
+        depth = int(xgb_model.get_xgb_params().get("max_depth") or 6)  # XGBoost's default depth is 6
+        trees = (self.iteration_range[1] or self.booster.num_boosted_rounds()) - self.iteration_range[0]
+        self.small = max(1, min(SMALL, SWITCH_WORK // max(1, trees * depth)))  # rows ONNX Runtime scores
+        self.session = onnx_session(onnx_model, nthread)
+        width = self.session.get_inputs()[0].shape[1]
+        if width != len(self.columns):
+            raise ModelLoadError(f"model {name}: its ONNX graph reads {width} columns, the model {len(self.columns)}; "
+                                 "rebuild the bundle with `nba bundle build`")
+        self._input = self.session.get_inputs()[0].name
         self.inputs = sorted({c.name for c in self.columns} - {"action_id"})
         self.action_values = {str(c.category): j for j, c in enumerate(self.columns) if c.name == "action_id"}
         if self.action is not None and self.action not in self.action_values:
             raise ModelLoadError(f"model {name} is bound to action '{self.action}', which its pooled model never "
                                  f"saw (it knows {sorted(self.action_values)})")
-        self.fingerprint = self._fingerprint(inner)
+        self.fingerprint = self._fingerprint()
 
-    def _fingerprint(self, inner: Any) -> str:
+    def _fingerprint(self) -> str:
         h = hashlib.sha256(bytes(self.booster.save_raw("ubj")))
         h.update(repr([(c.name, c.category) for c in self.columns]).encode())
         if self.kind == "classifier":
@@ -238,11 +270,29 @@ class FastModel:
                 h.update(self.x_thr.tobytes() + self.y_thr.tobytes())
         return h.hexdigest()
 
-    def raw(self, X: np.ndarray) -> np.ndarray:
-        """The booster's prediction: numpy trees for a few rows, XGBoost for many."""
-        if X.shape[0] <= SMALL and self.trees.supported:
-            return self.trees.predict(X)
-        return np.asarray(self.booster.inplace_predict(X), dtype=np.float64).ravel()
+    def margin_onnx(self, X: np.ndarray) -> np.ndarray:
+        out = self.session.run(None, {self._input: np.ascontiguousarray(X, dtype=np.float32)})[0]
+        return out[:, 0].astype(np.float64)
+
+    def margin_xgboost(self, X: np.ndarray) -> np.ndarray:
+        out = self.booster.inplace_predict(X, predict_type="margin", iteration_range=self.iteration_range)
+        return np.asarray(out, dtype=np.float64).ravel()
+
+    def margin(self, X: np.ndarray) -> np.ndarray:
+        """The trees' margin: ONNX Runtime up to `small` rows, XGBoost above."""
+        return self.margin_onnx(X) if X.shape[0] <= self.small else self.margin_xgboost(X)
+
+    def finish(self, margin: np.ndarray) -> np.ndarray:
+        """Link and calibration: probabilities (classifier) or non-negative values (regressor)."""
+        if self.link == "logit":
+            raw = 1.0 / (1.0 + np.exp(-margin))
+        elif self.link == "log":
+            raw = np.exp(margin)
+        else:
+            raw = margin
+        if self.kind == "classifier":
+            return self.calibrate(raw)
+        return np.maximum(raw, 0.0)
 
     def calibrate(self, raw: np.ndarray) -> np.ndarray:
         if self.calibration == "sigmoid":
@@ -253,10 +303,33 @@ class FastModel:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Probabilities (classifier) or non-negative values (regressor)."""
-        raw = self.raw(X)
-        if self.kind == "classifier":
-            return self.calibrate(raw)
-        return np.maximum(raw, 0.0)
+        return self.finish(self.margin(X))
+
+    def warm(self) -> None:
+        """First calls are slow (XGBoost: 10-40 ms): make them here, on both paths."""
+        for rows in (1, self.small + 1):
+            self.predict(np.zeros((rows, len(self.columns)), dtype=np.float32))
+
+    def check_sample(self, rows: int = 512, seed: int = 0, missing: float = 0.15) -> np.ndarray:
+        return sample_rows(self.booster, len(self.columns), rows, seed, missing)
+
+
+def sample_rows(booster: Any, width: int, rows: int = 512, seed: int = 0, missing: float = 0.15) -> np.ndarray:
+    """Rows that take both sides of a booster's splits: each value a split threshold of its
+    column, or the float32 just below or above one, or missing (`missing` of the cells);
+    columns no tree splits on are standard normal."""
+    rng = np.random.default_rng(seed)
+    trees = booster.trees_to_dataframe()
+    splits = trees[trees["Feature"] != "Leaf"]
+    X = rng.normal(size=(rows, width)).astype(np.float32)
+    for feature, thresholds in splits.groupby("Feature")["Split"]:
+        j = int(str(feature).lstrip("f"))
+        t = rng.choice(np.unique(thresholds.to_numpy(dtype=np.float32)), size=rows)
+        step = rng.integers(-1, 2, size=rows)  # below, at, above
+        X[:, j] = np.where(step < 0, np.nextafter(t, np.float32(-np.inf)),
+                           np.where(step > 0, np.nextafter(t, np.float32(np.inf)), t))
+    X[rng.random(X.shape) < missing] = np.nan
+    return X
 
 
 class ModelSet:

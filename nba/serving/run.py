@@ -45,6 +45,7 @@ def server_env(settings: Settings, workers: int | None = None, extra: dict[str, 
         "NBA_MLFLOW_DIR": str(settings.mlflow_path),
         "NBA_PROFILE": settings.profile,
         "NBA_SERVE_WORKERS": str(workers or settings.serve_workers),
+        "NBA_SERVE_METRICS": "1" if settings.serve_metrics else "0",
         "NBA_REDIS_URL": settings.redis_url,
         "NBA_REDIS_PREFIX": settings.redis_prefix,
         "NBA_POSTGRES_DSN": settings.postgres_dsn,
@@ -52,6 +53,8 @@ def server_env(settings: Settings, workers: int | None = None, extra: dict[str, 
     })
     if settings.policy_store:
         env["NBA_POLICY_STORE"] = settings.policy_store
+    if settings.serve_bundle is not None:
+        env["NBA_BUNDLE_DIR"] = str(settings.path(settings.serve_bundle))
     if settings.data_dir is not None:
         env["NBA_DATA_DIR"] = str(settings.path(settings.data_dir))
     env.update(extra or {})

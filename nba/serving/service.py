@@ -12,15 +12,16 @@ names the field and the reason); the engine's checks (unknown channel, k out of 
 context key) answer 400, an unknown decision 404, a customer without features 404 (when the
 policies say `reject`), a store that is down 503, each as `{"error": ..., "field": ...}`.
 
-Settings come from the environment (`NBA_*`, see `nba.settings`); the bundle from
-`NBA_BUNDLE_DIR`, else the `bundle/` folder of the Bento this module was built into, else
-`<work>/bundle`.
+Settings come from `nba.settings.Settings` (`NBA_*` variables): the worker count and the
+metrics switch when BentoML reads the service's configuration (at import), the rest when a
+worker builds its service instance; the bundle from `NBA_BUNDLE_DIR`, else the `bundle/`
+folder of the Bento this module was built into, else `<work>/bundle`. The engine lives on
+the service instance; `/readyz` reaches it through `bentoml.get_current_service()`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -35,20 +36,10 @@ from nba.settings import Settings, disable_telemetry
 
 disable_telemetry()  # this module is an entry point (bentoml serve): no library phones home
 
-# One request at a time per worker (async API: no thread hop); a worker waiting on its log's
-# fsync leaves its core to the others, so the default is one worker more than the 2 cores.
-WORKERS = int(os.environ.get("NBA_SERVE_WORKERS", "3"))
-# BentoML's Prometheus middleware and an OpenTelemetry span per request cost about 20 % of the
-# CPU of a decision (py-spy on a serving worker); both are off unless NBA_SERVE_METRICS=1.
-METRICS = os.environ.get("NBA_SERVE_METRICS", "0") == "1"
-UNTRACED = [] if METRICS else ["/decide", "/decide_batch", "/respond", "/readyz", "/healthz"]
-_STATE: dict[str, Any] = {"engine": None, "error": None}
-
 
 def bundle_location(settings: Settings) -> Path:
-    explicit = os.environ.get("NBA_BUNDLE_DIR")
-    if explicit:
-        return Path(explicit)
+    if settings.serve_bundle is not None:
+        return settings.path(settings.serve_bundle)
     packed = Path(__file__).resolve().parents[2] / "bundle"  # inside a built Bento
     if (packed / "bundle.json").is_file():
         return packed
@@ -127,16 +118,23 @@ def _epoch(ts: datetime | None) -> float | None:
 
 
 class ReadinessMiddleware:
-    """`GET /readyz` with the state of each component (BentoML's own says only ready or not)."""
+    """`GET /readyz` with the state of each component (BentoML's own says only ready or not).
+    The engine is the one of this worker's service instance (BentoML sets it once the
+    instance is built); before that, the answer is 503 "starting"."""
 
     def __init__(self, app: Any):
         self.app = app
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope.get("type") == "http" and scope.get("path") == "/readyz" and scope.get("method") == "GET":
-            engine = _STATE["engine"]
+            from bentoml.exceptions import BentoMLException
+
+            try:
+                engine = bentoml.get_current_service().engine
+            except BentoMLException:  # the instance is not built yet
+                engine = None
             if engine is None:
-                body = {"ready": False, "checks": {"engine": {"ok": False, "detail": _STATE["error"] or "starting"}}}
+                body = {"ready": False, "checks": {"engine": {"ok": False, "detail": "starting"}}}
             else:
                 body = engine.readiness()
             resp = JSONResponse(body, status_code=200 if body["ready"] else 503)
@@ -145,15 +143,26 @@ class ReadinessMiddleware:
         await self.app(scope, receive, send)
 
 
-# The service's BentoML configuration (benchmarks/floor_service.py measures BentoML's own
-# request path under the same one).
-CONFIG: dict[str, Any] = {
-    "workers": WORKERS,
-    "traffic": {"timeout": 60},
-    "logging": {"access": {"enabled": False}},  # console access logs cost ~15 % throughput (PERFORMANCE.md)
-    "metrics": {"enabled": METRICS},
-    "tracing": {"excluded_urls": UNTRACED},
-}
+def service_config(settings: Settings) -> dict[str, Any]:
+    """The service's BentoML configuration (benchmarks/floor_service.py measures BentoML's own
+    request path under the same one).
+
+    One request at a time per worker (async API: no thread hop); a worker waiting on its log's
+    fsync leaves its core to the others, so the default is one worker more than the 2 cores.
+    BentoML's Prometheus middleware and an OpenTelemetry span per request cost about 20 % of
+    the CPU of a decision (py-spy on a serving worker); both are off unless NBA_SERVE_METRICS=1.
+    """
+    untraced = [] if settings.serve_metrics else ["/decide", "/decide_batch", "/respond", "/readyz", "/healthz"]
+    return {
+        "workers": settings.serve_workers,
+        "traffic": {"timeout": 60},
+        "logging": {"access": {"enabled": False}},  # console access logs cost ~15 % throughput (PERFORMANCE.md)
+        "metrics": {"enabled": settings.serve_metrics},
+        "tracing": {"excluded_urls": untraced},
+    }
+
+
+CONFIG = service_config(Settings())  # BentoML reads a service's configuration from its decorator
 
 
 @bentoml.service(name="nba_decision", **CONFIG)
@@ -161,16 +170,14 @@ class DecisionService:
     """One central decision authority for every channel."""
 
     def __init__(self) -> None:
+        """The engine over the bundle, warmed. A component that does not load (a model, the
+        feature store) is retried on use and `/readyz` says why; a bundle that cannot be read
+        at all stops the worker with the reason in its log."""
         from nba.serving.bundle import load_engine
 
         settings = Settings()
-        try:
-            self.engine = load_engine(settings, bundle_location(settings))
-        except Exception as exc:  # a broken bundle: readiness says why, decisions answer 503
-            _STATE["error"] = f"{type(exc).__name__}: {exc}"
-            raise
+        self.engine = load_engine(settings, bundle_location(settings))
         self.engine.warm()
-        _STATE["engine"] = self.engine
 
     @bentoml.api(route="/decide")
     async def decide(self, customer_id: Annotated[int, Field(strict=True, ge=0, description="the customer")],
