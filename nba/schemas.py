@@ -286,22 +286,3 @@ def _dtype_matches(actual: str, expected: str) -> bool:
     if expected.startswith("datetime64") and actual.startswith("datetime64"):
         return "UTC" in actual
     return False
-
-
-# --- Decisions and outcomes ----------------------------------------------------------
-# The decision log's records are declared once in `nba.records` (every store and the batch path
-# derive from them). The names below are kept for older callers; they are read from there.
-
-_FROM_RECORDS = {"NO_ACTION", "EXPERIMENT_GROUPS", "OUTCOME_KINDS", "DECISIONS", "OUTCOMES"}
-
-
-def __getattr__(name: str):  # resolved on first use: nba.records imports this module
-    if name not in _FROM_RECORDS:
-        raise AttributeError(f"module 'nba.schemas' has no attribute '{name}'")
-    from nba import records
-
-    if name == "DECISIONS":
-        return TableSchema(records.DECISION.name, records.DECISION.dtypes, records.DECISION.doc)
-    if name == "OUTCOMES":
-        return TableSchema(records.OUTCOME.name, records.OUTCOME.dtypes, records.OUTCOME.doc)
-    return getattr(records, name)

@@ -143,7 +143,7 @@ def test_unknown_monitoring_key_is_refused_with_the_file_and_key(tmp_path: Path)
 def decision_log(folder: Path, served: pd.DataFrame, propensity: np.ndarray, batch: str = "b1") -> Path:
     """A decision log holding one batch: one decision per served row, the action a candidate
     with its served propensity (written through the log's own API)."""
-    from nba import schemas
+    from nba import records
     from nba.stores.decisions.sqlite import write_batch
 
     n = len(served)
@@ -155,7 +155,7 @@ def decision_log(folder: Path, served: pd.DataFrame, propensity: np.ndarray, bat
         "propensity": propensity, "value": 1.0, "lever": 0.0, "priority": propensity, "uplift": np.nan,
         "n_candidates": 1, "features_missing": 0, "catalog_version": "test", "source": "batch",
     })
-    assert list(decisions.columns) == list(schemas.DECISIONS.columns)
+    assert list(decisions.columns) == list(records.DECISION.dtypes)
     candidates = pd.DataFrame({"decision_id": ids, "action_id": ACTION, "rank": 1, "propensity": propensity,
                                "value": 1.0, "lever": 0.0, "priority": propensity, "uplift": np.nan})
     filtered = pd.DataFrame({"decision_id": pd.Series([], dtype=str), "action_id": pd.Series([], dtype=str),

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from nba import records, schemas
+from nba import records
 from nba.records import FLOAT, TEXT, Coded, Column, Columns, arrow_schema, model_fields, to_arrow
 from nba.stores.decisions import DecisionLogError, read_log
 from nba.stores.decisions.sqlite import DecisionLog, conform
@@ -125,9 +125,6 @@ def test_the_readers_types_are_the_declaration(tmp_path: Path):
     for frame, record in ((frames.decisions, records.DECISION), (frames.candidates, records.CANDIDATE),
                           (frames.filtered, records.FILTERED), (frames.outcomes, records.OUTCOME)):
         assert {c: str(t) for c, t in frame.dtypes.items()} == record.dtypes, record.name
-    # the data-set module still answers for the log's columns, from the declaration
-    assert dict(schemas.DECISIONS.columns) == records.DECISION.dtypes
-    assert schemas.NO_ACTION == records.NO_ACTION
 
 
 def test_a_change_of_the_declaration_flows_to_the_ddl_the_parquet_schema_and_the_fields():

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nba import schemas
+from nba import records
 from nba.decisioning import experiment
 from nba.settings import Settings
 from nba.stores.decisions import read_log
@@ -97,7 +97,7 @@ def test_a_decision_follows_the_contract_and_is_logged(server, served, customers
     row = log.decisions.set_index("decision_id").loc[d["decision_id"]]
     assert row["customer_id"] == cid and row["source"] == "api"
     assert row["probability"] == pytest.approx(d["probability"])
-    assert row["action_id"] == (d["actions"][0]["action_id"] if d["actions"] else schemas.NO_ACTION)
+    assert row["action_id"] == (d["actions"][0]["action_id"] if d["actions"] else records.NO_ACTION)
     cands = log.candidates[log.candidates["decision_id"] == d["decision_id"]]
     assert set(cands.loc[cands["rank"] > 0, "action_id"]) == shown
     feats = log.features.set_index("decision_id").loc[d["decision_id"]]
@@ -276,13 +276,13 @@ def test_decide_batch_agrees_with_decide(server, served, customers, tmp_path):
         for col in ("propensity", "value", "lever", "priority"):
             assert np.allclose(a_c[col].astype(float), b_c[col].astype(float), rtol=1e-5, equal_nan=True), col
         if d["experiment_group"] == "nba" and b["experiment_group"].iloc[0] == "nba":
-            expected = d["actions"][0]["action_id"] if d["actions"] else schemas.NO_ACTION
+            expected = d["actions"][0]["action_id"] if d["actions"] else records.NO_ACTION
             assert b["action_id"].iloc[0] == expected
     out = pd.read_parquet(tmp_path / "out.parquet")
     assert set(out["customer_id"]) == set(ids.tolist())
     assert (out.groupby("customer_id")["rank"].min() == 1).all()
     # an outcome of an outbound (batch) decision is reported like any other
-    sent = out[out["action_id"] != schemas.NO_ACTION].iloc[0]
+    sent = out[out["action_id"] != records.NO_ACTION].iloc[0]
     status, r = call(server.url, "/respond", {"decision_id": sent["decision_id"], "action_id": sent["action_id"],
                                               "outcome": "accepted", "value": 5.0, "timestamp": ts})
     assert status == 200 and r["recorded"] is True and r["customer_id"] == sent["customer_id"]

@@ -56,6 +56,7 @@ from nba.evaluation.stats import (
     segmented,
     slug,
 )
+from nba.records import NO_ACTION
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -63,7 +64,6 @@ if TYPE_CHECKING:
     from nba.config import EvaluationLimits
     from nba.stores.decisions import LogFrames
 
-NO_ACTION = "do_nothing"  # nba.schemas.NO_ACTION (not imported: keeps this module's imports small)
 INTENDED_AGREEMENT_MIN = 0.99
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from nba import schemas
 from nba.errors import DataFileError
-from nba.features.store import write_source
+from nba.features.sources import write_source
 from nba.io import write_parquet
 from nba.settings import Settings
 

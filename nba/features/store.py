@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from nba import console, schemas
 from nba.errors import FeatureStoreError
+from nba.features.sources import write_source
 from nba.io import atomic_path, read_table, write_text
 from nba.settings import Settings
 
@@ -114,25 +115,6 @@ def publish_sources(source_dir: Path, settings: Settings) -> dict[str, int]:
             schemas.validate_frame(head, schema, source=str(path))
         rows[name] = write_source(pq.read_table(path), target / f"{name}.parquet")
     return rows
-
-
-def write_source(table: Any, target: Path) -> int:
-    """Write an offline source atomically, timestamps as microseconds (DuckDB, which runs the
-    point-in-time joins, cannot cast nanosecond time-zone-aware timestamps)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if not isinstance(table, pa.Table):
-        table = pa.Table.from_pandas(table, preserve_index=False)
-    fields = []
-    for f in table.schema:
-        if pa.types.is_timestamp(f.type) and f.type.unit == "ns":
-            f = f.with_type(pa.timestamp("us", tz=f.type.tz))
-        fields.append(f)
-    table = table.cast(pa.schema(fields))
-    with atomic_path(target) as tmp:
-        pq.write_table(table, tmp)
-    return table.num_rows
 
 
 def get_store(settings: Settings) -> FeatureStore:
