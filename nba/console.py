@@ -60,6 +60,11 @@ LIBRARY_WARNINGS: tuple[Silenced, ...] = (
     Silenced(DeprecationWarning, r"The `__get_pydantic_core_schema__` method of the `BaseModel` class is deprecated",
              r"_bentoml_sdk\.", "BentoML's IO models override a hook Pydantic 2.11 deprecates "
              "(PydanticDeprecatedSince211), when a service's API is built"),
+    Silenced(DeprecationWarning, r"numpy\.core is deprecated", r"evidently\.",
+             "Evidently 0.7 imports its own legacy test helpers, which patch numpy.core, on import"),
+    Silenced(DeprecationWarning, r"(Call to deprecated function 'Dependency'|Use of deprecated class 'DependencyKwarg')",
+             r"litestar\.", "Litestar (Evidently's workspace service runs on it) declares its own deprecated "
+             "dependency helpers at import (LitestarDeprecationWarning)"),
     Silenced(DeprecationWarning, r"path is deprecated\. Use files\(\) instead", r"_bentoml_sdk\.",
              "BentoML's image builder uses importlib.resources.path, deprecated in Python 3.11"),
 )
