@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
 import json
 import os
 import platform
@@ -166,7 +167,8 @@ def catalog_200(home: Path) -> None:
     out = []
     for a in src["actions"]:
         for v in range(20):
-            b = {k: val for k, val in a.items() if k != "uplift_model"}
+            # a copy of its own: shared lists would be written as YAML aliases, which the loader refuses
+            b = copy.deepcopy({k: val for k, val in a.items() if k != "uplift_model"})
             b["id"] = f"{a['id']}_{v:02d}"
             b["suitability"] = [*([a["suitability"]] if isinstance(a.get("suitability"), str) else
                                   a.get("suitability", [])), f"credit_score >= {300 + 7 * v}"]
