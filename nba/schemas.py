@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from nba.errors import SchemaError
+
 ENTITY_KEY = "customer_id"
 EVENT_TS = "event_timestamp"
 CREATED_TS = "created_timestamp"
@@ -261,8 +263,6 @@ def validate_frame(frame, schema: TableSchema, *, source: str = "") -> None:
 
     Checks presence and dtype of every declared column; extra columns are allowed.
     """
-    from nba.errors import SchemaError
-
     where = f" in {source}" if source else ""
     missing = [c for c in schema.columns if c not in frame.columns]
     if missing:

@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from nba.errors import DataFileError
+
 Profile = Literal["local", "production"]
 
 # Opt-out switches of the libraries the platform drives. There is no network here, and
@@ -133,8 +135,6 @@ class Settings(BaseSettings):
 
     def real_data_dir(self) -> Path:
         """The folder with the public data sets; an error naming the setting if unset."""
-        from nba.errors import DataFileError
-
         if self.data_dir is None:
             raise DataFileError(
                 "no data folder: set NBA_DATA_DIR (or pass --data-dir) to the folder holding "

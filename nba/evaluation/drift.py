@@ -40,7 +40,10 @@ from evidently.core.metric_types import SingleValue, SingleValueCalculation, Sin
 
 from nba.config import DriftLimits, DriftTest, gates_path, load_gates
 from nba.errors import ConfigError, NbaError, SchemaError
+from nba.evaluation import dashboards
 from nba.evaluation.champions import Champion, champion_names, evaluate_each, load_champion
+from nba.evaluation.reporting import _naive_utc, publish_snapshot
+from nba.io import read_table
 from nba.settings import Settings
 
 if TYPE_CHECKING:
@@ -307,7 +310,6 @@ def compare(reference: pd.DataFrame, current: pd.DataFrame, features: Sequence[s
     report = Report(items, include_tests=True, tags=[t for t in (family, model, "drift") if t],
                     metadata={"model": model, "family": family, "evaluation": "drift", "sampling": sampling,
                               "reference": reference_source, "current": current_source})
-    from nba.evaluation.reporting import _naive_utc
 
     with warnings.catch_warnings():  # pandas' downcasting notice from inside Evidently, once per column
         warnings.simplefilter("ignore", FutureWarning)
@@ -347,8 +349,6 @@ def _verdicts(snapshot: Snapshot) -> dict[str, tuple[float, bool]]:
 
 def read_frame(path: Path) -> pd.DataFrame:
     """A batch frame from Parquet or CSV; errors name the file."""
-    from nba.io import read_table
-
     return read_table(path, "current frame")
 
 
@@ -447,8 +447,6 @@ def evaluate_model(settings: Settings, name: str, *, current: pd.DataFrame | Non
     result = replace(result, champion_version=champion.version, ignored_features=ignored)
     if not publish:
         return result
-    from nba.evaluation import dashboards
-    from nba.evaluation.reporting import publish_snapshot
 
     published = publish_snapshot(settings, project=champion.family, snapshot=snapshot,
                                  panels=dashboards.drift_panels(name), run_id=champion.run_id)

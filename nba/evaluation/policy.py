@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from nba.errors import ConfigError
 from nba.evaluation.incrementality import HOLDOUT, decision_outcomes
 from nba.evaluation.ope import (
     DEFAULT_CONFIDENCE,
@@ -70,6 +71,7 @@ from nba.evaluation.ope import (
     off_policy_value,
 )
 from nba.evaluation.stats import ExperimentDataError
+from nba.training.config import load_model_config
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -294,7 +296,6 @@ class HillstromPolicyConfig:
     confidence: float = DEFAULT_CONFIDENCE
 
     def __post_init__(self) -> None:
-        from nba.errors import ConfigError
         from nba.training.uplift_learners import LEARNERS
 
         if not (math.isfinite(self.email_cost) and self.email_cost >= 0):
@@ -439,7 +440,6 @@ def hillstrom_policy_values(settings: Settings, config: HillstromPolicyConfig | 
     """Learn the targeting policy on a training split of Hillstrom and value it, and the
     baselines, on the held-out split by inverse propensity weighting (module docstring)."""
     from nba.data.hillstrom import ARMS, ASSIGNMENT_PROBABILITY, CONTROL_ARM, load_hillstrom
-    from nba.training.config import load_model_config
     from nba.training.uplift import FAMILY, model_params
     from nba.training.uplift_learners import make_learner
 

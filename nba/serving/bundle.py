@@ -36,7 +36,11 @@ from typing import Any
 
 from nba import catalog as catalog_mod
 from nba.errors import ConfigError, NbaError
+from nba.features.online import OnlineFeatureReader
+from nba.io import write_text
 from nba.settings import Settings
+from nba.training import tracking
+from nba.training.tracking import git_commit
 
 BENTO_NAME = "nba_decision"
 SERVICE = "nba.serving.service:DecisionService"
@@ -80,16 +84,12 @@ def use_bentoml_home(settings: Settings) -> Path:
 
 
 def feature_fields(settings: Settings, service: str) -> list[dict[str, str]]:
-    from nba.features.online import OnlineFeatureReader
-
     reader = OnlineFeatureReader(settings, service)
     return [{"name": f.name, "kind": f.kind} for f in reader.fields]
 
 
 def compile_for_build(settings: Settings) -> tuple[catalog_mod.Catalog, list[dict[str, str]], dict[str, str]]:
     """The catalog checked against the feature service and the registry's champions."""
-    from nba.training import tracking
-
     spec, pol, digest, where = catalog_mod.read_files(settings.home)
     fields = feature_fields(settings, pol.feature_service)
     cat = catalog_mod.compile_catalog(spec, pol, [f["name"] for f in fields], digest=digest, where=where)
@@ -106,8 +106,6 @@ def needed_models(cat: catalog_mod.Catalog) -> dict[str, str]:
 
 def resolve_champions(settings: Settings, needed: dict[str, str]) -> list[ResolvedModel]:
     from mlflow.exceptions import MlflowException
-
-    from nba.training import tracking
 
     client = tracking.configure(settings)
     by_name: dict[str, list[str]] = {}
@@ -129,8 +127,6 @@ def import_models(settings: Settings, models: list[ResolvedModel], progress: Cal
     use_bentoml_home(settings)
     import bentoml
     from bentoml.exceptions import NotFound
-
-    from nba.training import tracking
 
     tracking.configure(settings)
     for m in models:
@@ -211,8 +207,6 @@ def write_bundle(settings: Settings, cat: catalog_mod.Catalog, fields: list[dict
                  progress: Callable[[str], None] | None = None) -> Path:
     """The bundle folder: manifest, copies of the catalog files and the checked ONNX graphs
     (replaced atomically)."""
-    from nba.io import write_text
-    from nba.training.tracking import git_commit
 
     target = target or settings.bundle_dir
     tmp = Path(tempfile.mkdtemp(prefix=".bundle.", dir=target.parent if target.parent.exists() else None))
@@ -289,7 +283,6 @@ def build(settings: Settings, progress: Callable[[str], None] | None = None) -> 
     tag = build_bento(settings, bundle_dir, models)
     manifest = read_manifest(bundle_dir)
     manifest["bento"] = tag
-    from nba.io import write_text
 
     write_text(json.dumps(manifest, indent=2) + "\n", bundle_dir / MANIFEST)
     return BuildResult(bundle_dir, tag, cat.version, tuple(models))
@@ -358,7 +351,6 @@ def _onnx_bytes(bundle_dir: Path, name: str, info: dict[str, Any]) -> bytes:
 def load_engine(settings: Settings, bundle_dir: Path | None = None, *, nthread: int = 1) -> Any:
     """A `DecisionEngine` over a bundle folder. Components that fail to load (a model, the
     feature store) are retried on use; readiness says why."""
-    from nba.features.online import OnlineFeatureReader
     from nba.serving.engine import DecisionEngine
     from nba.stores.decisions.sqlite import DecisionLog
     from nba.stores.policy_state import open_policy_store as policy_store
