@@ -183,6 +183,7 @@ def catalog_200(home: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=ROOT / "var")
+    parser.add_argument("--mlflow", type=Path, default=ROOT / "mlflow", help="the tracking store of the bank's models")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--clients", type=int, default=16)
@@ -200,7 +201,7 @@ def main() -> None:
     customers = profile.loc[profile["event_timestamp"] == profile["event_timestamp"].max(), "customer_id"].tolist()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        settings = Settings(home=ROOT, work_dir=private_work(bank, tmp / "w10"), mlflow_dir=ROOT / "mlflow")
+        settings = Settings(home=ROOT, work_dir=private_work(bank, tmp / "w10"), mlflow_dir=args.mlflow)
         with serving(settings, tmp / "server.log") as port:
             one_client("10 actions", *asyncio.run(sequential(port, customers, args.requests)))
             n, lat, errors = asyncio.run(concurrent(port, customers, args.clients, args.seconds))
@@ -219,7 +220,7 @@ def main() -> None:
         shutil.copyfile(ROOT / "serving" / "policies.yaml", home / "serving" / "policies.yaml")
         catalog_200(home)
         s200 = Settings(home=home, work_dir=private_work(bank, tmp / "w200", share_bundle=False),
-                        mlflow_dir=ROOT / "mlflow")
+                        mlflow_dir=args.mlflow)
         result = build(s200)
         print(f"200-action bundle {result.bento_tag} (catalog {result.catalog_version})")
         with serving(s200, tmp / "server200.log", timeout=240) as port:
