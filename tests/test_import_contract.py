@@ -35,10 +35,15 @@ def tree_copy(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def _lint_with(tree: Path, module: str, import_line: str) -> subprocess.CompletedProcess:
+    """lint-imports on the copy after `module` (a path under nba/) gains a function-level import."""
+    path = tree / "nba" / module
+    path.write_text(path.read_text() + f"\n\ndef _added_by_the_test():\n    {import_line}  # noqa: F401\n")
+    return _lint(tree)
+
+
 def test_a_function_level_import_of_a_store_library_breaks_it(tree_copy: Path) -> None:
-    core = tree_copy / "nba" / "decisioning" / "core.py"
-    core.write_text(core.read_text() + "\n\ndef _leak():\n    import redis  # noqa: F401\n")
-    result = _lint(tree_copy)
+    result = _lint_with(tree_copy, "decisioning/core.py", "import redis")
     assert result.returncode != 0
     assert "nba.decisioning is not allowed to import redis" in result.stdout
     assert "nba.decisioning.core -> redis" in result.stdout
@@ -47,9 +52,7 @@ def test_a_function_level_import_of_a_store_library_breaks_it(tree_copy: Path) -
 def test_an_indirect_import_of_a_store_breaks_it(tree_copy: Path) -> None:
     # decisioning -> a harmless-looking helper -> the decision log's store
     (tree_copy / "nba" / "helper_for_test.py").write_text("from nba.stores import decisions  # noqa: F401\n")
-    core = tree_copy / "nba" / "decisioning" / "core.py"
-    core.write_text(core.read_text() + "\n\ndef _leak():\n    from nba import helper_for_test  # noqa: F401\n")
-    result = _lint(tree_copy)
+    result = _lint_with(tree_copy, "decisioning/core.py", "from nba import helper_for_test")
     assert result.returncode != 0
     assert "nba.decisioning is not allowed to import nba.stores" in result.stdout
     assert "nba.helper_for_test" in result.stdout
@@ -57,9 +60,7 @@ def test_an_indirect_import_of_a_store_breaks_it(tree_copy: Path) -> None:
 
 def test_a_cycle_breaks_it(tree_copy: Path) -> None:
     # the catalog imports the YAML loader; the loader importing the catalog closes a loop
-    config = tree_copy / "nba" / "config.py"
-    config.write_text(config.read_text() + "\n\ndef _cycle():\n    from nba import catalog  # noqa: F401\n")
-    result = _lint(tree_copy)
+    result = _lint_with(tree_copy, "config.py", "from nba import catalog")
     assert result.returncode != 0
     assert "No import cycles among nba modules BROKEN" in result.stdout
 

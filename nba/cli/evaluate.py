@@ -48,6 +48,9 @@ ThresholdOpt = Annotated[float | None, typer.Option(
     help="Decision log: also require priority > this for the arbitration's pick (default: only the log's own "
          "record of candidates the 'do nothing' threshold removed).")]
 PublishOpt = Annotated[bool, typer.Option(help="Also publish the figures to the Evidently dashboards and MLflow.")]
+# drift and uplift: one summary per model, and a snapshot per model in the workspace and its MLflow run
+SummaryJsonOpt = Annotated[Path | None, typer.Option("--json", help="Also write the summary of every model here.")]
+SnapshotOpt = Annotated[bool, typer.Option(help="Store the snapshot, HTML and MLflow artifact.")]
 
 
 def _read_log(s: Settings, log: Path | None) -> Any:
@@ -304,8 +307,8 @@ def drift_cmd(
     log: Annotated[Path | None, typer.Option(help="Decision log folder [default: <work>/decision_log].")] = None,
     since: Annotated[str | None, typer.Option(help="Served decisions from this date (e.g. 2025-12-01).")] = None,
     days: Annotated[int, typer.Option(help="Without --since: the last N days of the log.", min=1)] = 30,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the summary of every model here.")] = None,
-    publish: Annotated[bool, typer.Option(help="Store the snapshot, HTML and MLflow artifact.")] = True,
+    json_out: SummaryJsonOpt = None,
+    publish: SnapshotOpt = True,
 ) -> None:
     """Drift of served features and scores against each champion's training frame.
 
@@ -354,8 +357,8 @@ def uplift_cmd(
     current: Annotated[Path | None, typer.Option(
         help="A randomised frame (Parquet or CSV): the model's inputs, 'treated' (0/1), 'label' and optionally "
              "'true_uplift'; default: the champion run's hold-out part.")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the summary of every model here.")] = None,
-    publish: Annotated[bool, typer.Option(help="Store the snapshot, HTML and MLflow artifact.")] = True,
+    json_out: SummaryJsonOpt = None,
+    publish: SnapshotOpt = True,
 ) -> None:
     """Uplift per action on randomised data: Qini, AUUC, uplift in the top k %, recovery of the truth.
 
