@@ -302,14 +302,15 @@ class DecisionEngine:
         kr = np.array([r.k or self.catalog.default_k for r in requests], dtype=np.int64)
         fm = np.zeros(n, dtype=np.int64)
         fm[missing] = 1
-        tables = decision_tables(self.catalog, d, decision_ids=dids, customer_ids=np.asarray(ids, dtype=np.int64),
+        cust = np.asarray(ids, dtype=np.int64)
+        tables = decision_tables(self.catalog, d, decision_ids=dids, customer_ids=cust,
                                  channel=channel, now=now, features_missing=fm, k=kr, source=source, env=env,
                                  model_versions=self.model_versions)
         responses = self._responses(d, tables, kr)
         self.log.append(tables)
         t_log = time.perf_counter()
         try:
-            self.policy.record_contacts(contacts(self.catalog, d, decision_ids=dids, customer_ids=np.asarray(ids),
+            self.policy.record_contacts(contacts(self.catalog, d, decision_ids=dids, customer_ids=cust,
                                                  channel=channel, now=now, k=kr))
         except NbaError as exc:
             raise Unavailable(str(exc)) from None
