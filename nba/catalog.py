@@ -94,6 +94,10 @@ class ChannelPolicy(StrictModel):
     requires: list[str] = Field(default_factory=list, description="consent rules (GDPR: no consent, no action)")
     caps: list[Cap] = Field(default_factory=list)
     weight: float = Field(1.0, ge=0, description="context weight the priority formula may read as channel_weight")
+    direction: Literal["outbound", "inbound"] = Field(
+        "outbound", description="outbound: the bank sends (an outbox message, counted against caps); "
+                                "inbound: the customer is there (web, an agent's inbound call)")
+    cost: float = Field(0.0, ge=0, description="cost of one contact on this channel, in euros")
 
     _as_list = field_validator("requires", mode="before")(_rules)
 
@@ -177,6 +181,8 @@ class CompiledChannel:
     requires: tuple[Expression, ...]
     caps: tuple[Cap, ...]
     weight: float
+    direction: str = "outbound"  # outbound | inbound
+    cost: float = 0.0  # euros per contact
 
 
 @dataclass(frozen=True)
@@ -274,7 +280,7 @@ def compile_catalog(spec: CatalogFile, policies: PoliciesFile, feature_names: Co
     channels = []
     for cname, cpol in policies.channels.items():
         reqs = tuple(_checked(r, "rule", names, f"{where}: channel '{cname}' requires") for r in cpol.requires)
-        channels.append(CompiledChannel(cname, reqs, tuple(cpol.caps), cpol.weight))
+        channels.append(CompiledChannel(cname, reqs, tuple(cpol.caps), cpol.weight, cpol.direction, cpol.cost))
     channel_names = [c.name for c in channels]
 
     seen: dict[str, int] = {}
