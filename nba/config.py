@@ -108,6 +108,8 @@ class FamilyGates(StrictModel):
     max_ece: float | None = Field(None, ge=0, le=1)
     min_gini: float | None = Field(None, ge=-1, le=1)
     min_qini: float | None = None
+    beat_baseline: list[Literal["mae", "rmse"]] = Field(
+        default_factory=list, description="hold-out errors that must be below the run's own baseline model's")
     primary_metric: Literal["log_loss", "brier", "roc_auc", "mae", "gini", "qini"]
     direction: Literal["minimize", "maximize"]
     margin: float = Field(ge=0)

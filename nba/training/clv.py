@@ -73,6 +73,7 @@ Tuning (`tuning_problem`) runs on the simulator, the model the decision service 
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 from pathlib import Path
@@ -86,7 +87,7 @@ from nba.errors import ConfigError
 from nba.features import store
 from nba.features.real import require_published
 from nba.settings import Settings
-from nba.training import tracking
+from nba.training import btyd, tracking
 from nba.training.classifier import HOLDOUT_ARTIFACT, TrainedModel, log_reference
 from nba.training.config import ModelConfig, config_path, load_model_config
 from nba.training.frames import DAY, LabelledFrame, _read_sim, censor, sim_data_end, split_by_time
@@ -111,6 +112,11 @@ DEFAULT_N_JOBS = 1
 WEIGHT = "weight"
 BASELINE = "baseline"
 LABEL_END = "label_end"
+SPEND_RATE = "spend_rate_baseline"  # the earlier baseline: past spend rate x horizon (reported beside)
+# The classical model's outputs at each row's cut-off (nba.training.btyd), fitted on the
+# purchases up to the cut-off only: features of the champion, and its offset (BGNBD_SPEND).
+BGNBD_SPEND = "bgnbd_spend"
+BGNBD_FEATURES = ("bgnbd_p_alive", "bgnbd_mean_value", BGNBD_SPEND)
 # Objectives whose loss is defined only for non-negative labels.
 NON_NEGATIVE_OBJECTIVES = ("reg:tweedie", "count:poisson", "reg:gamma")
 
@@ -208,6 +214,33 @@ def cdnow_transactions(settings: Settings) -> pd.DataFrame:
     return tx
 
 
+def bgnbd_columns(tx: pd.DataFrame, entities: pd.DataFrame, horizon_weeks: float) -> pd.DataFrame:
+    """For each entity row (CDNOW_KEY, cut-off EVENT_TS, LABEL_END): BG/NBD + Gamma-Gamma
+    fitted on the purchases up to the row's cut-off (one fit per cut-off), the probability
+    the customer is still active, the expected mean purchase value, and the expected spend
+    over (cut-off, label end] as a `horizon_weeks` equivalent (like the label). The fitted
+    parameters of the last cut-off are in `attrs["params"]`."""
+    out = pd.DataFrame(index=entities.index, columns=list(BGNBD_FEATURES), dtype=float)
+    params: dict[str, float] = {}
+    for cut, rows in entities.groupby(schemas.EVENT_TS, sort=True):
+        summary = btyd.rfm_summary(tx, cut)
+        model = btyd.ClassicalCLV.fit(summary)
+        ids = rows[CDNOW_KEY].to_numpy()
+        s = summary.reindex(ids)
+        if s["frequency"].isna().any():
+            raise ModelDataError(f"clv (cdnow): {int(s['frequency'].isna().sum())} customer(s) at cut-off "
+                                 f"{pd.Timestamp(cut).date()} have no purchase on or before it")
+        window_weeks = ((rows[LABEL_END] - rows[schemas.EVENT_TS]) / WEEK).to_numpy(dtype=float)
+        n = model.purchases.expected_purchases(window_weeks, s["frequency"], s["recency"], s["T"])
+        value = model.spend.expected_value(s["frequency"], s["monetary"])
+        out.loc[rows.index, "bgnbd_p_alive"] = model.purchases.probability_alive(s["frequency"], s["recency"], s["T"])
+        out.loc[rows.index, "bgnbd_mean_value"] = value
+        out.loc[rows.index, BGNBD_SPEND] = np.asarray(n * value) * horizon_weeks / window_weeks
+        params = model.params()
+    out.attrs["params"] = params
+    return out
+
+
 def cdnow_frame(settings: Settings, cfg: ModelConfig) -> LabelledFrame:
     """Training rows at the month ends inside the calibration period, hold-out rows at its
     end (see the module docstring). `is_holdout` marks the rows at the calibration end."""
@@ -253,9 +286,14 @@ def cdnow_frame(settings: Settings, cfg: ModelConfig) -> LabelledFrame:
     since_first = ((entities[schemas.EVENT_TS] - entities[CDNOW_KEY].map(first)) / WEEK).to_numpy(dtype=float)
     entities["label"] = future * horizon_weeks / label_weeks
     entities[WEIGHT] = label_weeks / horizon_weeks
-    entities[BASELINE] = spent / np.maximum(since_first, 1.0) * horizon_weeks
+    entities[SPEND_RATE] = spent / np.maximum(since_first, 1.0) * horizon_weeks
+    classical = bgnbd_columns(tx, entities, horizon_weeks)
+    for col in BGNBD_FEATURES:
+        entities[col] = classical[col]
+    entities[BASELINE] = entities[BGNBD_SPEND]
 
     frame, features = _service_frame(settings, service, entities)
+    features = [*features, *BGNBD_FEATURES]
     _check_features(frame, features, what, service)
     ts = frame[schemas.EVENT_TS]
     is_holdout = (ts == cal_end).to_numpy()
@@ -284,7 +322,9 @@ def cdnow_frame(settings: Settings, cfg: ModelConfig) -> LabelledFrame:
         "positives": int(frame.loc[~is_holdout, "label"].gt(0).sum()),
         "holdout_positives": int(frame.loc[is_holdout, "label"].gt(0).sum()),
         "features": len(features),
-        "baseline": f"spend to the cut-off / weeks since the customer's first purchase (min 1) x {horizon_weeks:g}",
+        "baseline": (f"BG/NBD + Gamma-Gamma fitted on the purchases up to each row's cut-off, expected spend "
+                     f"over the row's label window as a {horizon_weeks:g}-week equivalent"),
+        "bgnbd_params": json.dumps(classical.attrs.get("params", {})),
         "digest": tracking.frame_digest(frame),
     }
     return LabelledFrame(frame=frame, feature_columns=features, is_holdout=is_holdout, info=info)
@@ -377,10 +417,38 @@ def n_jobs(cfg: ModelConfig) -> int:
     return _int_option(cfg, "n_jobs", DEFAULT_N_JOBS)
 
 
+def offset_of(cfg: ModelConfig, source: str) -> tuple[str | None, float]:
+    """The prior the CDNOW model corrects (`options.cdnow_offset`, the BG/NBD spend) and the
+    weight of the correction (`options.cdnow_offset_shrink`); none for the simulator."""
+    if source != "cdnow":
+        return None, 1.0
+    name = cfg.options.get("cdnow_offset")
+    if name is not None and name not in BGNBD_FEATURES:
+        raise ConfigError(f"clv ({_cfg_file(cfg)}): key 'options.cdnow_offset' = {name!r} is not one of "
+                          f"{list(BGNBD_FEATURES)}")
+    shrink = cfg.options.get("cdnow_offset_shrink", 1.0)
+    if not isinstance(shrink, int | float) or not 0.0 <= float(shrink) <= 1.0:
+        raise ConfigError(f"clv ({_cfg_file(cfg)}): key 'options.cdnow_offset_shrink' = {shrink!r}: expected a "
+                          "number in [0, 1]")
+    return (str(name) if name else None), float(shrink)
+
+
+def params_of(cfg: ModelConfig, source: str) -> dict[str, Any]:
+    """The XGBoost parameters of a source: `params`, with `options.cdnow_params` over them
+    for CDNOW (the booster that corrects BG/NBD wants other settings than the bank's model)."""
+    extra = cfg.options.get("cdnow_params", {}) if source == "cdnow" else {}
+    if not isinstance(extra, dict):
+        raise ConfigError(f"clv ({_cfg_file(cfg)}): key 'options.cdnow_params' = {extra!r}: expected a mapping "
+                          "of XGBoost parameters")
+    return {**cfg.params, **extra}
+
+
 def fit_clv(cfg: ModelConfig, train: pd.DataFrame, features: list[str], seed: int = 0,
-            params: dict[str, Any] | None = None) -> XGBRegressorOnFrame:
+            params: dict[str, Any] | None = None, *, offset: str | None = None,
+            shrink: float = 1.0) -> XGBRegressorOnFrame:
     params = params if params is not None else cfg.params
-    model = XGBRegressorOnFrame(params=params, n_jobs=n_jobs(cfg), random_state=seed)
+    model = XGBRegressorOnFrame(params=params, n_jobs=n_jobs(cfg), random_state=seed, offset=offset,
+                                shrink=shrink)
     return model.fit(train[features], fit_label(cfg, train["label"].to_numpy(), params),
                      sample_weight=train[WEIGHT].to_numpy())
 
@@ -494,7 +562,8 @@ def train_clv(settings: Settings, source: str = "sim", register: bool = True, *,
         cfg = cfg or load_model_config(settings.home, FAMILY, settings.work)
         frame = load_frame(settings, cfg, source)
         tracking.log_frame_info(frame.info)
-        mlflow.log_params({f"xgb.{k}": v for k, v in cfg.params.items()})
+        params = params_of(cfg, source)
+        mlflow.log_params({f"xgb.{k}": v for k, v in params.items()})
         mlflow.log_params({"source": source, "config": str(config_path(settings.home, FAMILY)),
                            "seed": settings.seed, "n_jobs": n_jobs(cfg)})
         train, holdout = frame.train, frame.holdout
@@ -502,9 +571,15 @@ def train_clv(settings: Settings, source: str = "sim", register: bool = True, *,
         if positives == 0:
             raise ModelDataError(f"clv ({source}): the hold-out has {len(holdout)} rows and no customer with a "
                                  "positive value; nothing to evaluate on")
-        model = fit_clv(cfg, train, frame.feature_columns, settings.seed)
+        offset, shrink = offset_of(cfg, source)
+        mlflow.log_params({"offset": str(offset), "offset_shrink": shrink})
+        model = fit_clv(cfg, train, frame.feature_columns, settings.seed, params, offset=offset, shrink=shrink)
         predicted = model.predict(holdout[frame.feature_columns])
         metrics = clv_metrics(holdout["label"].to_numpy(), predicted, holdout[BASELINE].to_numpy())
+        if SPEND_RATE in holdout.columns:  # the earlier, simpler baseline, for scale
+            rate = clv_metrics(holdout["label"].to_numpy(), holdout[SPEND_RATE].to_numpy(),
+                               holdout[SPEND_RATE].to_numpy())
+            metrics.update({f"spend_rate_{k}": rate[k] for k in ("mae", "rmse", "gini", "total_ratio")})
         mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items()})
         key = CDNOW_KEY if source == "cdnow" else schemas.ENTITY_KEY
         _log_evaluation(model, holdout, frame.feature_columns, predicted, key,

@@ -76,9 +76,25 @@ def check_gates(family: str, challenger_metrics: dict[str, float],
         out.append(_bound("min_gini", m.get("gini"), g.min_gini, "min", "Gini"))
     if g.min_qini is not None:
         out.append(_bound("min_qini", m.get("qini"), g.min_qini, "min", "Qini coefficient"))
+    for metric in g.beat_baseline:
+        out.append(_beats_baseline(metric, m.get(metric), m.get(f"baseline_{metric}")))
 
     out.append(_compare(g, m.get(g.primary_metric), champion_metric_on_same_frame))
     return out
+
+
+def _beats_baseline(metric: str, challenger: float | None, baseline: float | None) -> GateResult:
+    """The challenger's hold-out error below its baseline's on the same rows (CLV: the
+    classical BG/NBD + Gamma-Gamma model for CDNOW, the past margin rate for the bank)."""
+    gate = f"beats_baseline_{metric}"
+    if challenger is None or baseline is None or math.isnan(challenger) or math.isnan(baseline):
+        return GateResult(gate, False, challenger, baseline,
+                          f"{gate}: {metric} of the model {_fmt(challenger)} or of the baseline {_fmt(baseline)} "
+                          "is not recorded")
+    passed = challenger < baseline
+    return GateResult(gate, bool(passed), float(challenger), float(baseline),
+                      f"{gate}: {metric} {_fmt(float(challenger))} {'<' if passed else '>='} baseline "
+                      f"{_fmt(float(baseline))}")
 
 
 def _compare(g: FamilyGates, challenger: float | None, champion: float | None) -> GateResult:

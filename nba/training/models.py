@@ -61,6 +61,11 @@ class FrameEncoder(TransformerMixin, BaseEstimator):
         return np.asarray(self.feature_names_out_, dtype=object)
 
 
+# Added to a prior prediction before its log is taken: a customer the prior gives 0 keeps a
+# finite margin (a thousandth of a currency unit is below any value the models resolve).
+OFFSET_FLOOR = 1e-3
+
+
 def _xgb_params(params: dict[str, Any] | None, n_jobs: int, random_state: int) -> dict[str, Any]:
     out = {"tree_method": "hist", "n_jobs": n_jobs, "random_state": random_state, "verbosity": 0}
     out.update(params or {})
@@ -138,12 +143,33 @@ class CalibratedXGBClassifier(ClassifierMixin, BaseEstimator):
 
 
 class XGBRegressorOnFrame(RegressorMixin, BaseEstimator):
-    """An XGBoost regressor that takes a feature frame (encoded like the classifiers)."""
+    """An XGBoost regressor that takes a feature frame (encoded like the classifiers).
 
-    def __init__(self, params: dict[str, Any] | None = None, n_jobs: int = 2, random_state: int = 0):
+    `offset`: the name of a column holding a prior prediction (e.g. the classical BG/NBD x
+    Gamma-Gamma CLV) that the booster corrects multiplicatively: its log is the base margin
+    of a log-link objective (Tweedie, Poisson, gamma), so the trees learn log(y / prior).
+    `shrink` in [0, 1] moves the prediction back towards the prior: prior + shrink x
+    (boosted - prior), a fixed-weight ensemble of the two. The column stays a feature too.
+    """
+
+    def __init__(self, params: dict[str, Any] | None = None, n_jobs: int = 2, random_state: int = 0,
+                 offset: str | None = None, shrink: float = 1.0):
         self.params = params
         self.n_jobs = n_jobs
         self.random_state = random_state
+        self.offset = offset
+        self.shrink = shrink
+
+    def _prior(self, X: pd.DataFrame) -> np.ndarray | None:
+        name = getattr(self, "offset", None)  # models pickled before the offset existed have none
+        if name is None:
+            return None
+        if name not in X.columns:
+            raise ModelDataError(f"the offset column '{name}' is not in the frame (columns: {list(X.columns)})")
+        prior = np.asarray(X[name], dtype=float)
+        if not np.isfinite(prior).all() or (prior < 0).any():
+            raise ModelDataError(f"the offset column '{name}' must be finite and non-negative")
+        return prior
 
     def fit(self, X: pd.DataFrame, y: np.ndarray, sample_weight: np.ndarray | None = None) -> XGBRegressorOnFrame:
         """`sample_weight`: e.g. the exposure of a label observed over a shorter window than
@@ -158,14 +184,22 @@ class XGBRegressorOnFrame(RegressorMixin, BaseEstimator):
         w = None if sample_weight is None else np.asarray(sample_weight, dtype=float)
         if w is not None and (len(w) != len(y) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0):
             raise ModelDataError(f"sample weights must be {len(y)} finite non-negative values, not all zero")
+        if not 0.0 <= float(getattr(self, "shrink", 1.0)) <= 1.0:
+            raise ModelDataError(f"shrink must be in [0, 1], not {self.shrink}")
+        prior = self._prior(X)
         self.encoder_ = FrameEncoder().fit(X)
         self.booster_ = xgb.XGBRegressor(**_xgb_params(self.params, self.n_jobs, self.random_state))
-        self.booster_.fit(self.encoder_.transform(X), y, sample_weight=w)
+        margin = None if prior is None else np.log(prior + OFFSET_FLOOR)
+        self.booster_.fit(self.encoder_.transform(X), y, sample_weight=w, base_margin=margin)
         self.feature_names_in_ = np.asarray(list(X.columns), dtype=object)
         return self
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
-        return np.maximum(self.booster_.predict(self.encoder_.transform(X)), 0.0)
+        prior = self._prior(X)
+        if prior is None:
+            return np.maximum(self.booster_.predict(self.encoder_.transform(X)), 0.0)
+        boosted = self.booster_.predict(self.encoder_.transform(X), base_margin=np.log(prior + OFFSET_FLOOR))
+        return np.maximum(prior + float(self.shrink) * (boosted - prior), 0.0)
 
     def feature_importance(self) -> tuple[list[str], np.ndarray]:
         scores = self.booster_.get_booster().get_score(importance_type="gain")
