@@ -164,7 +164,8 @@ def behaviour_frame(frame: pd.DataFrame, source: str = "behaviour") -> pd.DataFr
                             f"integers (first: {bad.iloc[0] if len(bad) else cid.iloc[0]!r}); expected the "
                             "customer's integer id")
     try:
-        month = pd.to_datetime(frame["month"], utc=True)
+        text = frame["month"].dtype == object or pd.api.types.is_string_dtype(frame["month"])
+        month = pd.to_datetime(frame["month"], utc=True, **({"format": "mixed"} if text else {}))
     except (ValueError, TypeError) as exc:
         raise KpiInputError(f"{source}: column 'month' is not a date ({exc}); expected e.g. 2025-07-01") from None
     if month.isna().any():
