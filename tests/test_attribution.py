@@ -4,8 +4,6 @@ each model is from the true incremental value, beside the hold-out's estimate.""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
