@@ -149,10 +149,16 @@ def test_segments_are_taken_as_of_each_decision(bank):
     assert kp.segment_of(d, None).tolist() == ["all"] * 4
 
 
-def test_the_simulator_tables_are_a_behaviour_frame():
-    from nba.data.simulator import SimulationConfig, simulate
+def test_the_simulator_tables_are_a_behaviour_frame(tmp_path: Path):
+    from nba.data.simulator import SimulationConfig, simulate, write
 
     sim = simulate(SimulationConfig(customers=800, seed=3, months=6))
+    write(sim, tmp_path / "sim")
+    read, segments = kp.read_behaviour(tmp_path / "sim")
+    assert len(read) == len(sim.monthly_value) and segments is not None
+    assert set(segments["segment"]) == set(sim.rfm["rfm_segment"]) and "event_timestamp" in segments
+    with pytest.raises(kp.KpiInputError, match="monthly_value.parquet"):
+        kp.read_behaviour(tmp_path)
     frame = kp.behaviour_frame(kp.simulator_behaviour(sim.monthly_value, sim.customers))
     assert len(frame) == len(sim.monthly_value)
     assert frame["value"].sum() == pytest.approx(sim.monthly_value["margin"].sum())
