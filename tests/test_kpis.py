@@ -259,3 +259,17 @@ def test_cli_empty_period_and_bad_options(bank, cli_env, tmp_path: Path):
     assert_one_line_error(run(["evaluate", "kpis", "--log", str(log.folder), "--behaviour", str(bad),
                                "--no-publish"], cli_env), str(bad), "['churned']")
     assert np.isfinite(pd.read_parquet(behaviour)["value"]).all()
+
+
+def test_the_compiled_catalog_carries_the_costs_and_economics(tmp_path: Path):
+    from nba.catalog import load_catalog
+    from tests.test_catalog import FEATURES
+
+    cat = load_catalog(PROJECT_ROOT, FEATURES)
+    costs = {a.id: a.cost for a in cat.actions}
+    assert costs == dict(COSTS.action) and costs["mortgage"] == 40.0 and costs["add_email"] == 0.0
+    assert cat.economics.acquisition_cost == COSTS.acquisition
+    actions = (PROJECT_ROOT / "serving" / "actions.yaml").read_text().replace("    cost: 40\n", "    cost: -40\n")
+    (tmp_path / "actions.yaml").write_text(actions)
+    with pytest.raises(ConfigError, match="cost"):
+        load_catalog(PROJECT_ROOT, FEATURES, actions=tmp_path / "actions.yaml")

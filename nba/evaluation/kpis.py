@@ -24,7 +24,7 @@ What is measured
 ----------------
 The activity table (`kpi_table`), one row per shown action (a candidate with rank >= 1, or the
 decision's first shown action): per segment, action, channel and month of the decision, and
-rolled up per single dimension and overall: `contacts`, `reach` (distinct customers),
+rolled up per single dimension, per channel and month, and overall: `contacts`, `reach` (distinct customers),
 `responses` (any outcome reported against the shown action), `conversions` (an `accepted`
 one), their rates per contact, `value` (the values reported), `cost` (the channel's cost per
 contact + the action's), `net` = value - cost and `roi` = net / cost.
@@ -143,7 +143,9 @@ def month_index(ts: pd.Series) -> np.ndarray:
 def month_label(index: np.ndarray | int) -> Any:
     """`YYYY-MM` of a `month_index` (an array gives an array)."""
     idx = np.asarray(index, dtype=np.int64)
-    out = np.array([f"{i // 12:04d}-{i % 12 + 1:02d}" for i in idx.ravel()], dtype=object).reshape(idx.shape)
+    uniq, inverse = np.unique(idx.ravel(), return_inverse=True)  # a few months, many rows: format each once
+    names = np.array([f"{i // 12:04d}-{i % 12 + 1:02d}" for i in uniq], dtype=object)
+    out = names[inverse].reshape(idx.shape) if len(uniq) else np.empty(idx.shape, dtype=object)
     return out.item() if out.ndim == 0 else out
 
 
