@@ -273,3 +273,21 @@ def test_the_compiled_catalog_carries_the_costs_and_economics(tmp_path: Path):
     (tmp_path / "actions.yaml").write_text(actions)
     with pytest.raises(ConfigError, match="cost"):
         load_catalog(PROJECT_ROOT, FEATURES, actions=tmp_path / "actions.yaml")
+
+
+def test_a_period_of_hold_out_decisions_only_measures_nothing_it_cannot(bank):
+    from nba.stores.decisions import LogFrames
+
+    log, behaviour, _ = bank
+    frames = read_log(log.folder)
+    ids = set(frames.decisions.loc[frames.decisions["experiment_group"] == "holdout", "decision_id"])
+
+    def only(f: pd.DataFrame) -> pd.DataFrame:
+        return f[f["decision_id"].isin(ids)].reset_index(drop=True)
+
+    held = LogFrames(only(frames.decisions), only(frames.candidates), only(frames.filtered), only(frames.outcomes),
+                     None)
+    rep = kp.kpi_report(held, behaviour=kp.behaviour_frame(behaviour), costs=COSTS)
+    assert not rep.empty and rep.overall() == {} and len(rep.holdout) == 0
+    assert any("no treated customer" in n for n in rep.notes)
+    assert rep.monthly_values() == {} and not any(k.startswith("attribution.") for k in rep.period_values())

@@ -464,9 +464,12 @@ def kpis_cmd(
         echo(f"empty report: {report.notes[0]}")
     else:
         o = report.overall()
-        echo(f"{report.decisions:,} decisions: {o['contacts']:,.0f} contacts to {o['reach']:,.0f} customers, "
-             f"conversion {o['conversion_rate']:.2%} per contact, value {o['value']:,.2f}, cost {o['cost']:,.2f}, "
-             f"ROI {o['roi']:.2f}")
+        if o:
+            echo(f"{report.decisions:,} decisions: {o['contacts']:,.0f} contacts to {o['reach']:,.0f} customers, "
+                 f"conversion {o['conversion_rate']:.2%} per contact, value {o['value']:,.2f}, cost "
+                 f"{o['cost']:,.2f}, ROI {o['roi']:.2f}")
+        else:
+            echo(f"{report.decisions:,} decisions, none of which showed an action: no contact to measure")
         h = report.holdout
         for r in h[h["by"] == "overall"].itertuples(index=False):
             echo(f"  {r.metric} over {r.horizon} months: treated {r.treated_mean:.4g} (n {r.treated_n:,}) vs "

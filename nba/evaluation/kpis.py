@@ -504,7 +504,7 @@ class KpiReport:
         if a is not None and len(a):
             from nba.evaluation.attribution import MODELS
 
-            for _, r in a[(a["by"] == "action") & (a["metric"] == "value")].iterrows():
+            for _, r in a[(a["by"] == "action") & (a["metric"] == "value") & (a["touches"] > 0)].iterrows():
                 for model in (*MODELS, "holdout_incremental"):
                     vals[f"attribution.{model}.{slug(r['key'])}"] = float(r[model])
         return {n: v for n, v in vals.items() if v == v and math.isfinite(v)}
@@ -603,6 +603,9 @@ def kpi_report(frames: LogFrames, *, behaviour: pd.DataFrame | None = None, segm
         if (out["arm"] == HOLDOUT).sum() == 0:
             notes.append("no hold-out customer in the period: treated against hold-out not measured "
                          "(is experiment.holdout_share 0?)")
+        elif (out["arm"] == TREATED).sum() == 0:
+            notes.append("no treated customer in the period (every decision is in the hold-out): treated against "
+                         "hold-out not measured")
         holdout = holdout_table(out, hs, acquisition=costs.acquisition, confidence=confidence, limits=limits)
         notes.append("hold-out comparison: one unit per customer, cohort = the customer's first decision in the "
                      "period (its month, channel, segment and intended action); churn_Nm: left within N months "
