@@ -73,6 +73,8 @@ class ActionSpec(StrictModel):
     channels: list[str] = Field(min_length=1)
     value: float | str
     lever: float = Field(0.0, ge=-1.0, description="a boost: the priority is multiplied by 1 + lever")
+    cost: float = Field(0.0, ge=0, description="cost of one contact with this action (incentive, fulfilment, an "
+                                                "adviser's time), in euros, on top of the channel's cost")
     eligibility: list[str] = Field(default_factory=list)
     applicability: list[str] = Field(default_factory=list)
     suitability: list[str] = Field(default_factory=list)
@@ -126,6 +128,14 @@ class Experiment(StrictModel):
     exploration_share: float = Field(0.05, ge=0, le=0.5)
 
 
+class Economics(StrictModel):
+    """What the business KPIs (`nba evaluate kpis`) need beyond the channels' and actions' costs."""
+
+    acquisition_cost: float | None = Field(None, gt=0, description="euros to acquire one customer (CLV/CAC); "
+                                                                   "omit when unknown")
+    discount_rate: float = Field(0.10, ge=0, lt=1, description="yearly discount rate of the CLV over a horizon")
+
+
 class MissingFeatures(StrictModel):
     mode: Literal["defaults", "reject"] = "defaults"
     defaults: dict[str, float | int | str] = Field(default_factory=dict)
@@ -141,6 +151,7 @@ class PoliciesFile(StrictModel):
     experiment: Experiment
     scores: dict[str, str] = Field(default_factory=dict, description="score name -> registered model (churn_risk: nba-churn)")
     missing_features: MissingFeatures = MissingFeatures()
+    economics: Economics = Economics()
 
 
 # --- compiled form ---------------------------------------------------------------------------
@@ -173,6 +184,7 @@ class CompiledAction:
     uplift_model: str | None
     active_from_s: float  # epoch seconds; -inf when open
     active_to_s: float  # +inf when open
+    cost: float = 0.0  # euros per contact, on top of the channel's
 
 
 @dataclass(frozen=True)
@@ -210,6 +222,7 @@ class Catalog:
     missing_features: MissingFeatures
     feature_service: str
     feature_names: frozenset[str]
+    economics: Economics = Economics()
 
     @property
     def action_ids(self) -> tuple[str, ...]:
@@ -313,7 +326,7 @@ def compile_catalog(spec: CatalogFile, policies: PoliciesFile, feature_names: Co
             index=i, id=a.id, name=a.name or a.id, issue=a.issue, group=a.group, channels=frozenset(a.channels),
             value=value, lever=float(a.lever), rules=rules, caps=caps, cooldown_s=float(cooldown) * 86400.0,
             model=a.model, uplift_model=a.uplift_model, active_from_s=_epoch(a.active_from, float("-inf")),
-            active_to_s=_epoch(a.active_to, float("inf"))))
+            active_to_s=_epoch(a.active_to, float("inf")), cost=float(a.cost)))
 
     groups = {a.group for a in compiled}
     unknown_groups = sorted(set(policies.groups) - groups)
@@ -343,7 +356,7 @@ def compile_catalog(spec: CatalogFile, policies: PoliciesFile, feature_names: Co
         priority=priority, threshold=policies.arbitration.threshold, default_k=policies.arbitration.default_k,
         max_k=policies.arbitration.max_k, experiment=policies.experiment, scores=dict(policies.scores),
         missing_features=policies.missing_features, feature_service=policies.feature_service,
-        feature_names=features)
+        feature_names=features, economics=policies.economics)
     if models is not None:
         check_models(catalog, models, where)
     return catalog

@@ -103,6 +103,8 @@ def run(settings: Settings, *, customers: int, seed: int, echo: Callable[[str], 
         echo(f"  evaluation reports (HTML):   {settings.reports_dir}  (written by nba report and nba evaluate ..."
              " once decisions are logged)")
         echo(f"  dashboards:                  {ui_command(settings)}")
+        echo("  business KPIs and attribution: nba evaluate kpis --behaviour <sim dir or FILE> --html FILE  (platform"
+             " dashboard: kpi_rates, kpi_money, kpi_holdout per month; kpi_period, attribution)")
     if train and serve:
         echo("")
         echo(f"==> The decision service (BentoML, {settings.serve_workers} workers) on http://127.0.0.1:{port}")

@@ -1,4 +1,4 @@
-"""`nba evaluate incrementality | ope | policy | sample-size | drift | uplift`.
+"""`nba evaluate incrementality | ope | policy | sample-size | drift | uplift | kpis`.
 
 Thin commands over `nba.evaluation`: the files they read are parsed there
 (`experiment_table`, `policy_file`), the tables and pages are rendered there (`render`), and
@@ -389,3 +389,110 @@ def uplift_cmd(
     if json_out:
         write_summary(list(run.results), json_out)  # type: ignore[arg-type]
         echo(f"summary: {json_out}")
+
+
+# --- business KPIs ---------------------------------------------------------------------------
+
+
+@app.command("kpis")
+def kpis_cmd(
+    behaviour: Annotated[Path | None, typer.Option(
+        "--behaviour", "--data",
+        help="The customers' later behaviour: a .csv/.parquet table with columns customer_id, month, value, "
+             "churned (one row per customer and month), or the simulator's output folder (monthly_value, "
+             "customers; its rfm gives the segments). Without it: the activity KPIs and attribution only.")] = None,
+    months: Annotated[str, typer.Option(
+        help="Horizons in months of the churn, value and CLV of treated against hold-out, comma-separated.")] = "3,6",
+    segments: Annotated[Path | None, typer.Option(
+        help="Segments: a .csv/.parquet table with customer_id, the --segment-column and optionally "
+             "event_timestamp (the latest segment at or before each decision). Default: the simulator "
+             "folder's rfm_segment, else one segment 'all'.")] = None,
+    segment_column: Annotated[str, typer.Option(help="The segment column of --segments.")] = "segment",
+    since: Annotated[str | None, typer.Option(help="Decisions from this date (e.g. 2025-06-01).")] = None,
+    until: Annotated[str | None, typer.Option(help="Decisions before this date.")] = None,
+    window_days: Annotated[float, typer.Option(
+        help="Attribution: the touches of a conversion are the shown actions this many days before it.",
+        min=0.001)] = 30.0,
+    half_life_days: Annotated[float, typer.Option(
+        help="Attribution: the half-life of the time-decay model, in days.", min=0.001)] = 7.0,
+    json_out: JsonOpt = None,
+    html_out: HtmlOpt = None,
+    log: LogOpt = None,
+    threshold: ThresholdOpt = None,
+    confidence: ConfidenceOpt = 0.95,
+    publish: PublishOpt = True,
+) -> None:
+    """Business KPIs of the decision log, for reviewers.
+
+    Per segment, action, channel and month of decision: reach, contacts, response and
+    conversion per contact, value, cost (each channel's cost per contact in
+    serving/policies.yaml + each action's cost in serving/actions.yaml) and ROI. With
+    --behaviour: churn, value and CLV over the --months horizons of the treated customers
+    against the universal hold-out, with CIs, and CLV/CAC when economics.acquisition_cost is
+    set. Beside them, attribution (first touch, last touch, linear, U-shaped 40/20/40, time
+    decay, Markov removal effect) per action and channel next to the hold-out incremental
+    value. A period without decisions gives an empty report that says so.
+    See nba/evaluation/kpis.py and attribution.py for the definitions.
+    """
+    import pandas as pd
+
+    from nba.evaluation.kpi_report import TITLE, html_page, publish_kpis
+    from nba.evaluation.kpis import Costs, kpi_report, read_behaviour, read_segments
+    from nba.evaluation.limits import evaluation_limits
+    from nba.evaluation.render import json_text
+    from nba.io import write_text
+
+    try:
+        horizons = sorted({int(x) for x in months.split(",") if x.strip()})
+    except ValueError:
+        raise ConfigError(f"--months '{months}': expected whole months separated by commas, e.g. 3,6") from None
+    if not horizons or horizons[0] < 1:
+        raise ConfigError(f"--months '{months}': expected whole months >= 1, e.g. 3,6")
+    t0, t1 = parse_time(since, "--since"), parse_time(until, "--until")
+    if t0 and t1 and t1 <= t0:
+        raise ConfigError(f"--until {until} is not after --since {since}")
+    s = settings()
+    costs = Costs.from_strategy(s.home)
+    frame, segs = read_behaviour(behaviour) if behaviour else (None, None)
+    if segments:
+        segs = read_segments(segments, segment_column)
+    report = kpi_report(_read_log(s, log), behaviour=frame, segments=segs, costs=costs, horizons=horizons,
+                        since=pd.Timestamp(t0) if t0 else None, until=pd.Timestamp(t1) if t1 else None,
+                        threshold=threshold, confidence=confidence, limits=evaluation_limits(s),
+                        attribution_window_days=window_days, half_life_days=half_life_days)
+    if report.empty:
+        echo(f"empty report: {report.notes[0]}")
+    else:
+        o = report.overall()
+        if o:
+            echo(f"{report.decisions:,} decisions: {o['contacts']:,.0f} contacts to {o['reach']:,.0f} customers, "
+                 f"conversion {o['conversion_rate']:.2%} per contact, value {o['value']:,.2f}, cost "
+                 f"{o['cost']:,.2f}, ROI {o['roi']:.2f}")
+        else:
+            echo(f"{report.decisions:,} decisions, none of which showed an action: no contact to measure")
+        h = report.holdout
+        for r in h[h["by"] == "overall"].itertuples(index=False):
+            echo(f"  {r.metric} over {r.horizon} months: treated {r.treated_mean:.4g} (n {r.treated_n:,}) vs "
+                 f"hold-out {r.holdout_mean:.4g} (n {r.holdout_n:,}): lift {r.lift:+.4g} "
+                 f"[{r.ci_low:+.4g}, {r.ci_high:+.4g}]")
+        a = report.attribution
+        if a is not None and len(a):
+            total = a[(a["by"] == "action") & (a["key"] == "total") & (a["metric"] == "value")].iloc[0]
+            echo(f"  attribution (value): last touch {total['last_touch']:,.2f}, markov {total['markov']:,.2f}; "
+                 f"hold-out incremental {total['holdout_incremental']:,.2f} "
+                 f"[{total['holdout_ci_low']:,.2f}, {total['holdout_ci_high']:,.2f}]")
+        for note in report.notes:
+            echo(f"  note: {note}")
+    if json_out:
+        write_text(json_text(report.to_dict()), json_out)
+        echo(f"wrote {json_out}")
+    if html_out:
+        write_text(html_page(report), html_out)
+        echo(f"wrote {html_out}")
+    if publish:
+        published = publish_kpis(s, report)
+        if published:
+            echo(f"published {len(published)} snapshot(s) to the 'platform' dashboard ({TITLE}); reports under "
+                 f"{published[-1].html.parent}")
+        else:
+            echo("nothing published: the report is empty")

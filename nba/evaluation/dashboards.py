@@ -1,7 +1,8 @@
 """The local Evidently workspace: one project per model family, dashboard panels over time.
 
 Projects (`PROJECTS`): `propensity`, `churn`, `clv`, `uplift` (one per model family) and
-`platform` (hold-out incrementality and off-policy policy value). Every evaluation adds a
+`platform` (hold-out incrementality, off-policy policy value and the business KPIs of
+`nba evaluate kpis`: activity, treated against hold-out, attribution). Every evaluation adds a
 snapshot to its project; the panels plot the snapshots' values over time, so
 `evidently ui --workspace <settings.evidently_workspace>` shows a reviewer the trend.
 
@@ -40,6 +41,12 @@ GROUP_TITLES = {
     "incrementality": "Incremental value over the universal hold-out",
     "policy": "Policy value (off-policy estimates)",
     "drift": "Drift",
+    # nba evaluate kpis: one snapshot per month of decisions, so these lines are monthly
+    "kpi_rates": "Business KPIs per month: response and conversion per contact",
+    "kpi_money": "Business KPIs per month: value, cost and ROI",
+    "kpi_holdout": "Treated against hold-out per cohort month: churn, value and CLV",
+    "kpi_period": "Business KPIs of the whole period evaluated",
+    "attribution": "Attribution per action beside the hold-out incremental value",
 }
 VALUE_METRIC = "NbaValue"
 

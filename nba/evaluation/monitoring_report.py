@@ -25,6 +25,8 @@ from nba.settings import Settings
 PLATFORM_EVALUATIONS = (
     ("hold-out incrementality", "nba.evaluation.incrementality", "nba evaluate incrementality"),
     ("policy value", "nba.evaluation.policy", "nba evaluate policy"),
+    # needs the customers' later behaviour (--behaviour), which the report cannot guess: listed, not run
+    ("business KPIs and attribution", "nba.evaluation.kpis", "nba evaluate kpis --behaviour DIR|FILE"),
 )
 PLATFORM_HOOK = "publish_for_report"
 
@@ -89,7 +91,7 @@ def run_report(settings: Settings, *, log_dir: Path | None = None, days: int = 3
             for name, why in uplift_run.skipped:
                 echo(f"{name}: skipped: {why}")
 
-    echo("\n== platform (incrementality, policy value)")
+    echo("\n== platform (incrementality, policy value, business KPIs)")
     for what, module_name, command in PLATFORM_EVALUATIONS:
         hook = _platform_hook(module_name)
         if hook is None:
