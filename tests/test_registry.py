@@ -93,6 +93,16 @@ def test_check_gates_refuses_worse_and_accepts_better():
                                                   config=config)}
     assert qini == {"min_positives": True, "min_qini": True, COMPARISON_GATE: False}
 
+    # CLV must beat its own baseline (BG/NBD + Gamma-Gamma on CDNOW) on the hold-out MAE
+    clv_good = {"positives": 7058.0, "gini": 0.71, "mae": 32.3, "baseline_mae": 32.7}
+    beats = {r.gate: r for r in check_gates("clv", clv_good, None, config=config)}
+    assert beats["beats_baseline_mae"].passed and beats["beats_baseline_mae"].threshold == 32.7
+    loses = {r.gate: r for r in check_gates("clv", {**clv_good, "mae": 32.8}, None, config=config)}
+    assert not loses["beats_baseline_mae"].passed and "32.8 >= baseline 32.7" in loses["beats_baseline_mae"].message
+    unknown = {r.gate: r.passed for r in check_gates("clv", {k: v for k, v in clv_good.items() if k != "baseline_mae"},
+                                                      None, config=config)}
+    assert unknown["beats_baseline_mae"] is False
+
 
 # --- promotion and rollback on a real registry --------------------------------------------
 
