@@ -41,6 +41,33 @@ class ChannelChoice:
     allowed: np.ndarray  # (n, m) bool: the request allowed the channel
     reason: np.ndarray  # (n, m, A) the removal codes of every channel's pairs (for the trace)
     best: np.ndarray  # (n, m) each channel's best action, NOTHING if none
+    proposed: np.ndarray  # (n, A) bool: the actions the decision could propose (a trigger's)
+
+
+@dataclass(frozen=True)
+class _PerCustomer:
+    """The scorer of the n customers for their n x m (customer, channel) rows: a propensity
+    does not depend on the channel, so each customer is scored once, on its own features."""
+
+    scorer: Scorer
+    env: Mapping[str, Any]
+    n: int
+    m: int
+
+    def propensity(self, env: Mapping[str, Any], n: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return self._pairs(self.scorer.propensity, rows, cols)
+
+    def uplift(self, env: Mapping[str, Any], n: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return self._pairs(self.scorer.uplift, rows, cols)
+
+    def _pairs(self, fn: Any, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        r = rows // self.m
+        pairs = np.unique(np.stack([r, cols]), axis=1) if rows.size else np.zeros((2, 0), dtype=np.int64)
+        out = np.asarray(fn(self.env, self.n, pairs[0], pairs[1]), dtype=np.float64)
+        A = int(cols.max()) + 1 if cols.size else 1
+        full = np.full((self.n, A), np.nan)
+        full[pairs[0], pairs[1]] = out
+        return full[r, cols]
 
 
 def _expand(x: Any, n: int, m: int) -> Any:
@@ -79,7 +106,7 @@ def decide_channels(catalog: Catalog, env: Mapping[str, Any], n: int, *, channel
     if propose is not None:
         p = np.asarray(propose, dtype=bool)
         xprop = np.repeat(p, m, axis=0) if p.ndim == 2 else p
-    d = decide(catalog, xenv, N, channel=chan, now=np.repeat(now, m), history=xh, scorer=scorer,
+    d = decide(catalog, xenv, N, channel=chan, now=np.repeat(now, m), history=xh, scorer=_PerCustomer(scorer, env, n, m),
                customer_ids=np.repeat(np.asarray(customer_ids, dtype=np.int64), m),
                decision_keys=np.repeat(np.asarray(decision_keys), m), k=k, propose=xprop)
     allowed = allow[:, list(cand)]
@@ -99,7 +126,9 @@ def decide_channels(catalog: Catalog, env: Mapping[str, Any], n: int, *, channel
                     uplift=d.uplift[sel], priority=d.priority[sel], lever=d.lever, ranked=d.ranked[sel],
                     shown=d.shown[sel], group=d.group[sel], probability=d.probability[sel], greedy=d.greedy[sel])
     choice = ChannelChoice(candidates=cand, chosen=np.asarray(cand, dtype=np.int64)[j], net=net, priority=pr,
-                           allowed=allowed, reason=d.reason.reshape(n, m, -1), best=np.where(allowed, best, NOTHING))
+                           allowed=allowed, reason=d.reason.reshape(n, m, -1), best=np.where(allowed, best, NOTHING),
+                           proposed=np.broadcast_to(np.ones(len(catalog.actions), dtype=bool) if propose is None
+                                                    else np.asarray(propose, dtype=bool), (n, len(catalog.actions))))
     return out, choice
 
 
@@ -118,11 +147,12 @@ def channel_reason(catalog: Catalog, choice: ChannelChoice, i: int) -> str:
             text = (f"{ch.name}: {a} priority {choice.priority[i, j]:.2f} x weight {ch.weight:g} - cost "
                     f"{ch.cost:.2f} = {choice.net[i, j]:.2f}")
         else:
-            codes = choice.reason[i, j]
+            codes = choice.reason[i, j][choice.proposed[i]]  # what removed the actions it might propose
             codes = codes[codes >= 0]
-            if codes.size:
-                r = table[int(np.bincount(codes).argmax())]
-                text = f"{ch.name}: no candidate ({r.stage}: {r.rule})"
+            if codes.size:  # the distinct reasons, the most frequent first
+                counts = np.bincount(codes)
+                top = [int(c) for c in np.argsort(-counts, kind="stable")[:3] if counts[c]]
+                text = f"{ch.name}: no candidate ({'; '.join(f'{table[c].stage}: {table[c].rule}' for c in top)})"
             else:
                 text = f"{ch.name}: no candidate"
         if c == chosen:
