@@ -267,7 +267,7 @@ def test_a_used_up_call_centre_cap_moves_the_call_to_email_but_an_inbound_agent_
                decision_keys=np.arange(1) + 1, k=1)
     assert d.shown[0] >= 0
     # and agent calls, however many today, leave the outbound call-centre call free
-    answered = _history(cat, [(0, "annual_fee_waiver", "agent", 0.1), (0, "loyalty_points_alert", "agent", 0.05)])
+    answered = _history(cat, [(0, "mortgage", "agent", 0.1), (0, "payment_plan", "agent", 0.05)])
     d, choice = _choose(cat, [_retention_customer(5_000.0)], history=answered)
     assert cat.channel_names[int(choice.chosen[0])] == "call_centre"
 
