@@ -132,3 +132,22 @@ def test_a_scan_starts_decisions_for_the_customers_in_the_state_once(served, sna
     second = scan(settings, path, at=t + DAY, engine=engine)
     assert second.fired.get("no_interaction", 0) == 0 and second.held_back == due
     assert len(read_log(settings.decision_log_dir).decisions) == due
+
+
+def test_a_request_for_the_best_channel_lets_the_engine_choose_and_says_why(served, snapshot, tmp_path):
+    from nba.serving.engine import DecisionRequest, RequestError
+
+    _, engine = _engine(served, tmp_path / "var")
+    cid = int(snapshot["customer_id"].iloc[0])
+    best, among = engine.decide([DecisionRequest(cid, "best", timestamp=float(DECISION_EPOCH)),
+                                 DecisionRequest(cid + 1, "email", timestamp=float(DECISION_EPOCH),
+                                                 channels=("email", "sms"))])
+    outbound = {c.name for c in engine.catalog.channels if c.direction == "outbound"}
+    assert best["channel"] in outbound and among["channel"] in {"email", "sms"}
+    for d in (best, among):
+        assert d["channel_reason"].startswith((f"{d['channel']} has the highest net priority", "no channel"))
+    one = engine.decide([DecisionRequest(cid, "web", timestamp=float(DECISION_EPOCH))])[0]
+    assert one["channel"] == "web" and "channel_reason" not in one  # a channel that asks is answered on it
+    with pytest.raises(RequestError) as exc:
+        engine.decide([DecisionRequest(cid, "best", channels=("email", "fax"))])
+    assert exc.value.field == "channels" and "'fax' is not a channel" in str(exc.value)

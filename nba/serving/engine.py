@@ -240,7 +240,7 @@ class DecisionEngine:
 
     def check(self, req: DecisionRequest) -> None:
         """Reject what cannot be decided, naming the field, the value and what was expected."""
-        if req.channel not in self._channel_index and not (req.channel == BEST and not req.channels):
+        if req.channel not in self._channel_index and req.channel != BEST:
             raise RequestError(f"channel '{req.channel}' is not a channel of the catalog; expected one of "
                                f"{', '.join(self.catalog.channel_names)} or '{BEST}'", field="channel")
         for c in req.channels or ():
