@@ -61,4 +61,4 @@ def open_trigger_store(settings: Settings) -> TriggerStore:
     kind = settings.policy_store or ("redis" if settings.profile == "production" else "sqlite")
     if kind == "redis":
         return RedisTriggerStore(settings.redis_url, prefix=f"{settings.redis_prefix}:trigger")
-    return SqliteTriggerStore(settings.work / "triggers" / "state.db")
+    return SqliteTriggerStore(settings.trigger_state_path)
