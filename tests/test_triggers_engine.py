@@ -105,6 +105,7 @@ def test_events_start_decisions_near_misses_do_not_and_dedup_holds(served, snaps
     later = engine.on_events([_event("e9", a, "payment_missed", t + 8 * DAY, days_late=39, amount=120.0),
                               _event("e10", a, "payment_missed", t + 8 * DAY + 1, days_late=39, amount=120.0)])
     assert [x["trigger_id"] for x in later] == ["payment_default", None]
+    assert later[1]["triggers"][0]["state"].startswith("held back")
     assert len(read_log(settings.decision_log_dir).decisions) == 4
 
 

@@ -159,7 +159,7 @@ class DecisionEngine:
         self._channel_index = {c: i for i, c in enumerate(catalog.channel_names)}
         self._action_index = {a: i for i, a in enumerate(catalog.action_ids)}
         self._numbers: set[str] | None = None
-        self._triggering = _Lazy("the triggers", lambda: (triggering or _no_triggers)(self))
+        self._triggering = _Lazy("the trigger set", lambda: (triggering or _no_triggers)(self))
 
     # --- components ----------------------------------------------------------------------
 

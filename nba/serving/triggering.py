@@ -126,8 +126,13 @@ def _fired(evs: Sequence[Mapping[str, Any]], ids: Sequence[int], trig: Sequence[
         if not hits.fired[i].any():
             continue
         chosen = int(hits.chosen[i])
+        states = [w for w in why(trig, hits, i) if w["fired"]]
+        if chosen != NONE and i not in started:  # the store refused the claim: it fired moments ago
+            for w in states:
+                if w["trigger_id"] == trig[chosen].id:
+                    w["state"] = "held back: fired within its dedup window (for an event just before)"
         out.append({"event_id": e.get("event_id"), "customer_id": ids[i], "type": e["type"],
                     "trigger_id": trig[chosen].id if chosen != NONE and i in started else None,
                     "decision_id": decisions[i]["decision_id"] if i in decisions else None,
-                    "decision": decisions.get(i), "triggers": [w for w in why(trig, hits, i) if w["fired"]]})
+                    "decision": decisions.get(i), "triggers": states})
     return out
