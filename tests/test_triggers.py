@@ -320,3 +320,14 @@ def test_a_bad_trigger_is_refused_at_load_naming_file_trigger_and_reason(bank, t
         assert f"trigger '{trigger_id}'" in msg
     for f in fragments:
         assert f in msg, msg
+
+
+def test_a_scan_of_a_bad_population_file_fails_before_loading_anything(settings, tmp_path):
+    from nba.errors import DataFileError
+    from nba.serving.scan import scan
+
+    bad = tmp_path / "population.csv"
+    bad.write_text("id,age\n1,30\n")
+    with pytest.raises(DataFileError, match=r"population.csv: no column 'customer_id'"):
+        scan(settings, bad)
+    assert not settings.work.exists()  # no store was opened
