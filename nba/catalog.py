@@ -41,7 +41,7 @@ ISSUES = ("sales", "retention", "service", "information", "wellbeing", "collecti
 Issue = Literal["sales", "retention", "service", "information", "wellbeing", "collections", "risk"]
 RULE_STAGES = ("eligibility", "applicability", "suitability")
 # Every stage that can remove an action, in the order the core applies them (the trace names one).
-STAGES = ("inactive", "channel", *RULE_STAGES, "consent", "suppression", "cooldown", "cap")
+STAGES = ("inactive", "channel", "trigger", *RULE_STAGES, "consent", "suppression", "cooldown", "cap")
 # Names the priority formula may read besides features and scores.
 PRIORITY_NAMES = frozenset({"propensity", "value", "lever", "uplift", "channel_weight"})
 ACTIONS_FILE = Path("serving") / "actions.yaml"
@@ -100,6 +100,8 @@ class ChannelPolicy(StrictModel):
         "outbound", description="outbound: the bank sends (an outbox message, counted against caps); "
                                 "inbound: the customer is there (web, an agent's inbound call)")
     cost: float = Field(0.0, ge=0, description="cost of one contact on this channel, in euros")
+    offers_as: str | None = Field(None, description="offer the actions of this other channel (an agent's inbound "
+                                                    "call offers what the call centre offers)")
 
     _as_list = field_validator("requires", mode="before")(_rules)
 
@@ -295,6 +297,11 @@ def compile_catalog(spec: CatalogFile, policies: PoliciesFile, feature_names: Co
         reqs = tuple(_checked(r, "rule", names, f"{where}: channel '{cname}' requires") for r in cpol.requires)
         channels.append(CompiledChannel(cname, reqs, tuple(cpol.caps), cpol.weight, cpol.direction, cpol.cost))
     channel_names = [c.name for c in channels]
+    offers_as = {c: p.offers_as for c, p in policies.channels.items() if p.offers_as}
+    for cname, other in offers_as.items():
+        if other not in channel_names or other in offers_as:
+            raise ConfigError(f"{where}: channel '{cname}' offers_as '{other}', which is not a channel with its own "
+                              f"offer; channels: {channel_names}")
 
     seen: dict[str, int] = {}
     compiled = []
@@ -323,7 +330,8 @@ def compile_catalog(spec: CatalogFile, policies: PoliciesFile, feature_names: Co
         caps = tuple(pol.caps) if a.contact_policy and a.contact_policy.caps else tuple(
             policies.default_contact_policy.caps)
         compiled.append(CompiledAction(
-            index=i, id=a.id, name=a.name or a.id, issue=a.issue, group=a.group, channels=frozenset(a.channels),
+            index=i, id=a.id, name=a.name or a.id, issue=a.issue, group=a.group,
+            channels=frozenset(a.channels) | {c for c, other in offers_as.items() if other in a.channels},
             value=value, lever=float(a.lever), rules=rules, caps=caps, cooldown_s=float(cooldown) * 86400.0,
             model=a.model, uplift_model=a.uplift_model, active_from_s=_epoch(a.active_from, float("-inf")),
             active_to_s=_epoch(a.active_to, float("inf")), cost=float(a.cost)))

@@ -260,6 +260,21 @@ REJECTION = Record(
 )
 
 
+# --- trigger state ---------------------------------------------------------------------------
+
+TRIGGER_FIRE = Record(
+    "trigger_fires",
+    (
+        Column("trigger_id", TEXT),
+        Column(ENTITY_KEY, INT),
+        Column("fired_at", TIME, doc="the moment of the event (or scan) it fired for"),
+        Column("event_id", TEXT, nullable=True, doc="the event that fired it (none for a scan)"),
+    ),
+    key=("trigger_id", ENTITY_KEY),
+    doc="The last firing of a trigger for a customer: what its dedup window looks at.",
+)
+
+
 # --- records in memory, column-wise ---------------------------------------------------------------
 
 

@@ -9,8 +9,11 @@
 Text is parsed once (Python's own parser, `ast.parse`, which builds a tree and executes
 nothing) and every node is checked against a whitelist: names, numbers, strings, booleans,
 `and` / `or` / `not`, comparisons (`== != < <= > >=`, chained, `in` / `not in` a literal
-tuple or list), `+ - * / **` and unary minus, and the functions `min`, `max`, `abs`. Anything
-else (attribute access, subscripts, calls to other functions, lambdas, comprehensions, `//`,
+tuple or list), `+ - * / **` and unary minus, and the functions `min`, `max`, `abs`. Trigger
+conditions may also read `propensity(<action>)`, `value(<action>)` and `event.<property>`:
+each is parsed into a plain name (`"propensity(mortgage)"`, `"event.kind"`) that whoever
+evaluates the expression provides, so they add no new computation. Anything
+else (other attribute access, subscripts, calls to other functions, lambdas, comprehensions, `//`,
 `%`, shifts...) is an `ExpressionError` naming the construct and its position. The checked
 tree is then turned into our own node objects, which evaluate over an environment mapping
 each name to either a numpy array (a batch of customers) or a plain Python scalar (one
@@ -66,6 +69,11 @@ MAX_EXPONENT = 16  # magnitude of the (constant) exponent of **
 _CMP_TEXT = {ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=",
              ast.In: "in", ast.NotIn: "not in"}
 _FUNCS = ("min", "max", "abs")
+# Names a trigger condition may read besides features and scores (the catalog's rules may not:
+# its checker refuses them as unknown names): `propensity(mortgage)` and `value(mortgage)` are the
+# names "propensity(mortgage)" and "value(mortgage)", `event.kind` is the name "event.kind".
+ACTION_FUNCS = ("propensity", "value")
+EVENT = "event"
 _NUMBERS = (int, float, np.integer, np.floating, np.bool_)  # bool is an int
 
 
@@ -420,6 +428,10 @@ def _convert(node: ast.AST, text: str, where: str) -> Node:
         raise bad(f"the constant {v!r:.40}")
     if isinstance(node, ast.Name):
         return Name(node.id)
+    if isinstance(node, ast.Attribute):  # only `event.<property>`: a trigger reads its event's properties
+        if isinstance(node.value, ast.Name) and node.value.id == EVENT and isinstance(node.ctx, ast.Load):
+            return Name(f"{EVENT}.{node.attr}")
+        raise bad("Attribute access (other than event.<property>)")
     if isinstance(node, ast.BoolOp):
         return BoolOp("and" if isinstance(node.op, ast.And) else "or", tuple(conv(v) for v in node.values))
     if isinstance(node, ast.UnaryOp):
@@ -470,8 +482,13 @@ def _convert(node: ast.AST, text: str, where: str) -> Node:
                              "magnitude", node.right)
         return _fold(Arith(sign, left, right))
     if isinstance(node, ast.Call):
+        if isinstance(node.func, ast.Name) and node.func.id in ACTION_FUNCS:
+            # propensity(<action>) / value(<action>): a name the caller provides, like a feature
+            if node.keywords or len(node.args) != 1 or not isinstance(node.args[0], ast.Name):
+                raise refuse(f"{node.func.id}() takes one action id, e.g. {node.func.id}(mortgage)")
+            return Name(f"{node.func.id}({node.args[0].id})")
         if not isinstance(node.func, ast.Name) or node.func.id not in _FUNCS:
-            raise bad("a call to anything but min, max, abs")
+            raise bad("a call to anything but min, max, abs, propensity(<action>), value(<action>)")
         if node.keywords:
             raise bad("keyword arguments")
         args = tuple(numeric(conv(a), a, node.func.id) for a in node.args)

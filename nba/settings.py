@@ -110,6 +110,11 @@ class Settings(BaseSettings):
         return self.work / "policy" / "state.db"
 
     @property
+    def trigger_state_path(self) -> Path:
+        """The SQLite trigger state: each trigger's last firing per customer (local profile)."""
+        return self.work / "triggers" / "state.db"
+
+    @property
     def bundle_dir(self) -> Path:
         """The serving bundle `nba bundle build` writes: resolved versions, catalog, policies."""
         return self.work / "bundle"

@@ -46,6 +46,8 @@ def make_home(root: Path, *, policies: dict[str, Any] | None = None, strip_uplif
         pol[section][field] = value
     (home / "serving" / "actions.yaml").write_text(yaml.safe_dump(actions, sort_keys=False))
     (home / "serving" / "policies.yaml").write_text(yaml.safe_dump(pol, sort_keys=False))
+    for name in ("events.yaml", "triggers.yaml"):  # the always-on loop's declarations, as shipped
+        shutil.copyfile(PROJECT_ROOT / "serving" / name, home / "serving" / name)
     return home
 
 

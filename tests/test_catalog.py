@@ -42,7 +42,13 @@ def _load(tmp_path: Path, mutate_action=None, mutate_policies=None, models=None)
 def test_the_bank_catalog_covers_the_simulator_and_every_issue_kind_it_needs():
     cat = load_catalog(PROJECT_ROOT, FEATURES)
     assert cat.action_ids == schemas.ACTIONS
-    assert cat.channel_names == schemas.CHANNELS
+    # the simulator's channels, and the agent answering a customer's own call (inbound, offering
+    # what the call centre offers, with caps of its own)
+    assert cat.channel_names == (*schemas.CHANNELS, "agent")
+    agent = cat.channel("agent")
+    assert agent.direction == "inbound" and cat.channel("call_centre").direction == "outbound"
+    assert [a.id for a in cat.actions if "agent" in a.channels] == [a.id for a in cat.actions
+                                                                    if "call_centre" in a.channels]
     assert set(cat.actions[i].issue for i in range(len(cat.actions))) <= set(ISSUES)
     assert {"sales", "retention", "service", "information", "wellbeing", "collections"} <= {
         a.issue for a in cat.actions}

@@ -104,6 +104,7 @@ def _reasons(catalog: Catalog) -> tuple[tuple[Reason, ...], dict[tuple[Any, ...]
         hi = "" if a.active_to_s == float("inf") else _date(a.active_to_s)
         add(("inactive", a.index), "inactive", f"active from {lo or 'always'} to {hi or 'open'}")
         add(("channel", a.index), "channel", f"offered on {', '.join(sorted(a.channels))} only")
+        add(("trigger", a.index), "trigger", "not among the actions the trigger proposes")
         for r, rule in enumerate(a.rules):
             add(("rule", a.index, r), rule.stage, rule.text)
         add(("cooldown", a.index), "cooldown", f"rejected in the last {a.cooldown_s / 86400:g} days")
@@ -146,6 +147,7 @@ class _Static:
     dated: np.ndarray  # (A,) bool: has an active-from or active-to date
     code_inactive: np.ndarray  # (A,) reason codes
     code_channel: np.ndarray
+    code_trigger: np.ndarray
     suppression_allows: tuple[np.ndarray, ...]  # per suppression, (A,) bool: the action's issue is allowed
     # reason codes, looked up once per catalog (hashing the keys on every call cost ~0.2 ms)
     rule_codes: tuple[tuple[int, ...], ...]  # per action, per rule
@@ -182,6 +184,7 @@ def _static(catalog: Catalog) -> _Static:
         dated=np.isfinite(active_from) | np.isfinite(active_to),
         code_inactive=np.array([rindex[("inactive", a.index)] for a in catalog.actions], dtype=np.int32),
         code_channel=np.array([rindex[("channel", a.index)] for a in catalog.actions], dtype=np.int32),
+        code_trigger=np.array([rindex[("trigger", a.index)] for a in catalog.actions], dtype=np.int32),
         suppression_allows=tuple(np.array([a.issue in sup.allow_issues for a in catalog.actions])
                                  for sup in catalog.suppressions),
         rule_codes=tuple(tuple(rindex[("rule", a.index, r)] for r in range(len(a.rules))) for a in catalog.actions),
@@ -224,10 +227,12 @@ class Decisions:
 
 def decide(catalog: Catalog, env: Mapping[str, Any], n: int, *, channel: np.ndarray, now: np.ndarray,
            history: ContactHistory, scorer: Scorer, customer_ids: np.ndarray, decision_keys: np.ndarray,
-           k: int) -> Decisions:
+           k: int, propose: np.ndarray | None = None) -> Decisions:
     """Decide for n customers. `env` maps every feature and score name to an array of n
     values (or, when n == 1, to a scalar); `channel` holds channel indices, `now` epoch
-    seconds, `decision_keys` 64-bit integers from the decision ids (exploration draws).
+    seconds, `decision_keys` 64-bit integers from the decision ids (exploration draws);
+    `propose` ((A,) or (n, A) bool), when given, the actions a trigger may propose (the others
+    are removed at the `trigger` stage).
 
     The stages in the order of the architecture, each removing what it refuses (with its
     reason code) from the same (n, A) `alive` and `reason` arrays."""
@@ -236,6 +241,8 @@ def decide(catalog: Catalog, env: Mapping[str, Any], n: int, *, channel: np.ndar
     now = np.asarray(now, dtype=np.float64).reshape(n)
     k = max(1, min(int(k), len(catalog.actions)))
     alive, reason = _on_offer(st, n, channel, now)
+    if propose is not None:
+        _remove_matrix(alive, reason, ~np.broadcast_to(np.asarray(propose, dtype=bool), alive.shape), st.code_trigger)
     cache: dict[str, Any] = {}  # each distinct rule text evaluated once per call, across stages
     _apply_rules(catalog, st, env, n, alive, reason, cache)
     _apply_contact_policies(catalog, st, env, n, channel, now, history, alive, reason, cache)

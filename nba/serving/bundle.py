@@ -213,6 +213,9 @@ def write_bundle(settings: Settings, cat: catalog_mod.Catalog, fields: list[dict
     try:
         shutil.copyfile(settings.home / catalog_mod.ACTIONS_FILE, tmp / "actions.yaml")
         shutil.copyfile(settings.home / catalog_mod.POLICIES_FILE, tmp / "policies.yaml")
+        for name in ("triggers.yaml", "events.yaml"):  # the always-on loop's declarations, when there
+            if (settings.home / "serving" / name).is_file():
+                shutil.copyfile(settings.home / "serving" / name, tmp / name)
         onnx_files = convert_models(settings, models, tmp, progress)
         manifest = {
             "bundle_format": 2,
@@ -277,6 +280,10 @@ def build_bento(settings: Settings, bundle_dir: Path, models: list[ResolvedModel
 def build(settings: Settings, progress: Callable[[str], None] | None = None) -> BuildResult:
     """`nba bundle build`: compile, resolve, import, write the bundle, build the Bento."""
     cat, fields, needed = compile_for_build(settings)
+    if (settings.home / "serving" / "triggers.yaml").is_file():  # a bad trigger fails the build, not the service
+        from nba.triggers import load_triggers
+
+        load_triggers(settings.home, cat)
     models = resolve_champions(settings, needed)
     import_models(settings, models, progress)
     bundle_dir = write_bundle(settings, cat, fields, models)
@@ -373,7 +380,23 @@ def load_engine(settings: Settings, bundle_dir: Path | None = None, *, nthread: 
                                                                     nthread=nthread),
                           features=features, policy=lambda: policy_store(settings, cat),
                           log=DecisionLog(settings.decision_log_dir), model_versions=versions,
-                          bundle=manifest.get("bento") or _bento_of(bundle_dir) or str(bundle_dir))
+                          bundle=manifest.get("bento") or _bento_of(bundle_dir) or str(bundle_dir),
+                          triggering=lambda engine: load_triggering(settings, engine, bundle_dir))
+
+
+def load_triggering(settings: Settings, engine: Any, bundle_dir: Path) -> Any:
+    """The engine's triggers: the bundle's `triggers.yaml` (else the project's), checked against
+    its catalog and `events.yaml`; none when there is no trigger file."""
+    from nba.serving.triggering import Triggering
+    from nba.stores.trigger_state import open_trigger_store
+    from nba.triggers import EVENTS_FILE, TRIGGERS_FILE, TriggerSet, load_triggers
+
+    for home, t_file, e_file in ((bundle_dir, bundle_dir / "triggers.yaml", bundle_dir / "events.yaml"),
+                                 (settings.home, settings.home / TRIGGERS_FILE, settings.home / EVENTS_FILE)):
+        if t_file.is_file() and e_file.is_file():
+            triggers = load_triggers(home, engine.catalog, path=t_file, events=e_file)
+            return Triggering(engine, triggers, open_trigger_store(settings))
+    return Triggering(engine, TriggerSet("none", (), frozenset()), None)  # type: ignore[arg-type]
 
 
 def _bento_of(bundle_dir: Path) -> str | None:

@@ -59,13 +59,26 @@ class Unavailable(NbaError):
     exit_code = 3
 
 
+BEST = "best"  # the channel of a request that lets the engine choose (among every outbound channel)
+
+
 @dataclass(frozen=True)
 class DecisionRequest:
     customer_id: int
-    channel: str
+    channel: str  # a channel of the catalog, or "best": the engine chooses among the outbound ones
     context: Mapping[str, Any] = field(default_factory=dict)
     timestamp: float | None = None  # epoch seconds; None: now
     k: int | None = None
+    deliver: bool = False  # an outbound decision that shows an action writes an outbox message
+    channels: tuple[str, ...] | None = None  # the channels the engine may choose among (the chosen one is `channel`)
+    actions: tuple[str, ...] | None = None  # the actions the decision may propose (a trigger's); None: any
+    trigger_id: str | None = None  # the trigger that started the decision
+    event_id: str | None = None  # the event that fired it
+
+    @property
+    def chooses(self) -> bool:
+        """Does the engine choose this request's channel?"""
+        return self.channel == BEST or bool(self.channels)
 
 
 def _now() -> float:
@@ -80,6 +93,17 @@ def new_decision_ids(n: int) -> list[str]:
         return [os.urandom(16).hex()]
     prefix = os.urandom(8).hex()
     return [f"{prefix}{i:016x}" for i in range(n)]
+
+
+class _NoTriggers:
+    """The triggering of an engine without triggers (`nba.serving.triggering.Triggering` else)."""
+
+    def on_events(self, stored_events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        return []
+
+
+def _no_triggers(engine: Any) -> Any:
+    return _NoTriggers()
 
 
 def iso(ts: float) -> str:
@@ -117,9 +141,11 @@ class DecisionEngine:
     """Decides for customers and records outcomes; safe to share between threads."""
 
     def __init__(self, settings: Settings, catalog: Catalog, *, models: Any, features: Any, policy: Any,
-                 log: DecisionLogStore, model_versions: Mapping[str, str], bundle: str = "source"):
+                 log: DecisionLogStore, model_versions: Mapping[str, str], bundle: str = "source",
+                 triggering: Any = None):
         """`models`, `features` and `policy` are callables building the `ModelSet`, the
-        `OnlineFeatureReader` and the `PolicyStore` (or the objects themselves)."""
+        `OnlineFeatureReader` and the `PolicyStore` (or the objects themselves); `triggering`
+        one taking the engine and building its `Triggering` (None: no triggers)."""
         self.settings = settings
         self.catalog = catalog
         self._models = _Lazy("the model set", models if callable(models) else (lambda: models))
@@ -133,6 +159,7 @@ class DecisionEngine:
         self._channel_index = {c: i for i, c in enumerate(catalog.channel_names)}
         self._action_index = {a: i for i, a in enumerate(catalog.action_ids)}
         self._numbers: set[str] | None = None
+        self._triggering = _Lazy("the trigger set", lambda: (triggering or _no_triggers)(self))
 
     # --- components ----------------------------------------------------------------------
 
@@ -201,13 +228,29 @@ class DecisionEngine:
         return {"ready": all(c["ok"] for c in checks.values()), "checks": checks,
                 "catalog_version": self.catalog.version, "bundle": self.bundle}
 
+    @property
+    def triggering(self) -> Any:
+        return self._triggering.get()
+
+    def on_events(self, stored_events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """The triggers on stored events (`POST /events`): what fired, with the decisions started."""
+        return self.triggering.on_events(stored_events)
+
     # --- requests ------------------------------------------------------------------------
 
     def check(self, req: DecisionRequest) -> None:
         """Reject what cannot be decided, naming the field, the value and what was expected."""
-        if req.channel not in self._channel_index:
+        if req.channel not in self._channel_index and req.channel != BEST:
             raise RequestError(f"channel '{req.channel}' is not a channel of the catalog; expected one of "
-                               f"{', '.join(self.catalog.channel_names)}", field="channel")
+                               f"{', '.join(self.catalog.channel_names)} or '{BEST}'", field="channel")
+        for c in req.channels or ():
+            if c not in self._channel_index:
+                raise RequestError(f"channels: '{c}' is not a channel of the catalog; expected some of "
+                                   f"{', '.join(self.catalog.channel_names)}", field="channels")
+        for a in req.actions or ():
+            if a not in self._action_index:
+                raise RequestError(f"actions: '{a}' is not an action of the catalog; expected some of "
+                                   f"{', '.join(self.catalog.action_ids)}", field="actions")
         if req.k is not None and not 1 <= req.k <= self.catalog.max_k:
             raise RequestError(f"k = {req.k} is out of range; expected 1 to {self.catalog.max_k}", field="k")
         if req.timestamp is not None and not (isinstance(req.timestamp, int | float) and math.isfinite(req.timestamp)):
@@ -255,12 +298,10 @@ class DecisionEngine:
             for name, value in defaults.items():
                 cols[name][i] = value
 
-    def run_core(self, ids: Sequence[int], channel: np.ndarray, now: np.ndarray, cols: dict[str, list[Any]],
-                 found: Sequence[bool], k: int, contexts: Sequence[Mapping[str, Any]] | None = None
-                 ) -> tuple[core.Decisions, dict[str, Any], list[int], list[str]]:
-        """Features -> scores -> contact history -> the core, for n customers. Returns the
-        decisions, the environment they were made on, the rows without features (filled with
-        the defaults) and the new decision ids."""
+    def environment(self, ids: Sequence[int], cols: dict[str, list[Any]], found: Sequence[bool],
+                    contexts: Sequence[Mapping[str, Any]] | None = None) -> tuple[dict[str, Any], list[int]]:
+        """Features (the defaults where a customer has none) and scores of n customers: what
+        rules, triggers and the core read. Returns it and the rows without features."""
         n = len(ids)
         missing = [i for i, f in enumerate(found) if not f]
         if missing and self.catalog.missing_features.mode == "reject":
@@ -268,18 +309,43 @@ class DecisionEngine:
                                f"{self.catalog.feature_service}", field="customer_id", status=404)
         self._fill_defaults(cols, missing)
         env = self._env(cols, n, contexts or ())
-        models = self.models
-        scores = models.score(env, n)
+        scores = self.models.score(env, n)
         env.update({name: (float(v[0]) if n == 1 else v) for name, v in scores.items()})
+        return env, missing
+
+    def run_core(self, ids: Sequence[int], channel: np.ndarray, now: np.ndarray, cols: dict[str, list[Any]],
+                 found: Sequence[bool], k: int, contexts: Sequence[Mapping[str, Any]] | None = None
+                 ) -> tuple[core.Decisions, dict[str, Any], list[int], list[str]]:
+        """Features -> scores -> contact history -> the core, for n customers. Returns the
+        decisions, the environment they were made on, the rows without features (filled with
+        the defaults) and the new decision ids."""
+        env, missing = self.environment(ids, cols, found, contexts)
+        d, dids, _ = self.decide_env(ids, channel, now, env, k)
+        return d, env, missing, dids
+
+    def decide_env(self, ids: Sequence[int], channel: np.ndarray, now: np.ndarray, env: Mapping[str, Any], k: int, *,
+             allow: np.ndarray | None = None, propose: np.ndarray | None = None
+             ) -> tuple[core.Decisions, list[str], Any]:
+        """Contact history -> the core, on an environment. With `allow` ((n, C) bool) the core
+        chooses each decision's channel among the allowed ones: `channel` is set to the chosen
+        ones and the choice is returned (else None); `propose` ((n, A) bool) limits the actions
+        (a trigger's). Returns the decisions, their ids and the choice."""
+        n = len(ids)
         try:
             raw = self.policy.history(ids, float(np.min(now)) - self.window_s)
         except NbaError as exc:
             raise Unavailable(str(exc)) from None
         dids = new_decision_ids(n)
-        d = core.decide(self.catalog, env, n, channel=channel, now=now, history=to_history(self.catalog, raw),
-                        scorer=models, customer_ids=np.asarray(ids, dtype=np.int64),
-                        decision_keys=decision_keys(dids), k=k)
-        return d, env, missing, dids
+        common: dict[str, Any] = dict(now=now, history=to_history(self.catalog, raw), scorer=self.models,
+                                      customer_ids=np.asarray(ids, dtype=np.int64),
+                                      decision_keys=decision_keys(dids), k=k, propose=propose)
+        if allow is None:
+            return core.decide(self.catalog, env, n, channel=channel, **common), dids, None
+        from nba.decisioning.channels import decide_channels
+
+        d, choice = decide_channels(self.catalog, env, n, channels=allow, **common)
+        channel[:] = choice.chosen
+        return d, dids, choice
 
     def decide(self, requests: Sequence[DecisionRequest], *, source: str = "api") -> list[dict[str, Any]]:
         """Decide for each request (validated first); log every decision durably, then count
@@ -287,17 +353,43 @@ class DecisionEngine:
         t0 = time.perf_counter()
         for r in requests:
             self.check(r)
-        n = len(requests)
         now = np.array([r.timestamp if r.timestamp is not None else _now() for r in requests], dtype=np.float64)
         ids = [int(r.customer_id) for r in requests]
         try:
             cols, found = self.features.read(ids, [int(t) for t in now])
         except NbaError as exc:
             raise Unavailable(str(exc)) from None
+        return self.decide_read(requests, now, cols, found, source=source, t0=t0)
+
+    def decide_read(self, requests: Sequence[DecisionRequest], now: np.ndarray, cols: dict[str, list[Any]],
+                    found: Sequence[bool], *, source: str = "api", t0: float | None = None,
+                    prepared: tuple[dict[str, Any], list[int]] | None = None) -> list[dict[str, Any]]:
+        """`decide` once the features are read (a trigger has read them to evaluate its condition)."""
+        t0 = time.perf_counter() if t0 is None else t0
+        n = len(requests)
+        ids = [int(r.customer_id) for r in requests]
         t_features = time.perf_counter()
-        channel = np.array([self._channel_index[r.channel] for r in requests], dtype=np.int64)
+        channel = np.array([self._channel_index.get(r.channel, 0) for r in requests], dtype=np.int64)
         k = max(r.k or self.catalog.default_k for r in requests)
-        d, env, missing, dids = self.run_core(ids, channel, now, cols, found, k, [r.context for r in requests])
+        allow = propose = None
+        if any(r.chooses for r in requests):
+            allow = np.zeros((n, len(self.catalog.channels)), dtype=bool)
+            outbound = np.array([c.direction == "outbound" for c in self.catalog.channels])
+            for i, r in enumerate(requests):
+                if r.channels:
+                    allow[i, [self._channel_index[c] for c in r.channels]] = True
+                elif r.channel == BEST:
+                    allow[i] = outbound
+                else:
+                    allow[i, channel[i]] = True
+        if any(r.actions is not None for r in requests):
+            propose = np.ones((n, len(self.catalog.actions)), dtype=bool)
+            for i, r in enumerate(requests):
+                if r.actions is not None:
+                    propose[i] = False
+                    propose[i, [self._action_index[a] for a in r.actions]] = True
+        env, missing = prepared or self.environment(ids, cols, found, [r.context for r in requests])
+        d, dids, choice = self.decide_env(ids, channel, now, env, k, allow=allow, propose=propose)
         t_decide = time.perf_counter()
         kr = np.array([r.k or self.catalog.default_k for r in requests], dtype=np.int64)
         fm = np.zeros(n, dtype=np.int64)
@@ -307,6 +399,17 @@ class DecisionEngine:
                                  channel=channel, now=now, features_missing=fm, k=kr, source=source, env=env,
                                  model_versions=self.model_versions)
         responses = self._responses(d, tables, kr)
+        if choice is not None:
+            from nba.decisioning.channels import channel_reason
+
+            for i, (resp, r) in enumerate(zip(responses, requests, strict=True)):
+                if r.chooses:
+                    resp["channel_reason"] = channel_reason(self.catalog, choice, i)
+        for resp, r in zip(responses, requests, strict=True):
+            if r.trigger_id is not None:
+                resp["trigger_id"] = r.trigger_id
+                resp["event_id"] = r.event_id
+            resp["deliver"] = bool(r.deliver)
         self.log.append(tables)
         t_log = time.perf_counter()
         try:

@@ -1,6 +1,7 @@
 """The BentoML decision service: a thin, typed shell over `DecisionEngine`.
 
-    POST /decide         one decision (customer id, channel, optional context, timestamp, k)
+    POST /decide         one decision (customer id, channel, optional context, timestamp, k); channel
+                         `best` (or a list `channels`): the engine chooses the channel
     POST /decide_batch   decisions for a list of customers (vectorised in one core call)
     POST /respond        an outcome: accepted | rejected | ignored, with value (idempotent)
     GET  /healthz        the process is alive (BentoML)
@@ -76,12 +77,15 @@ Decision = create_model(
     filtered=(list[FilteredAction], ...),  # type: ignore[valid-type]
     versions=(Versions, ...),
     timing=(dict[str, float], ...),
+    channel_reason=(str | None, Field(None, description="why the engine chose this channel (channel 'best' or a "
+                                                          "list of channels)")),
 )
 
 
 class DecideRequest(BaseModel):
     customer_id: Annotated[int, Field(strict=True, ge=0)]
     channel: str
+    channels: list[str] | None = None
     context: dict[str, float | int | str] = Field(default_factory=dict)
     timestamp: datetime | None = None
     k: Annotated[int, Field(strict=True)] | None = None
@@ -181,17 +185,21 @@ class DecisionService:
 
     @bentoml.api(route="/decide")
     async def decide(self, customer_id: Annotated[int, Field(strict=True, ge=0, description="the customer")],
-               channel: Annotated[str, Field(description="email | sms | push | call_centre | web")],
+               channel: Annotated[str, Field(description="email | sms | push | call_centre | web | agent, or best: "
+                                                         "the engine chooses among the outbound channels")],
                context: Annotated[dict[str, float | int | str], Field(
                    description="request-time values overriding features of the same name")] = {},  # noqa: B006
                timestamp: Annotated[datetime | None, Field(description="the moment (ISO 8601); default now")] = None,
                k: Annotated[int | None, Field(strict=True, description="how many actions to rank")] = None,
+               channels: Annotated[list[str] | None, Field(
+                   description="the channels the engine may choose among (the chosen one is the decision's)")] = None,
                ) -> Decision:  # type: ignore[valid-type]
         """The next best action(s) for one customer in one channel, with the reasons."""
         from nba.serving.engine import DecisionRequest
 
         try:
-            out = self.engine.decide([DecisionRequest(customer_id, channel, context, _epoch(timestamp), k)])[0]
+            out = self.engine.decide([DecisionRequest(customer_id, channel, context, _epoch(timestamp), k,
+                                                      channels=tuple(channels) if channels else None)])[0]
         except Exception as exc:
             return _error(exc)  # type: ignore[return-value]
         return Response(json.dumps(out), media_type="application/json")  # type: ignore[return-value]
@@ -202,7 +210,8 @@ class DecisionService:
         """Decisions for up to 1,000 customers in one call (one vectorised pass of the core)."""
         from nba.serving.engine import DecisionRequest
 
-        reqs = [DecisionRequest(r.customer_id, r.channel, r.context, _epoch(r.timestamp), r.k) for r in requests]
+        reqs = [DecisionRequest(r.customer_id, r.channel, r.context, _epoch(r.timestamp), r.k,
+                                channels=tuple(r.channels) if r.channels else None) for r in requests]
         try:
             out = self.engine.decide(reqs)
         except Exception as exc:

@@ -1,0 +1,85 @@
+"""Trigger state in Redis (the production profile)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from nba.stores.trigger_state import Fire, TriggerStoreError
+
+# record the firing unless the last one is within the window: atomic, so two replicas handling
+# two events of one customer start one decision
+_CLAIM = """
+local last = redis.call('HGET', KEYS[1], ARGV[1])
+if last and (tonumber(ARGV[2]) - tonumber(last)) < tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+
+class RedisTriggerStore:
+    """`<prefix>:<trigger>` is a hash: customer -> epoch seconds of the trigger's last firing."""
+
+    def __init__(self, url: str, *, prefix: str = "nba:trigger"):
+        import redis
+
+        self.url = url
+        self.prefix = prefix
+        self._redis = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        self._claim = self._redis.register_script(_CLAIM)
+
+    def _key(self, trigger_id: str) -> str:
+        return f"{self.prefix}:{trigger_id}"
+
+    def last_fired(self, customer_ids: Sequence[int] | np.ndarray, trigger_ids: Sequence[str]) -> np.ndarray:
+        import redis
+
+        ids = np.asarray(customer_ids, dtype=np.int64)
+        out = np.full((ids.size, len(trigger_ids)), np.nan)
+        if not ids.size or not trigger_ids:
+            return out
+        try:
+            for start in range(0, ids.size, 10_000):
+                part = ids[start:start + 10_000].tolist()
+                pipe = self._redis.pipeline(transaction=False)
+                for t in trigger_ids:
+                    pipe.hmget(self._key(t), part)
+                for j, values in enumerate(pipe.execute()):
+                    out[start:start + len(part), j] = [np.nan if v is None else float(v) for v in values]
+        except redis.RedisError as exc:
+            raise TriggerStoreError(f"trigger store {self.url}: {exc}") from None
+        return out
+
+    def claim(self, fires: Sequence[Fire]) -> list[bool]:
+        import redis
+
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for f in fires:
+                self._claim(keys=[self._key(f.trigger_id)], args=[int(f.customer_id), float(f.fired_at),
+                                                                  float(f.window_s)], client=pipe)
+            return [bool(r) for r in pipe.execute()] if fires else []
+        except redis.RedisError as exc:
+            raise TriggerStoreError(f"trigger store {self.url}: {exc}") from None
+
+    def erase_customer(self, customer_id: int) -> int:
+        n = 0
+        for key in self._redis.scan_iter(match=f"{self.prefix}:*", count=1000):
+            n += int(self._redis.hdel(key, str(int(customer_id))))
+        return n
+
+    def clear(self) -> int:
+        keys = list(self._redis.scan_iter(match=f"{self.prefix}:*", count=1000))
+        return int(self._redis.delete(*keys)) if keys else 0
+
+    def ping(self) -> None:
+        import redis
+
+        try:
+            self._redis.ping()
+        except redis.RedisError as exc:
+            raise TriggerStoreError(f"trigger store {self.url}: {exc}") from None
+
+    def close(self) -> None:
+        self._redis.close()
