@@ -1,7 +1,8 @@
 """The decision engine: everything a decision needs, loaded once, around the pure core.
 
     request -> validate -> online features (Feast) -> scores (churn_risk, clv) -> contact history
-            -> nba.decisioning.core.decide -> decision log (durable) -> contact-policy state -> response
+            -> nba.decisioning.core.decide -> decision log + outbox (durable, one transaction)
+            -> contact-policy state -> response
 
 The BentoML service (`nba.serving.service`) and `nba decide-batch` are thin shells over
 `DecisionEngine`: both produce the same decisions and the same log records.
@@ -66,6 +67,9 @@ class DecisionRequest:
     context: Mapping[str, Any] = field(default_factory=dict)
     timestamp: float | None = None  # epoch seconds; None: now
     k: int | None = None
+    # send the shown action: on an outbound channel, a decision that shows an action (not
+    # do_nothing) writes an outbox message in the transaction of its decision record
+    deliver: bool = False
 
 
 def _now() -> float:
@@ -303,9 +307,10 @@ class DecisionEngine:
         fm = np.zeros(n, dtype=np.int64)
         fm[missing] = 1
         cust = np.asarray(ids, dtype=np.int64)
+        deliver = np.array([bool(r.deliver) for r in requests], dtype=bool)
         tables = decision_tables(self.catalog, d, decision_ids=dids, customer_ids=cust,
                                  channel=channel, now=now, features_missing=fm, k=kr, source=source, env=env,
-                                 model_versions=self.model_versions)
+                                 model_versions=self.model_versions, deliver=deliver)
         responses = self._responses(d, tables, kr)
         self.log.append(tables)
         t_log = time.perf_counter()
