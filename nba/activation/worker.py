@@ -106,6 +106,7 @@ class DeliveryWorker:
         futures = {ch: self._pool.submit(self._send, ch, ms) for ch, ms in by_channel.items()}
         done = self.clock()
         settlements: list[Settlement] = []
+        dead: dict[str, list[str]] = {}
         for ch, ms in by_channel.items():
             results = futures[ch].result()
             connector = self.connectors.get(ch)
@@ -126,8 +127,10 @@ class DeliveryWorker:
                 if totals is not None:
                     totals.add(ch, state)
                 if state == "dead":
-                    logger.warning("outbox message %s (%s) is dead: %s", m.idempotency_key, ch, detail)
+                    dead.setdefault(ch, []).append(detail)
         self.outbox.settle(self.owner, settlements, now=self.clock())
+        for ch, reasons in dead.items():  # one line per channel and batch, not one per message
+            logger.warning("%d outbox message(s) of channel %s are dead; the first: %s", len(reasons), ch, reasons[0])
         if totals is not None:
             totals.batches += 1
         return len(messages)

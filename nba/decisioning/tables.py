@@ -119,6 +119,7 @@ def decision_tables(catalog: Catalog, d: Decisions, *, decision_ids: list[str], 
     outbox = None
     if np.any(deliver):
         outbox = outbox_columns(catalog, d, decisions, np.broadcast_to(np.asarray(deliver, dtype=bool), (n,)), k)
+        outbox = outbox if outbox.n else None  # nothing to send: no outbox rows at all
     return DecisionTables(decisions, candidates, filtered, features, model_versions, outbox)
 
 
