@@ -5,6 +5,7 @@ retrying, dead-lettering with the reason, and losing nothing when it is SIGKILLe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -59,6 +60,7 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as a real receiver
+            disable_nagle_algorithm = True  # as real servers do: no 40 ms wait for a delayed ACK
 
             def do_POST(self) -> None:  # noqa: N802 - the http.server API
                 body = self.rfile.read(int(self.headers["Content-Length"]))
@@ -271,8 +273,8 @@ def test_500s_are_retried_with_backoff_then_delivered(env, cat):
     retry = Retry(backoff_s=1, max_backoff_s=10)
     pauses = {a: [backoff_s(retry, a) for _ in range(200)] for a in (1, 2, 3, 4, 5, 6)}
     assert 0.5 <= min(pauses[1]) < max(pauses[1]) <= 1.5  # jitter around 1 s
-    assert 2.0 <= min(pauses[3]) and max(pauses[3]) <= 6.0  # 4 s x 0.5-1.5
-    assert 5.0 <= min(pauses[6]) and max(pauses[6]) <= 15.0  # capped at 10 s x 0.5-1.5
+    assert min(pauses[3]) >= 2.0 and max(pauses[3]) <= 6.0  # 4 s x 0.5-1.5
+    assert min(pauses[6]) >= 5.0 and max(pauses[6]) <= 15.0  # capped at 10 s x 0.5-1.5
 
 
 def test_a_receiver_that_is_down_dead_letters_with_the_reason_while_decisions_go_on(env, cat):
@@ -393,10 +395,8 @@ def test_nats_jetstream_gets_one_subject_per_channel_and_drops_duplicates(env, c
 
     async def delete() -> None:
         nc = await nats.connect("nats://127.0.0.1:4222")
-        try:
+        with contextlib.suppress(Exception):  # not created
             await nc.jetstream().delete_stream(stream)
-        except Exception:  # noqa: S110 - not created
-            pass
         await nc.close()
 
     try:
@@ -422,7 +422,7 @@ def test_nats_jetstream_gets_one_subject_per_channel_and_drops_duplicates(env, c
 def test_a_sigkill_mid_batch_loses_no_message_and_the_receiver_sees_each_once(env, cat):
     from nba.serving.run import start_worker, stop_worker
 
-    receiver = Receiver(delay_s=0.002)
+    receiver = Receiver(delay_s=0.005)
     try:
         keys = _fill(env, cat, 1600, ("email", "sms"))
         n = len(keys)

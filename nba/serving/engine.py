@@ -325,6 +325,16 @@ class DecisionEngine:
                   "total_ms": round((t_end - t0) * 1e3, 3)}
         for resp in responses:
             resp["timing"] = timing
+        if deliver.any():  # what was put in the outbox (a trigger's answer names it)
+            sent = {}
+            if tables.outbox is not None:
+                out = tables.outbox
+                sent = {did: {"idempotency_key": key, "channel": ch, "action_id": a, "state": "pending"}
+                        for did, key, ch, a in zip(out.pylist("decision_id"), out.pylist("idempotency_key"),
+                                                   out.pylist("channel"), out.pylist("action_id"), strict=True)}
+            for resp, flag in zip(responses, deliver.tolist(), strict=True):
+                if flag:
+                    resp["outbox"] = sent.get(resp["decision_id"])  # None: nothing to send
         return responses
 
     def _responses(self, d: core.Decisions, tables: DecisionTables, k: np.ndarray) -> list[dict[str, Any]]:
