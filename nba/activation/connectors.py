@@ -230,20 +230,28 @@ class NatsConnector:
 
     async def _connect(self) -> None:
         import nats
-        from nats.js.errors import NotFoundError
+        from nats.js.errors import APIError, NotFoundError
 
         if self._nc is not None and self._nc.is_connected:
             return
         self._nc = await nats.connect(self.spec.url, connect_timeout=self.spec.timeout_s, max_reconnect_attempts=1,
                                       allow_reconnect=False)
         self._js = self._nc.jetstream(timeout=self.spec.timeout_s)
-        try:
-            info = await self._js.stream_info(self.spec.stream)
-            if not any(_subject_matches(s, self.subject) for s in info.config.subjects or []):
-                subjects = [*(info.config.subjects or []), self.subject]
-                await self._js.update_stream(name=self.spec.stream, subjects=subjects)
-        except NotFoundError:
-            await self._js.add_stream(name=self.spec.stream, subjects=[self.subject])
+        for attempt in range(5):  # the connectors of other channels may be adding their subjects meanwhile
+            try:
+                try:
+                    info = await self._js.stream_info(self.spec.stream)
+                except NotFoundError:
+                    await self._js.add_stream(name=self.spec.stream, subjects=[self.subject])
+                    return
+                if not any(_subject_matches(s, self.subject) for s in info.config.subjects or []):
+                    config = info.config
+                    config.subjects = [*(config.subjects or []), self.subject]
+                    await self._js.update_stream(config)
+                return
+            except APIError:
+                if attempt == 4:
+                    raise
 
     async def _publish(self, messages: Sequence[Message]) -> list[Result]:
         import asyncio
