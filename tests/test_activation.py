@@ -536,6 +536,10 @@ def test_the_webhook_override_and_shared_connectors(env):
     assert all(isinstance(s, WebhookSpec) and s.url == "http://127.0.0.1:9/x" for s in activation.channels.values())
     connectors = build_connectors(activation, env)
     assert len({id(c) for c in connectors.values()}) == 1 and isinstance(connectors["sms"], WebhookConnector)
-    connectors["sms"].close()
+    # a claim outlives a batch whose every request times out (500 / 16 concurrent x 5 s x 2 tries)
+    worker = DeliveryWorker(Outbox(outbox_path(env)), connectors, activation.retry, batch=500)
+    assert worker.lease_s == 32 * 5 * 2 + 5
+    assert DeliveryWorker(worker.outbox, connectors, activation.retry, lease_s=2.0).lease_s == 2.0
+    worker.close()
     assert isinstance(build_connectors(load_activation(env.home, channel_directions(env.home)), env)["email"],
                       FileConnector)

@@ -130,6 +130,10 @@ class WebhookConnector:
     def send(self, messages: Sequence[Message]) -> list[Result]:
         return list(self._pool.map(self._post, messages))
 
+    def worst_s(self, n: int) -> float:
+        """How long n messages can take when every request times out (twice: the reconnect)."""
+        return -(-n // self.spec.concurrency) * self.spec.timeout_s * 2
+
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         with self._conns_lock:

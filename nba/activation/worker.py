@@ -31,7 +31,7 @@ from nba.stores.outbox import Message, Outbox, Settlement
 logger = logging.getLogger(__name__)
 
 BATCH = 500  # messages per claim
-LEASE_S = 60.0  # how long a claim holds: longer than a batch takes to send (webhook timeouts included)
+LEASE_S = 60.0  # how long a claim holds at least [default: longer than a batch of timeouts takes]
 POLL_S = 0.2  # the pause when nothing is due
 
 
@@ -68,13 +68,16 @@ class DeliveryWorker:
     """Claims, sends and settles outbox messages; `run` loops until stopped."""
 
     def __init__(self, outbox: Outbox, connectors: Mapping[str, Connector], retry: Mapping[str, Retry], *,
-                 batch: int = BATCH, lease_s: float = LEASE_S, poll_s: float = POLL_S, owner: str | None = None,
+                 batch: int = BATCH, lease_s: float | None = None, poll_s: float = POLL_S, owner: str | None = None,
                  clock: Callable[[], float] = time.time, seed: int | None = None):
         self.outbox = outbox
         self.connectors = dict(connectors)
         self.retry = dict(retry)
         self.batch = batch
-        self.lease_s = lease_s
+        # by default a claim outlives the slowest batch (every webhook request timing out), so no
+        # other worker takes over messages this one is still sending
+        worst = max((getattr(c, "worst_s", lambda n: 0.0)(batch) for c in self.connectors.values()), default=0.0)
+        self.lease_s = lease_s if lease_s is not None else max(LEASE_S, worst + 5.0)
         self.poll_s = poll_s
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self.clock = clock
@@ -166,7 +169,7 @@ def load(settings: Settings, *, activation_file: Path | None = None) -> Activati
                            webhook_url=settings.webhook_url)
 
 
-def make_worker(settings: Settings, *, batch: int = BATCH, lease_s: float = LEASE_S, poll_s: float = POLL_S,
+def make_worker(settings: Settings, *, batch: int = BATCH, lease_s: float | None = None, poll_s: float = POLL_S,
                 activation_file: Path | None = None) -> DeliveryWorker:
     """The worker of the settings' decision log, with the connectors of the activation file."""
     activation = load(settings, activation_file=activation_file)  # a bad file fails before the outbox opens

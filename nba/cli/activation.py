@@ -21,8 +21,9 @@ ActivationFileOpt = Annotated[Path | None, typer.Option("--file", help="Activati
 def run_cmd(
     once: Annotated[bool, typer.Option("--once", help="Deliver what is due now, then exit.")] = False,
     batch: Annotated[int, typer.Option(help="Messages per claim.", min=1, max=10_000)] = 500,
-    lease: Annotated[float, typer.Option(help="Seconds a claim holds; a killed worker's messages are sent again "
-                                              "after it.", min=0.1)] = 60.0,
+    lease: Annotated[float | None, typer.Option(help="Seconds a claim holds; a killed worker's messages are sent "
+                                                     "again after it [default: 60, or longer than a batch whose "
+                                                     "every webhook request times out].", min=0.1)] = None,
     poll: Annotated[float, typer.Option(help="Seconds between looks at the outbox when nothing is due.",
                                         min=0.01)] = 0.2,
     file: ActivationFileOpt = None,
@@ -39,7 +40,8 @@ def run_cmd(
     activation = load(s, activation_file=file)
     worker = make_worker(s, batch=batch, lease_s=lease, poll_s=poll, activation_file=file)
     previous = {sig: signal.signal(sig, lambda *_: worker.stopping.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
-    echo(f"delivering {worker.outbox.path} ({activation.source})")
+    echo(f"delivering {worker.outbox.path} ({activation.source}); batches of {batch}, leases of "
+         f"{worker.lease_s:g} s")
     for channel, c in worker.connectors.items():
         echo(f"  {channel:<12} {c.kind:<13} {c.target}")
     try:
