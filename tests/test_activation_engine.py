@@ -101,3 +101,54 @@ def test_a_batch_that_delivers_writes_its_messages_with_its_index(served, engine
     assert len(batch) == len(sent)
     assert all(batch[d]["action_id"] == a for d, a in zip(sent["decision_id"], sent["action_id"], strict=True))
     outbox.close()
+
+
+def test_nba_serve_runs_the_delivery_worker_beside_the_service_and_stops_it(served, engine, customers, tmp_path):
+    """`nba serve` the way a user starts it: the worker it starts sends what the decisions put
+    in the outbox meanwhile; Ctrl-C stops both."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    from nba.serving.engine import DecisionRequest
+    from tests.serving_env import call, free_port
+
+    receiver = Receiver()
+    port = free_port()
+    env = {**os.environ, "NBA_HOME": str(served.home), "NBA_WORK_DIR": str(served.work),
+           "NBA_MLFLOW_DIR": str(served.mlflow_path), "NBA_SERVE_WORKERS": "1", "NBA_WEBHOOK_URL": receiver.url}
+    proc = subprocess.Popen([sys.executable, "-m", "nba", "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    printed = []
+    try:
+        for line in proc.stdout:
+            printed.append(line)
+            if line.startswith("press Ctrl-C"):
+                break
+        text = "".join(printed)
+        match = re.search(r"delivery worker:\s+pid (\d+)", text)
+        assert match, text[-3000:]
+        worker_pid = int(match.group(1))
+        assert psutil.pid_exists(worker_pid)
+        status, _ = call(f"http://127.0.0.1:{port}", "/readyz")
+        assert status == 200
+        out = engine.decide([DecisionRequest(int(c), "email", timestamp=DECISION_EPOCH + 3 * 86400, deliver=True)
+                             for c in customers[700:800]])
+        keys = {d["outbox"]["idempotency_key"] for d in out if d["outbox"]}
+        assert len(keys) > 5
+        deadline = time.monotonic() + 60
+        while not keys <= set(receiver.effects):
+            assert time.monotonic() < deadline, f"the worker of nba serve did not deliver: {text[-2000:]}"
+            time.sleep(0.1)
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+        proc.wait(timeout=60)
+        receiver.close()
+    deadline = time.monotonic() + 20
+    while psutil.pid_exists(worker_pid) and psutil.Process(worker_pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the delivery worker outlived nba serve"
+        time.sleep(0.1)
