@@ -99,6 +99,8 @@ def run(settings: Settings, *, customers: int, seed: int, echo: Callable[[str], 
         echo(f"  experiments and registry:    .venv/bin/mlflow ui --backend-store-uri {tracking_uri(settings)}")
         echo(f"  serving bundle:              {settings.bundle_dir}  (nba bundle show; nba serve)")
         echo("  outbound batch:              nba decide-batch --customers FILE --channel email --out FILE")
+        echo(f"  outbound messages:           nba activation status  (the delivery worker runs beside the service; "
+             f"files in {settings.activation_dir}, connectors in serving/activation.yaml)")
 
         echo(f"  evaluation reports (HTML):   {settings.reports_dir}  (written by nba report and nba evaluate ..."
              " once decisions are logged)")

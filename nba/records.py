@@ -231,6 +231,58 @@ SEGMENT_RECORDS = (DECISION, CANDIDATE, FILTERED, FEATURES)
 LOG_RECORDS = (DECISION, CANDIDATE, FILTERED, BATCH_INDEX, OUTCOME)
 
 
+# --- the outbox (outbound activation) ---------------------------------------------------------
+# A decision with an outbound action to send writes one outbox message in the same transaction
+# as its decision rows (the decision log's SQLite file); the delivery worker
+# (`nba.activation.worker`) sends it through the channel's connector at least once and records
+# a receipt per attempt. The idempotency key makes the delivery exactly once for a receiver
+# that honours it.
+
+OUTBOX_STATES = ("pending", "delivered", "failed", "dead")
+
+OUTBOX = Record(
+    "outbox",
+    (
+        Column("idempotency_key", TEXT, doc="<decision_id>-<action_id>: the same on every attempt of the message"),
+        Column("decision_id", TEXT),
+        Column(ENTITY_KEY, INT, doc="the customer"),
+        Column("action_id", TEXT, categorical=True, doc="the action to send (never do_nothing)"),
+        Column("channel", TEXT, categorical=True, doc="an outbound channel of the catalog"),
+        Column("created_at", TIME, doc="the moment of the decision"),
+        Column("payload", TEXT, doc="a JSON object: what the channel needs to send the action"),
+        Column("state", TEXT, categorical=True,
+               doc="pending: not attempted yet | delivered | failed: the last attempt failed (`error`), retried "
+                   "at `next_attempt_at` | dead: given up after the connector's max attempts (`error`)"),
+        Column("attempts", INT, doc="delivery attempts so far"),
+        Column("next_attempt_at", TIME, doc="not before (epoch seconds of the worker's clock; 0: at once)"),
+        Column("lease_until", TIME, doc="a worker has claimed it until then (0: unclaimed); a killed worker's "
+                                        "claims expire and are delivered again"),
+        Column("lease_owner", TEXT, nullable=True, doc="the worker holding the lease"),
+        Column("error", TEXT, nullable=True, doc="why the last attempt failed"),
+        Column("delivered_at", TIME, nullable=True),
+    ),
+    key=("idempotency_key",),
+    doc="One outbound message per decision that sends an action, with its delivery state.",
+)
+
+RECEIPT = Record(
+    "receipts",
+    (
+        Column("idempotency_key", TEXT),
+        Column("attempt", INT, doc="1, 2, ..."),
+        Column("at", TIME),
+        Column("connector", TEXT, categorical=True, doc="webhook | redis_stream | file | nats"),
+        Column("outcome", TEXT, categorical=True, doc="delivered | failed | dead"),
+        Column("detail", TEXT, doc="the receiver's answer (HTTP status, stream entry id, file line) or the error"),
+        Column("worker", TEXT, doc="the delivery worker that made the attempt"),
+    ),
+    doc="One row per delivery attempt of an outbox message. Append-only, no key: after a lease expired two "
+        "workers may both have attempted the same message.",
+)
+
+OUTBOX_RECORDS = (OUTBOX, RECEIPT)
+
+
 # --- contact-policy state --------------------------------------------------------------------
 
 CONTACT = Record(
@@ -347,6 +399,9 @@ class DecisionTables:
     filtered: Columns
     features: Columns
     model_versions: Mapping[str, str]
+    # the outbox messages of the decisions that send an outbound action (`deliver` requests):
+    # appended with the decisions, in the same transaction
+    outbox: Columns | None = None
 
     @property
     def n(self) -> int:

@@ -67,6 +67,10 @@ class Settings(BaseSettings):
         False, description="BentoML's Prometheus metrics and tracing in the decision service (about a fifth of a "
                            "decision's CPU: off by default)"
     )
+    webhook_url: str | None = Field(
+        None, description="send every channel's outbox messages to this one webhook, whatever serving/activation.yaml "
+                          "says (tests and local runs; NBA_WEBHOOK_URL)"
+    )
     serve_bundle: Path | None = Field(
         None, validation_alias=AliasChoices("NBA_BUNDLE_DIR", "serve_bundle"),
         description="the bundle the decision service serves [default: the Bento's own, else <work>/bundle]"
@@ -123,6 +127,11 @@ class Settings(BaseSettings):
     def bentoml_home(self) -> Path:
         """BentoML's model and Bento stores (BENTOML_HOME) for this work folder."""
         return self.work / "bentoml"
+
+    @property
+    def activation_dir(self) -> Path:
+        """Where the file connector writes each channel's messages (`<channel>.jsonl`)."""
+        return self.work / "activation"
 
     @property
     def evidently_workspace(self) -> Path:

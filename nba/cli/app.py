@@ -1,7 +1,7 @@
 """The `nba` command line: one Typer app, thin commands over plain functions.
 
 Each command group is a module of this package (`data`, `features`, `train`, `serving`,
-`evaluate`, `triggers`, `report`, `quickstart`); this module wires them into one app in the order
+`triggers`, `activation`, `evaluate`, `report`, `quickstart`); this module wires them into one app in the order
 `nba --help` lists them. Heavy libraries are imported inside the commands, so `nba --help`
 answers at once. Errors a user can cause (`NbaError`) print as one line on stderr with a
 non-zero exit code; `--debug` shows the traceback.
@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nba.cli import data, evaluate, features, quickstart, report, serving, train, triggers
+from nba.cli import activation, data, evaluate, features, quickstart, report, serving, train, triggers
 from nba.errors import NbaError
 
 app = typer.Typer(
@@ -36,6 +36,7 @@ app.command("promote")(train.promote_cmd)
 app.command("rollback")(train.rollback_cmd)
 app.command("serve")(serving.serve_cmd)
 app.command("decide-batch")(serving.decide_batch_cmd)
+app.add_typer(activation.app, name="activation")
 app.command("quickstart")(quickstart.quickstart_cmd)
 app.command("report")(report.report_cmd)
 

@@ -47,12 +47,15 @@ def serve_cmd(
     host: Annotated[str, typer.Option(help="Interface to bind (loopback by default).")] = "127.0.0.1",
     workers: Annotated[int | None, typer.Option(help="Worker processes [default: NBA_SERVE_WORKERS, 2].",
                                                  min=1)] = None,
+    activation: Annotated[bool, typer.Option(help="Run the outbox's delivery worker beside the service "
+                                                  "(nba activation run).")] = True,
 ) -> None:
     """Serve the built Bento (`nba bundle build`) with BentoML: /decide, /decide_batch,
-    /respond, /healthz, /readyz; the OpenAPI page at /docs.json and the UI at /."""
+    /respond, /healthz, /readyz; the OpenAPI page at /docs.json and the UI at /. The delivery
+    worker sends the outbox's messages meanwhile (--no-activation: not)."""
     from nba.serving.run import serve
 
-    serve(settings(), host=host, port=port, workers=workers, echo=echo)
+    serve(settings(), host=host, port=port, workers=workers, echo=echo, activation=activation)
 
 
 def decide_batch_cmd(

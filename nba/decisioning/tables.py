@@ -4,20 +4,33 @@
 `features` rows (`nba.records`); `/decide` calls it for the requests of a call, `nba
 decide-batch` for a chunk of a million customers, and the stores turn its columns into rows
 (SQLite) or Arrow tables (a batch segment). `contacts` gives the shown actions the contact
-policies count. Pure: numpy in, arrays out.
+policies count; `outbox` the outbound messages of the decisions asked to deliver (written with
+the decision rows, in one transaction). Pure: numpy in, arrays out.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
 from nba.catalog import Catalog
 from nba.decisioning.core import GROUPS, Decisions, reason_table
-from nba.records import CANDIDATE, DECISION, FEATURES, FILTERED, NO_ACTION, Coded, Columns, DecisionTables
+from nba.records import (
+    CANDIDATE,
+    DECISION,
+    FEATURES,
+    FILTERED,
+    NO_ACTION,
+    OUTBOX,
+    Coded,
+    Columns,
+    DecisionTables,
+)
 
 
 @functools.cache
@@ -56,10 +69,13 @@ def ranks(d: Decisions, k: int | np.ndarray) -> np.ndarray:
 
 def decision_tables(catalog: Catalog, d: Decisions, *, decision_ids: list[str], customer_ids: np.ndarray,
                     channel: np.ndarray, now: float | np.ndarray, features_missing: np.ndarray, k: int | np.ndarray,
-                    source: str, env: Mapping[str, Any], model_versions: Mapping[str, str]) -> DecisionTables:
+                    source: str, env: Mapping[str, Any], model_versions: Mapping[str, str],
+                    deliver: bool | np.ndarray = False) -> DecisionTables:
     """The log records of the n decisions `d`: `channel` holds codes into the catalog's channels,
     `now` epoch seconds, `k` how many actions each decision shows, `env` the features and scores
-    the core saw (scalars when n = 1, arrays otherwise)."""
+    the core saw (scalars when n = 1, arrays otherwise). `deliver` (one flag, or one per
+    decision): the decisions whose shown action is to be sent on their (outbound) channel get an
+    outbox message (`outbox`)."""
     n = d.n
     A = len(catalog.actions)
     actions, stages, rules = _names(catalog)
@@ -100,7 +116,64 @@ def decision_tables(catalog: Catalog, d: Decisions, *, decision_ids: list[str], 
         "stage": Coded(codes, stages), "rule": Coded(codes, rules)})
     features = Columns(FEATURES, n, {"decision_id": decision_ids,
                                      **{name: (value if n > 1 else [value]) for name, value in env.items()}})
-    return DecisionTables(decisions, candidates, filtered, features, model_versions)
+    outbox = None
+    if np.any(deliver):
+        outbox = outbox_columns(catalog, d, decisions, np.broadcast_to(np.asarray(deliver, dtype=bool), (n,)), k)
+        outbox = outbox if outbox.n else None  # nothing to send: no outbox rows at all
+    return DecisionTables(decisions, candidates, filtered, features, model_versions, outbox)
+
+
+@functools.cache
+def _outbound(catalog: Catalog) -> np.ndarray:
+    """(C,) bool: is each channel outbound (sent by the bank)?"""
+    return np.array([c.direction == "outbound" for c in catalog.channels], dtype=bool)
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def outbox_columns(catalog: Catalog, d: Decisions, decisions: Columns, deliver: np.ndarray,
+                   k: int | np.ndarray) -> Columns:
+    """The outbox messages of the decisions that `deliver`, on an outbound channel, with an
+    action shown (not do_nothing: the hold-out's "no action" sends nothing). One message per
+    decision: its shown action, and in the payload every action it shows in rank order. The
+    idempotency key is `<decision_id>-<action_id>`, the same on every attempt."""
+    channel = np.asarray(decisions.values["channel"].codes)
+    send = deliver & _outbound(catalog)[channel] & (d.shown >= 0)
+    rows = np.flatnonzero(send)
+    m = int(rows.size)
+    actions = catalog.actions
+    dec = {c: decisions.pylist(c) for c in ("decision_id", "customer_id", "channel", "decided_at",
+                                            "experiment_group", "probability", "propensity", "value", "lever",
+                                            "priority", "source", "catalog_version")}
+    kr = np.broadcast_to(np.asarray(k), (d.n,))
+    keys, payloads = [], []
+    for i in rows.tolist():
+        a = actions[int(d.shown[i])]
+        did = dec["decision_id"][i]
+        keys.append(f"{did}-{a.id}")
+        shown = [actions[j].id for j in d.ranked[i][:int(kr[i])].tolist() if j >= 0]
+        payloads.append(json.dumps({
+            "decision_id": did, "customer_id": dec["customer_id"][i], "channel": dec["channel"][i],
+            "action_id": a.id, "name": a.name, "issue": a.issue, "group": a.group,
+            "actions": shown or [a.id], "decided_at": _iso(dec["decided_at"][i]),
+            "experiment_group": dec["experiment_group"][i], "probability": dec["probability"][i],
+            "propensity": dec["propensity"][i],
+            "value": dec["value"][i], "lever": dec["lever"][i], "priority": dec["priority"][i],
+            "source": dec["source"][i], "catalog_version": dec["catalog_version"][i]}, sort_keys=True))
+    action_names = catalog.action_ids
+    zeros = np.zeros(m, dtype=np.float64)
+    return Columns(OUTBOX, m, {
+        "idempotency_key": keys, "decision_id": [dec["decision_id"][i] for i in rows.tolist()],
+        "customer_id": np.asarray(decisions.values["customer_id"])[rows].astype(np.int64),
+        "action_id": Coded(np.asarray(d.shown)[rows], action_names),
+        "channel": Coded(channel[rows], catalog.channel_names),
+        "created_at": np.asarray(decisions.values["decided_at"], dtype=np.float64)[rows],
+        "payload": payloads, "state": Coded(np.zeros(m, dtype=np.int32), ("pending",)),
+        "attempts": np.zeros(m, dtype=np.int64), "next_attempt_at": zeros, "lease_until": zeros,
+        "lease_owner": [None] * m, "error": [None] * m, "delivered_at": [None] * m,
+    })
 
 
 def contacts(catalog: Catalog, d: Decisions, *, decision_ids: list[str], customer_ids: np.ndarray,

@@ -48,6 +48,7 @@ class BatchSummary:
     seconds: float  # deciding and writing, once the bundle is loaded
     load_seconds: float  # loading the bundle's models and opening the stores
     action_counts: dict[str, int]
+    messages: int = 0  # outbox messages written (deliver)
 
     def describe(self) -> str:
         lines = [f"{self.customers:,} decisions in {self.seconds:.2f} s ({self.customers / max(self.seconds, 1e-9):,.0f}/s) "
@@ -55,6 +56,8 @@ class BatchSummary:
                  f"features from {self.feature_source}; {self.decisions_with_action:,} with an action, "
                  f"{self.holdout:,} hold-out, {self.explore:,} exploration, {self.features_missing:,} without features",
                  f"ranked decisions -> {self.out}", f"decision log batch {self.batch_id}"]
+        if self.messages:
+            lines.append(f"{self.messages:,} outbox messages to deliver (nba activation run)")
         lines += [f"  {a:<24} {c:>10,}" for a, c in sorted(self.action_counts.items(), key=lambda x: -x[1])]
         return "\n".join(lines)
 
@@ -80,8 +83,11 @@ def read_customers(path: Path) -> Any:
 
 def decide_batch(settings: Settings, customers: Path, channel: str, out: Path, *, k: int | None = None,
                  timestamp: float | None = None, chunk: int = 100_000, progress: bool = False,
-                 engine: Any = None) -> BatchSummary:
-    """Decide for every customer of the file; write the ranked decisions and the log."""
+                 engine: Any = None, deliver: bool = False, source: str = "batch") -> BatchSummary:
+    """Decide for every customer of the file; write the ranked decisions and the log. With
+    `deliver` (an outbound channel), every decision that shows an action gets an outbox
+    message, appended with the run's index of decisions in one transaction once its segment
+    is written (the delivery worker sends them)."""
     import pandas as pd
     import pyarrow as pa
 
@@ -102,6 +108,7 @@ def decide_batch(settings: Settings, customers: Path, channel: str, out: Path, *
     batch_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}-{channel}-{engine_id()}"
     parts: dict[str, list[Any]] = {"decisions": [], "candidates": [], "filtered": [], "features": [], "ranked": []}
     contacts_all: list[Any] = []
+    outbox: list[Any] = []
     bar = console.progress(len(frame), "decisions", "customer", enabled=progress)
     for start in range(0, len(frame), chunk):
         part = frame.iloc[start:start + chunk]
@@ -124,8 +131,10 @@ def decide_batch(settings: Settings, customers: Path, channel: str, out: Path, *
         fm = np.zeros(n, dtype=np.int64)
         fm[missing] = 1
         tables = decision_tables(engine.catalog, d, decision_ids=dids, customer_ids=ids, channel=chan, now=now,
-                                 features_missing=fm, k=k, source="batch", env=env,
-                                 model_versions=engine.model_versions)
+                                 features_missing=fm, k=k, source=source, env=env,
+                                 model_versions=engine.model_versions, deliver=deliver)
+        if tables.outbox is not None:
+            outbox.append(tables.outbox)
         for name, t in segment_tables(tables, {"nba.bundle": engine.bundle}).items():
             parts[name].append(t)
         parts["ranked"].append(_ranked(engine, d, ids, dids, k))
@@ -139,7 +148,7 @@ def decide_batch(settings: Settings, customers: Path, channel: str, out: Path, *
     write_batch(settings.decision_log_dir, batch_id, {r.name: joined[r.name] for r in SEGMENT_RECORDS})
     dec = joined["decisions"]
     engine.log.index_batch(batch_id, dec.column("decision_id").to_pylist(), dec.column("customer_id").to_pylist(),
-                           channel)
+                           channel, outbox)
     engine.policy.record_contacts([c for cs in contacts_all for c in cs])
     ranked = joined["ranked"]
     write_parquet(ranked, Path(out))
@@ -152,7 +161,7 @@ def decide_batch(settings: Settings, customers: Path, channel: str, out: Path, *
         features_missing=int(dec.column("features_missing").to_numpy().sum()),
         feature_source="the file" if from_file else f"the online store ({engine.catalog.feature_service})",
         out=Path(out), batch_id=batch_id, seconds=time.perf_counter() - t_loaded, load_seconds=t_loaded - t0,
-        action_counts={str(a): int(c) for a, c in counts.items()})
+        action_counts={str(a): int(c) for a, c in counts.items()}, messages=sum(o.n for o in outbox))
 
 
 def engine_id() -> str:

@@ -1,7 +1,8 @@
 """The decision engine: everything a decision needs, loaded once, around the pure core.
 
     request -> validate -> online features (Feast) -> scores (churn_risk, clv) -> contact history
-            -> nba.decisioning.core.decide -> decision log (durable) -> contact-policy state -> response
+            -> nba.decisioning.core.decide -> decision log + outbox (durable, one transaction)
+            -> contact-policy state -> response
 
 The BentoML service (`nba.serving.service`) and `nba decide-batch` are thin shells over
 `DecisionEngine`: both produce the same decisions and the same log records.
@@ -395,9 +396,10 @@ class DecisionEngine:
         fm = np.zeros(n, dtype=np.int64)
         fm[missing] = 1
         cust = np.asarray(ids, dtype=np.int64)
+        deliver = np.array([bool(r.deliver) for r in requests], dtype=bool)
         tables = decision_tables(self.catalog, d, decision_ids=dids, customer_ids=cust,
                                  channel=channel, now=now, features_missing=fm, k=kr, source=source, env=env,
-                                 model_versions=self.model_versions)
+                                 model_versions=self.model_versions, deliver=deliver)
         responses = self._responses(d, tables, kr)
         if choice is not None:
             from nba.decisioning.channels import channel_reason
@@ -423,6 +425,16 @@ class DecisionEngine:
                   "total_ms": round((t_end - t0) * 1e3, 3)}
         for resp in responses:
             resp["timing"] = timing
+        if deliver.any():  # what was put in the outbox (a trigger's answer names it)
+            sent = {}
+            if tables.outbox is not None:
+                out = tables.outbox
+                sent = {did: {"idempotency_key": key, "channel": ch, "action_id": a, "state": "pending"}
+                        for did, key, ch, a in zip(out.pylist("decision_id"), out.pylist("idempotency_key"),
+                                                   out.pylist("channel"), out.pylist("action_id"), strict=True)}
+            for resp, flag in zip(responses, deliver.tolist(), strict=True):
+                if flag:
+                    resp["outbox"] = sent.get(resp["decision_id"])  # None: nothing to send
         return responses
 
     def _responses(self, d: core.Decisions, tables: DecisionTables, k: np.ndarray) -> list[dict[str, Any]]:

@@ -72,6 +72,34 @@ def start(settings: Settings, *, host: str = "127.0.0.1", port: int = 3000, work
                             cwd=str(settings.home), start_new_session=True)
 
 
+def start_worker(settings: Settings, *, log_file: Path | None = None, args: tuple[str, ...] = (),
+                 extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start the outbox's delivery worker (`nba activation run`) in the background, beside the
+    service: a process of its own, so a slow receiver never slows a decision."""
+    cmd = [sys.executable, "-m", "nba", "activation", "run", *args]
+    out = open(log_file, "ab") if log_file else None  # noqa: SIM115 - handed to the child; None: the console
+    return subprocess.Popen(cmd, env=server_env(settings, extra=extra_env), stdout=out, stderr=subprocess.STDOUT,
+                            cwd=str(settings.home), start_new_session=True)
+
+
+def stop_worker(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """SIGTERM: the worker settles its batch and gives back its leases; SIGKILL after `timeout`
+    (nothing is lost either way: its leases expire and the messages are sent again)."""
+    import signal
+
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)
+    except ProcessLookupError:
+        proc.wait(timeout=timeout)
+
+
 def readiness(url: str, timeout: float = 2.0) -> tuple[int, dict[str, Any]]:
     try:
         with urllib.request.urlopen(f"{url}/readyz", timeout=timeout) as resp:  # noqa: S310 - loopback
@@ -172,9 +200,10 @@ def announce(url: str, customer: int, timestamp: str, echo: Callable[[str], None
 
 
 def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 3000, workers: int | None = None,
-          echo: Callable[[str], None] = print) -> None:
-    """Start the service, print where it is, and keep it running until interrupted (Ctrl-C or
-    SIGTERM: either way the workers are stopped with it)."""
+          echo: Callable[[str], None] = print, activation: bool = True) -> None:
+    """Start the service and (with `activation`) the outbox's delivery worker beside it, print
+    where they are, and keep them running until interrupted (Ctrl-C or SIGTERM: either way both
+    are stopped with it)."""
     import signal
 
     def terminate(signum: int, frame: Any) -> None:
@@ -184,15 +213,21 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 3000, work
     # SIGINT ignored, and Ctrl-C (or a test's SIGINT) would leave the server running.
     previous = {sig: signal.signal(sig, terminate) for sig in (signal.SIGTERM, signal.SIGINT)}
     proc = start(settings, host=host, port=port, workers=workers)
+    worker = None
     url = f"http://{host}:{port}"
     try:
         wait_ready(url, proc)
+        if activation:
+            worker = start_worker(settings)
+            echo(f"delivery worker:   pid {worker.pid} (nba activation run; `nba activation status` shows the outbox)")
         announce(url, *example_request(settings), echo)
         echo("press Ctrl-C to stop")
         proc.wait()
     except KeyboardInterrupt:
         echo("stopping")
     finally:
+        if worker is not None:
+            stop_worker(worker)
         stop(proc)
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -101,6 +101,7 @@ def scan(settings: Settings, customers: Path, *, at: float | None = None, trigge
     batch_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}-scan-{engine_id()}"
     parts: dict[str, list[Any]] = {"decisions": [], "candidates": [], "filtered": [], "features": []}
     contacts_all: list[Any] = []
+    outbox: list[Any] = []
     index: list[tuple[list[str], list[int], str]] = []
     bar = console.progress(len(frame), "customers scanned", "customer", enabled=progress)
     for start in range(0, len(frame), chunk):
@@ -146,7 +147,9 @@ def scan(settings: Settings, customers: Path, *, at: float | None = None, trigge
             fm = np.array([int(i in missing_set) for i in sel], dtype=np.int64)
             tables = decision_tables(cat, d, decision_ids=dids, customer_ids=sel_ids, channel=chan, now=now,
                                      features_missing=fm, k=k, source=f"scan:{t.id}", env=sub,
-                                     model_versions=engine.model_versions)
+                                     model_versions=engine.model_versions, deliver=np.full(m, bool(t.outbound)))
+            if tables.outbox is not None:
+                outbox.append(tables.outbox)
             for name, table in segment_tables(tables, {"nba.bundle": engine.bundle}).items():
                 parts[name].append(table)
             contacts_all.append(contacts(cat, d, decision_ids=dids, customer_ids=sel_ids, channel=chan, now=now, k=k))
@@ -169,8 +172,8 @@ def scan(settings: Settings, customers: Path, *, at: float | None = None, trigge
     if parts["decisions"]:
         joined = {name: pa.concat_tables(ts) for name, ts in parts.items()}
         write_batch(settings.decision_log_dir, batch_id, {r.name: joined[r.name] for r in SEGMENT_RECORDS})
-        for dids, cids, channel in index:
-            engine.log.index_batch(batch_id, dids, cids, channel)
+        for i, (dids, cids, channel) in enumerate(index):  # the messages with the last index, one transaction
+            engine.log.index_batch(batch_id, dids, cids, channel, outbox if i == len(index) - 1 else None)
         engine.policy.record_contacts([c for cs in contacts_all for c in cs])
         summary.batch_id = batch_id
     summary.seconds = time.perf_counter() - t_loaded

@@ -21,6 +21,9 @@ one function (`nba.decisioning.tables.decision_tables`):
 * `filtered`: one row per decision and action removed, with the `stage` and `rule`.
 * `features`: the feature values the decision was made on (drift monitoring).
 
+The outbox of outbound messages (`nba.records.OUTBOX`, `RECEIPT`; `nba.stores.outbox`) lives
+in `log.db` too, written in the transaction of the decisions it sends.
+
 Outcomes (`nba.records.OUTCOME`) live in `log.db` only, one row per (decision, action): a
 duplicate report is ignored, so `/respond` is idempotent.
 
@@ -38,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from nba.errors import NbaError
-from nba.records import CANDIDATE, DECISION, FILTERED, OUTCOME, DecisionTables, Record
+from nba.records import CANDIDATE, DECISION, FILTERED, OUTCOME, Columns, DecisionTables, Record
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -77,7 +80,9 @@ class DecisionLogStore(Protocol):
         ...
 
     def index_batch(self, batch_id: str, decision_ids: Sequence[str], customer_ids: Sequence[int],
-                    channel: str) -> int: ...
+                    channel: str, outbox: Sequence[Columns] = ()) -> int:
+        """Index a batch run's decisions and append their outbox messages, in one transaction."""
+        ...
 
     def append_outcome(self, decision_id: str, action_id: str, outcome: str, value: float,
                        responded_at: float) -> OutcomeResult: ...

@@ -1,5 +1,10 @@
 """The embedded decision log: `<log>/log.db` (SQLite, WAL, synchronous=FULL) and the Parquet
-segments of batch runs under `<log>/batch/`; tables and segment schemas from `nba.records`."""
+segments of batch runs under `<log>/batch/`; tables and segment schemas from `nba.records`.
+
+The outbox (`nba.stores.outbox`) lives in the same file: a decision's outbox message is
+inserted in the transaction of its decision rows (or, for a batch run, of its index), so a
+decision that sends something is never logged without its message, nor a message without
+its decision."""
 
 from __future__ import annotations
 
@@ -17,17 +22,21 @@ from nba.records import (
     DECISION,
     FILTERED,
     LOG_RECORDS,
+    OUTBOX,
     OUTCOME,
     SEGMENT_RECORDS,
+    Columns,
     DecisionTables,
     arrow_schema,
 )
 from nba.stores.decisions import BATCH_DIR, DB_FILE, DecisionLogError, OutcomeResult, UnknownDecision
+from nba.stores.outbox import OUTBOX_SCHEMA
 from nba.stores.sqlite import SqliteFile, create_table, insert_sql
 
-_SCHEMA = "".join(create_table(r) for r in LOG_RECORDS)
+_SCHEMA = "".join(create_table(r) for r in LOG_RECORDS) + OUTBOX_SCHEMA
 _INSERT = {r.name: insert_sql(r) for r in LOG_RECORDS}
 _INSERT_OUTCOME = insert_sql(OUTCOME, conflict="IGNORE")
+_INSERT_OUTBOX = insert_sql(OUTBOX)
 
 
 class DecisionLog:
@@ -51,7 +60,8 @@ class DecisionLog:
         self.db.close()
 
     def append(self, tables: DecisionTables) -> int:
-        """Append the decisions of `tables` in one transaction; returns how many."""
+        """Append the decisions of `tables` and their outbox messages in one transaction;
+        returns how many decisions."""
         n = tables.n
         if not n:
             return 0
@@ -62,21 +72,33 @@ class DecisionLog:
         dec_rows = list(zip(*(lists[c] for c in DECISION.names), strict=True))
         cand_rows = tables.candidates.rows()
         filt_rows = tables.filtered.rows()
+        out_rows = tables.outbox.rows() if tables.outbox is not None else []
 
         def write(conn: sqlite3.Connection) -> int:
             conn.executemany(_INSERT[DECISION.name], dec_rows)
             conn.executemany(_INSERT[CANDIDATE.name], cand_rows)
             conn.executemany(_INSERT[FILTERED.name], filt_rows)
+            if out_rows:
+                conn.executemany(_INSERT_OUTBOX, out_rows)
             return n
 
         return self.db.submit(write)
 
-    def index_batch(self, batch_id: str, decision_ids: Sequence[str], customer_ids: Sequence[int], channel: str) -> int:
-        """Record where a batch run's decisions are (their full records are in its segment), in
-        one transaction, so `/respond` finds them."""
+    def index_batch(self, batch_id: str, decision_ids: Sequence[str], customer_ids: Sequence[int], channel: str,
+                    outbox: Sequence[Columns] = ()) -> int:
+        """Record where a batch run's decisions are (their full records are in its segment), and
+        the outbox messages of those that send an action, in one transaction, so `/respond`
+        finds them and the delivery worker sends them."""
         rows = zip(decision_ids, customer_ids, [channel] * len(decision_ids), [batch_id] * len(decision_ids),
                    strict=True)
-        self.db.submit(lambda conn: conn.executemany(_INSERT[BATCH_INDEX.name], rows))
+        out_rows = [r for part in outbox for r in part.rows()]
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.executemany(_INSERT[BATCH_INDEX.name], rows)
+            if out_rows:
+                conn.executemany(_INSERT_OUTBOX, out_rows)
+
+        self.db.submit(write)
         return len(decision_ids)
 
     def append_outcome(self, decision_id: str, action_id: str, outcome: str, value: float,
