@@ -67,6 +67,9 @@ class Settings(BaseSettings):
         False, description="BentoML's Prometheus metrics and tracing in the decision service (about a fifth of a "
                            "decision's CPU: off by default)"
     )
+    admin_token: str | None = Field(
+        None, description="the bearer token of the service's admin calls (DELETE /customers/{id}); unset: refused"
+    )
     serve_bundle: Path | None = Field(
         None, validation_alias=AliasChoices("NBA_BUNDLE_DIR", "serve_bundle"),
         description="the bundle the decision service serves [default: the Bento's own, else <work>/bundle]"
@@ -108,6 +111,16 @@ class Settings(BaseSettings):
     def policy_state_path(self) -> Path:
         """The SQLite contact-policy state (local profile)."""
         return self.work / "policy" / "state.db"
+
+    @property
+    def preferences_path(self) -> Path:
+        """The preference centre's SQLite store (`nba.stores.preferences`)."""
+        return self.work / "preferences" / "preferences.db"
+
+    @property
+    def privacy_dir(self) -> Path:
+        """The erasure list (`erasures.db`) and the erasure receipts (`receipts/`)."""
+        return self.work / "privacy"
 
     @property
     def bundle_dir(self) -> Path:
