@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from nba.catalog import Catalog
+from nba.catalog import ISSUES, Catalog
 from nba.decisioning.core import Preferences, catalog_issues
 from nba.errors import NbaError
 
@@ -128,7 +128,8 @@ def parse(payload: Any, catalog: Catalog) -> CustomerPreferences:
         raise PreferenceError(f"timezone = {tz!r}: expected an IANA time zone name such as Europe/Amsterdam",
                               field="timezone") from None
     topics = payload.get("topics_blocked") or []
-    known = (*catalog_issues(catalog), *catalog.groups)
+    # every issue the catalog may use (an action of it may come later) and the catalog's groups
+    known = tuple(dict.fromkeys((*ISSUES, *catalog_issues(catalog), *catalog.groups)))
     if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
         raise PreferenceError(f"topics_blocked = {topics!r}: expected a list of issues or groups", field="topics_blocked")
     for t in topics:

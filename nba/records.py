@@ -280,7 +280,7 @@ PREFERENCE_AUDIT = Record(
         Column(ENTITY_KEY, INT),
         Column("changed_at", TIME),
         Column("changed_by", TEXT),
-        Column("before", JSON, doc="the preferences before the change (null: none were set)"),
+        Column("before", JSON, nullable=True, doc="the preferences before the change (null: none were set)"),
         Column("after", JSON, doc="the preferences after it"),
     ),
     doc="Every change of a customer's preferences: who and when, before and after (append-only).",
