@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import sqlite3
 from typing import Any
 
 from starlette.applications import Starlette
@@ -105,7 +106,11 @@ async def _erase(request: Request, engine: Any, cid: int) -> Response:
     if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
         return JSONResponse({"error": "erasure needs the admin token: Authorization: Bearer <NBA_ADMIN_TOKEN>",
                              "field": "authorization"}, status_code=403)
-    receipt = await run_in_threadpool(erase_customer, engine.settings, cid, by="api:admin")
+    try:
+        receipt = await run_in_threadpool(erase_customer, engine.settings, cid, by="api:admin")
+    except (OSError, sqlite3.Error) as exc:  # a store could not be rewritten: say which, retry is safe
+        return JSONResponse({"error": f"erasure of customer {cid} did not complete ({type(exc).__name__}: {exc}); "
+                                      "it is safe to run again"}, status_code=503)
     return JSONResponse(receipt)
 
 

@@ -155,6 +155,7 @@ class DecisionLog:
         pseudo = -(secrets.randbelow(2**62) + 1)
 
         def write(conn: sqlite3.Connection) -> tuple[int, dict[str, dict[str, str]]]:
+            conn.execute("PRAGMA secure_delete=ON")  # the old values are overwritten, not left in free space
             olds = [r[0] for r in conn.execute(f"SELECT decision_id FROM {DECISION.name} WHERE customer_id = ?", (cid,))]
             batch = conn.execute(f"SELECT decision_id, batch FROM {BATCH_INDEX.name} WHERE customer_id = ?",
                                  (cid,)).fetchall()
@@ -181,9 +182,8 @@ class DecisionLog:
         n, segments = self.db.submit(write)
         for seg, mapping in segments.items():
             n += _pseudonymise_segment(self.folder / BATCH_DIR / seg, mapping, pseudo)
-        # the old rows' pages may still hold the id until they are reused: rewrite the file
-        self.db.submit(lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
-        self.db.read(lambda conn: conn.execute("VACUUM"))
+        # the write-ahead log still holds the old pages until a checkpoint copies and truncates it
+        self.db.read(lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
         return n
 
 

@@ -65,10 +65,16 @@ class SqlitePreferenceStore:
         """Delete the customer's preferences and their audit trail (the erasure receipt records
         that they were erased)."""
         cid = int(customer_id)
-        return self.db.submit(lambda conn: conn.execute(f"DELETE FROM {PREFERENCE.name} WHERE customer_id = ?",
-                                                        (cid,)).rowcount
-                              + conn.execute(f"DELETE FROM {PREFERENCE_AUDIT.name} WHERE customer_id = ?",
-                                             (cid,)).rowcount)
+
+        def write(conn: sqlite3.Connection) -> int:
+            conn.execute("PRAGMA secure_delete=ON")  # deleted rows are overwritten, not left in free space
+            return (conn.execute(f"DELETE FROM {PREFERENCE.name} WHERE customer_id = ?", (cid,)).rowcount
+                    + conn.execute(f"DELETE FROM {PREFERENCE_AUDIT.name} WHERE customer_id = ?", (cid,)).rowcount)
+
+        n = self.db.submit(write)
+        if n:
+            self.db.read(lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
+        return n
 
     def close(self) -> None:
         self.db.close()
