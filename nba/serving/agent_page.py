@@ -69,8 +69,11 @@ function esc(v) {
   return String(v === null || v === undefined ? "" : v).replace(/[&<>"]/g,
     (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]));
 }
+function fmt(v) {
+  return typeof v === "number" && !Number.isInteger(v) ? v.toFixed(2) : v;
+}
 function rows(id, pairs) {
-  $(id).innerHTML = pairs.length ? pairs.map((p) => "<tr>" + p.map((c) => "<td>" + esc(c) + "</td>").join("")
+  $(id).innerHTML = pairs.length ? pairs.map((p) => "<tr>" + p.map((c) => "<td>" + esc(fmt(c)) + "</td>").join("")
     + "</tr>").join("") : '<tr><td class="muted">none</td></tr>';
 }
 function words(a) {
@@ -114,8 +117,12 @@ async function load() {
                       + "-" + c.preferences.quiet_hours.end + " " + c.preferences.timezone : "none", ""],
                       ["topics not wanted", c.preferences.topics_blocked.join(", ") || "none", ""],
                       ["last changed", c.preferences.updated_at, c.preferences.updated_by]] : [])]);
+  const why = (p) => {  // why a channel has nothing: the first channel-wide reason, else the threshold
+    const f = p.filtered.find((x) => ["consent", "preference", "cap", "suppression"].includes(x.stage));
+    return f ? f.reason_in_words : "no action is worth a contact now";
+  };
   rows("previews", Object.entries(c.next_best_actions).filter(([ch]) => ch !== channel).map(([ch, p]) =>
-    [ch, p.actions.length ? p.actions[0].name : "do nothing", p.actions.length ? p.actions[0].reason_in_words : ""]));
+    [ch, p.actions.length ? p.actions[0].name : "nothing", p.actions.length ? p.actions[0].reason_in_words : why(p)]));
   const mine = c.next_best_actions[channel] || {filtered: []};
   rows("filtered", mine.filtered.filter((f) => f.stage !== "channel").map((f) => [f.action_id, f.reason_in_words]));
   rows("decisions", c.last_decisions.map((d) => [d.decided_at, d.channel, d.action_id,
@@ -131,10 +138,12 @@ async function load() {
   }
   const top = current.actions[0];
   if (!top) {
+    $("top-action").classList.remove("muted");
     $("top-action").textContent = "Nothing to offer now";
     $("top-reason").textContent = "No action is above the do-nothing threshold for this customer on " + channel + ".";
     return;
   }
+  $("top-action").classList.remove("muted");
   $("top-action").textContent = top.name;
   $("top-action").dataset.actionId = top.action_id;
   $("top-reason").textContent = words(top) + "; " + top.reason;
