@@ -41,7 +41,7 @@ ISSUES = ("sales", "retention", "service", "information", "wellbeing", "collecti
 Issue = Literal["sales", "retention", "service", "information", "wellbeing", "collections", "risk"]
 RULE_STAGES = ("eligibility", "applicability", "suitability")
 # Every stage that can remove an action, in the order the core applies them (the trace names one).
-STAGES = ("inactive", "channel", "trigger", *RULE_STAGES, "consent", "suppression", "cooldown", "cap")
+STAGES = ("inactive", "channel", "trigger", *RULE_STAGES, "consent", "preference", "suppression", "cooldown", "cap")
 # Names the priority formula may read besides features and scores.
 PRIORITY_NAMES = frozenset({"propensity", "value", "lever", "uplift", "channel_weight"})
 ACTIONS_FILE = Path("serving") / "actions.yaml"

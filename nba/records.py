@@ -184,7 +184,7 @@ FILTERED = Record(
         Column("decision_id", TEXT),
         Column("action_id", TEXT, categorical=True),
         Column("stage", TEXT, categorical=True,
-               doc="inactive | channel | eligibility | applicability | suitability | consent | suppression | "
+               doc="inactive | channel | eligibility | applicability | suitability | consent | preference | suppression | "
                    "cooldown | cap | threshold"),
         Column("rule", TEXT, categorical=True),
     ),
@@ -324,6 +324,45 @@ TRIGGER_FIRE = Record(
     ),
     key=("trigger_id", ENTITY_KEY),
     doc="The last firing of a trigger for a customer: what its dedup window looks at.",
+)
+
+# --- the preference centre and erasure -------------------------------------------------------
+
+PREFERENCE = Record(
+    "preferences",
+    (
+        Column(ENTITY_KEY, INT),
+        Column("preferences", JSON, doc="the customer's preferences (`nba.preferences.CustomerPreferences`)"),
+        Column("updated_at", TIME),
+        Column("updated_by", TEXT, doc="who set them: the customer, an agent, a system"),
+    ),
+    key=(ENTITY_KEY,),
+    doc="The customer's current preferences: consent, frequency limit per channel, quiet hours, topics.",
+)
+
+PREFERENCE_AUDIT = Record(
+    "preference_audit",
+    (
+        Column(ENTITY_KEY, INT),
+        Column("changed_at", TIME),
+        Column("changed_by", TEXT),
+        Column("before", JSON, nullable=True, doc="the preferences before the change (null: none were set)"),
+        Column("after", JSON, doc="the preferences after it"),
+    ),
+    doc="Every change of a customer's preferences: who and when, before and after (append-only).",
+)
+
+ERASURE = Record(
+    "erasures",
+    (
+        Column(ENTITY_KEY, INT),
+        Column("erased_at", TIME),
+        Column("erased_by", TEXT),
+        Column("receipt", TEXT, doc="the receipt file of the (first) erasure"),
+    ),
+    key=(ENTITY_KEY,),
+    doc="Customers erased (GDPR art. 17): every training frame excludes them. With the receipts, the one place "
+        "that keeps the id: the proof that the erasure was done, and what keeps re-published sources out.",
 )
 
 

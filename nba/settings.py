@@ -71,6 +71,9 @@ class Settings(BaseSettings):
         None, description="send every channel's outbox messages to this one webhook, whatever serving/activation.yaml "
                           "says (tests and local runs; NBA_WEBHOOK_URL)"
     )
+    admin_token: str | None = Field(
+        None, description="the bearer token of the service's admin calls (DELETE /customers/{id}); unset: refused"
+    )
     serve_bundle: Path | None = Field(
         None, validation_alias=AliasChoices("NBA_BUNDLE_DIR", "serve_bundle"),
         description="the bundle the decision service serves [default: the Bento's own, else <work>/bundle]"
@@ -117,6 +120,16 @@ class Settings(BaseSettings):
     def trigger_state_path(self) -> Path:
         """The SQLite trigger state: each trigger's last firing per customer (local profile)."""
         return self.work / "triggers" / "state.db"
+
+    @property
+    def preferences_path(self) -> Path:
+        """The preference centre's SQLite store (`nba.stores.preferences`)."""
+        return self.work / "preferences" / "preferences.db"
+
+    @property
+    def privacy_dir(self) -> Path:
+        """The erasure list (`erasures.db`) and the erasure receipts (`receipts/`)."""
+        return self.work / "privacy"
 
     @property
     def bundle_dir(self) -> Path:

@@ -70,3 +70,33 @@ def train_env(feature_env: Settings, tmp_path: Path) -> Settings:
     for name in ("sim", "feature_repo", "real"):
         (work / name).symlink_to(feature_env.work / name, target_is_directory=True)
     return feature_env.model_copy(update={"work_dir": work, "mlflow_dir": tmp_path / "mlflow"})
+
+
+ADMIN_TOKEN = "test-admin-token"
+
+
+@pytest.fixture(scope="session")
+def customers_bank(feature_env: Settings, tmp_path_factory) -> Settings:
+    """A served bank of its own for the customer 360, preference and erasure tests: erasure
+    rewrites sources, so its simulator output is a copy, not the shared one (`feature_env`)."""
+    import shutil
+
+    from tests.serving_env import build_served_bank
+
+    settings = build_served_bank(feature_env, tmp_path_factory.mktemp("customers_bank"))
+    sim = settings.work / "sim"
+    target = sim.resolve()
+    sim.unlink()
+    shutil.copytree(target, sim)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def customers_server(customers_bank: Settings, tmp_path_factory):
+    """The decision service over `customers_bank`, with an admin token (DELETE /customers/{id})."""
+    from tests.serving_env import start_server
+
+    srv = start_server(customers_bank, tmp_path_factory.mktemp("customers_logs") / "server.log",
+                       extra_env={"NBA_ADMIN_TOKEN": ADMIN_TOKEN})
+    yield srv
+    srv.stop()

@@ -1,7 +1,7 @@
 """The `nba` command line: one Typer app, thin commands over plain functions.
 
 Each command group is a module of this package (`data`, `features`, `train`, `serving`,
-`triggers`, `activation`, `evaluate`, `report`, `quickstart`); this module wires them into one app in the order
+`triggers`, `activation`, `evaluate`, `report`, `quickstart`, `customers`); this module wires them into one app in the order
 `nba --help` lists them. Heavy libraries are imported inside the commands, so `nba --help`
 answers at once. Errors a user can cause (`NbaError`) print as one line on stderr with a
 non-zero exit code; `--debug` shows the traceback.
@@ -14,7 +14,18 @@ from typing import Annotated, Any
 
 import typer
 
-from nba.cli import activation, data, evaluate, features, quickstart, report, serving, train, triggers
+from nba.cli import (
+    activation,
+    customers,
+    data,
+    evaluate,
+    features,
+    quickstart,
+    report,
+    serving,
+    train,
+    triggers,
+)
 from nba.errors import NbaError
 
 app = typer.Typer(
@@ -31,6 +42,7 @@ app.add_typer(train.app, name="train")
 app.add_typer(serving.bundle_app, name="bundle")
 app.add_typer(evaluate.app, name="evaluate")
 app.add_typer(triggers.app, name="triggers")
+app.add_typer(customers.app, name="customers")
 app.command("tune")(train.tune_cmd)
 app.command("promote")(train.promote_cmd)
 app.command("rollback")(train.rollback_cmd)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from nba.catalog import Catalog
-from nba.decisioning.core import NOTHING, ContactHistory, Decisions, Scorer, decide, reason_table
+from nba.decisioning.core import NOTHING, ContactHistory, Decisions, Preferences, Scorer, decide, reason_table
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,8 @@ def _expand(x: Any, n: int, m: int) -> Any:
 
 def decide_channels(catalog: Catalog, env: Mapping[str, Any], n: int, *, channels: np.ndarray, now: np.ndarray,
                     history: ContactHistory, scorer: Scorer, customer_ids: np.ndarray, decision_keys: np.ndarray,
-                    k: int, propose: np.ndarray | None = None) -> tuple[Decisions, ChannelChoice]:
+                    k: int, propose: np.ndarray | None = None,
+                    preferences: Preferences | None = None) -> tuple[Decisions, ChannelChoice]:
     """Decide for n customers, each on the best of the channels `channels` ((n, C) or (C,) bool
     over the catalog's channels) allows it. Returns the decisions on the chosen channels (as
     `decide` returns them for one channel each) and the choice."""
@@ -108,7 +109,8 @@ def decide_channels(catalog: Catalog, env: Mapping[str, Any], n: int, *, channel
         xprop = np.repeat(p, m, axis=0) if p.ndim == 2 else p
     d = decide(catalog, xenv, N, channel=chan, now=np.repeat(now, m), history=xh, scorer=_PerCustomer(scorer, env, n, m),
                customer_ids=np.repeat(np.asarray(customer_ids, dtype=np.int64), m),
-               decision_keys=np.repeat(np.asarray(decision_keys), m), k=k, propose=xprop)
+               decision_keys=np.repeat(np.asarray(decision_keys), m), k=k, propose=xprop,
+               preferences=None if preferences is None else preferences.expanded(m))
     allowed = allow[:, list(cand)]
     best = d.greedy.reshape(n, m)
     has = (best != NOTHING) & allowed

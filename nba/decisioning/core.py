@@ -5,7 +5,8 @@
 
 `decide` runs them as named stages, in that order, over one (n, A) `alive` / `reason` pair:
 `_on_offer` (active dates, channel), `_apply_rules` (eligibility, applicability,
-suitability), `_apply_contact_policies` (consent, suppressions, cool-downs, caps), `_score`
+suitability), `_apply_contact_policies` (the customer's own preferences, consent,
+suppressions, cool-downs, caps), `_score`
 (P, V, L, uplift, priority), `_arbitrate` (threshold, top-k), `_experiment_layer` (hold-out,
 exploration, logging probability) and `_show_first` (the shown action heads the list).
 
@@ -26,6 +27,7 @@ Ties in priority are broken by the action's position in the catalog (determinist
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -79,6 +81,48 @@ class ContactHistory:
 
 
 @dataclass(frozen=True)
+class Preferences:
+    """What the customers of one call told the preference centre, as arrays (row = customer
+    position, C = the catalog's channels, I = `catalog_issues(catalog)`, G = the catalog's groups).
+    The engine reads them from the preference store; the core only compares numbers.
+
+    `consent`: (n, C) int8, -1 no preference (the consent features decide), 0 withdrawn (the
+    channel is filtered, stage consent), 1 given. `cap_count` / `cap_days`: (n, C) the
+    customer's own frequency limit per channel (count -1: none), counted over the same
+    contact history as the catalog's caps. `quiet_start` / `quiet_end`: (n,) minutes after
+    midnight in the customer's time zone (-1: none; start > end wraps midnight) and
+    `local_minute` (n,) the decision's moment in that zone: no outbound contact inside.
+    `no_issue` (n, I) / `no_group` (n, G) bool: topics the customer does not want.
+    """
+
+    consent: np.ndarray
+    cap_count: np.ndarray
+    cap_days: np.ndarray
+    quiet_start: np.ndarray
+    quiet_end: np.ndarray
+    local_minute: np.ndarray
+    no_issue: np.ndarray
+    no_group: np.ndarray
+
+    @classmethod
+    def none(cls, catalog: Catalog, n: int) -> Preferences:
+        C, n_issues, G = len(catalog.channels), len(catalog_issues(catalog)), len(catalog.groups)
+        m = np.full(n, -1, dtype=np.int64)
+        return cls(np.full((n, C), -1, dtype=np.int8), np.full((n, C), -1, dtype=np.int64),
+                   np.zeros((n, C)), m, m.copy(), m.copy(), np.zeros((n, n_issues), dtype=bool), np.zeros((n, G), dtype=bool))
+
+    def expanded(self, m: int) -> Preferences:
+        """Each customer's row repeated m times in a row (the channel choice decides each
+        customer once per candidate channel: rows r*m .. r*m + m - 1)."""
+        return Preferences(*(np.repeat(getattr(self, f.name), m, axis=0) for f in dataclasses.fields(self)))
+
+
+def catalog_issues(catalog: Catalog) -> tuple[str, ...]:
+    """The issues the catalog's actions cover, in first-seen order (the columns of `no_issue`)."""
+    return tuple(dict.fromkeys(a.issue for a in catalog.actions))
+
+
+@dataclass(frozen=True)
 class Reason:
     stage: str
     rule: str
@@ -111,6 +155,9 @@ def _reasons(catalog: Catalog) -> tuple[tuple[Reason, ...], dict[tuple[Any, ...]
         for cap in a.caps:
             add(("cap", "action", a.index, cap), "cap", f"action '{a.id}': at most {cap.count} per {cap.days:g} days")
     for c in catalog.channels:
+        add(("pref_consent", c.name), "consent", f"{c.name}: consent withdrawn in the preference centre")
+        add(("pref_cap", c.name), "cap", f"{c.name}: the customer's own frequency limit (preference centre)")
+        add(("pref_quiet", c.name), "preference", f"{c.name}: the customer's quiet hours (no outbound contact)")
         for r, req in enumerate(c.requires):
             add(("consent", c.name, r), "consent", f"{c.name}: {req.text}")
         for cap in c.caps:
@@ -121,6 +168,10 @@ def _reasons(catalog: Catalog) -> tuple[tuple[Reason, ...], dict[tuple[Any, ...]
     for s in catalog.suppressions:
         allowed = ", ".join(sorted(s.allow_issues)) or "none"
         add(("suppression", s.name), "suppression", f"{s.name}: {s.when.text} (allowed issues: {allowed})")
+    for issue in catalog_issues(catalog):
+        add(("pref_issue", issue), "preference", f"the customer does not want '{issue}' messages (preference centre)")
+    for g in catalog.groups:
+        add(("pref_group", g), "preference", f"the customer does not want '{g}' messages (preference centre)")
     add(("threshold",), "threshold", f"priority <= {catalog.threshold:g} (do-nothing threshold)")
     return tuple(table), index
 
@@ -158,6 +209,11 @@ class _Static:
     group_cap_codes: Mapping[str, tuple[int, ...]]
     channel_cap_codes: tuple[tuple[int, ...], ...]
     threshold_code: int
+    pref_codes: tuple[tuple[int, int, int], ...]  # per channel: consent, cap, quiet hours
+    outbound: np.ndarray  # (C,) bool
+    action_issue: np.ndarray  # (A,) index into catalog_issues
+    issue_codes: np.ndarray  # (I,) reason codes
+    group_codes: np.ndarray  # (G,)
 
 
 @functools.cache
@@ -199,6 +255,12 @@ def _static(catalog: Catalog) -> _Static:
         channel_cap_codes=tuple(tuple(rindex[("cap", "channel", c.name, cap)] for cap in c.caps)
                                 for c in catalog.channels),
         threshold_code=rindex[("threshold",)],
+        pref_codes=tuple((rindex[("pref_consent", c.name)], rindex[("pref_cap", c.name)],
+                          rindex[("pref_quiet", c.name)]) for c in catalog.channels),
+        outbound=np.array([c.direction == "outbound" for c in catalog.channels], dtype=bool),
+        action_issue=np.array([catalog_issues(catalog).index(a.issue) for a in catalog.actions], dtype=np.int64),
+        issue_codes=np.array([rindex[("pref_issue", i)] for i in catalog_issues(catalog)], dtype=np.int32),
+        group_codes=np.array([rindex[("pref_group", g)] for g in groups], dtype=np.int32),
     )
 
 
@@ -227,12 +289,13 @@ class Decisions:
 
 def decide(catalog: Catalog, env: Mapping[str, Any], n: int, *, channel: np.ndarray, now: np.ndarray,
            history: ContactHistory, scorer: Scorer, customer_ids: np.ndarray, decision_keys: np.ndarray,
-           k: int, propose: np.ndarray | None = None) -> Decisions:
+           k: int, propose: np.ndarray | None = None, preferences: Preferences | None = None) -> Decisions:
     """Decide for n customers. `env` maps every feature and score name to an array of n
     values (or, when n == 1, to a scalar); `channel` holds channel indices, `now` epoch
     seconds, `decision_keys` 64-bit integers from the decision ids (exploration draws);
     `propose` ((A,) or (n, A) bool), when given, the actions a trigger may propose (the others
-    are removed at the `trigger` stage).
+    are removed at the `trigger` stage); `preferences` what the customers told the preference
+    centre (None: nothing).
 
     The stages in the order of the architecture, each removing what it refuses (with its
     reason code) from the same (n, A) `alive` and `reason` arrays."""
@@ -245,6 +308,8 @@ def decide(catalog: Catalog, env: Mapping[str, Any], n: int, *, channel: np.ndar
         _remove_matrix(alive, reason, ~np.broadcast_to(np.asarray(propose, dtype=bool), alive.shape), st.code_trigger)
     cache: dict[str, Any] = {}  # each distinct rule text evaluated once per call, across stages
     _apply_rules(catalog, st, env, n, alive, reason, cache)
+    if preferences is not None:
+        _apply_preferences(catalog, st, n, channel, now, history, preferences, alive, reason)
     _apply_contact_policies(catalog, st, env, n, channel, now, history, alive, reason, cache)
     s = _score(catalog, st, env, n, channel, alive, scorer)
     ranked, greedy = _arbitrate(catalog, st, alive, reason, s.priority, k)
@@ -291,6 +356,42 @@ def _apply_rules(catalog: Catalog, st: _Static, env: Mapping[str, Any], n: int, 
                 continue
             _remove_col(alive, reason, np.broadcast_to(np.asarray(np.logical_not(ok), dtype=bool), (n,)), j,
                         st.rule_codes[j][r])
+
+
+def _apply_preferences(catalog: Catalog, st: _Static, n: int, channel: np.ndarray, now: np.ndarray,
+                       history: ContactHistory, p: Preferences, alive: np.ndarray, reason: np.ndarray) -> None:
+    """The customer's own word first (it overrides the consent features): a withdrawn consent,
+    their frequency limit on the channel, their quiet hours (outbound channels), the topics
+    (issues, groups) they do not want."""
+    rows = np.arange(n)
+    consent = p.consent[rows, channel]
+    cap_count = p.cap_count[rows, channel]
+    cap_days = p.cap_days[rows, channel]
+    start, end, minute = p.quiet_start, p.quiet_end, p.local_minute
+    quiet = (start >= 0) & (end >= 0) & st.outbound[channel] & np.where(
+        start <= end, (minute >= start) & (minute < end), (minute >= start) | (minute < end))
+    for ci in np.unique(channel):
+        on = channel == ci
+        code_consent, code_cap, code_quiet = st.pref_codes[int(ci)]
+        withdrawn = on & (consent == 0)
+        if withdrawn.any():
+            _remove_rows(alive, reason, withdrawn, code_consent)
+        limited = on & (cap_count >= 0)
+        if limited.any() and history.contact_row.size:
+            c = history.contact_row
+            recent = (history.contact_channel == ci) & (history.contact_ts > now[c] - cap_days[c] * 86400.0)
+            used = np.bincount(c[recent], minlength=n)
+            full = limited & (used >= cap_count)
+        else:
+            full = limited & (cap_count == 0)
+        if full.any():
+            _remove_rows(alive, reason, full, code_cap)
+        if (on & quiet).any():
+            _remove_rows(alive, reason, on & quiet, code_quiet)
+    if p.no_issue.any():
+        _remove_matrix(alive, reason, p.no_issue[:, st.action_issue], st.issue_codes[st.action_issue])
+    if p.no_group.any():
+        _remove_matrix(alive, reason, p.no_group[:, st.action_group], st.group_codes[st.action_group])
 
 
 def _apply_contact_policies(catalog: Catalog, st: _Static, env: Mapping[str, Any], n: int, channel: np.ndarray,

@@ -178,3 +178,55 @@ class SqliteViews:
                 view_rows.append((t, found[vi][i]))
             out.append(view_rows)
         return out
+
+
+def delete_entity(config: Any, join_key: str, entity_id: int) -> int:
+    """Delete every feature row of one entity from the online store (erasure); returns how many.
+
+    Feast 0.67 has no public call for one entity (the Redis store's `delete_entity_values`
+    deletes every entity of a join key). The SQLite store keeps one table per view keyed by
+    the serialised entity key (see the module docstring): each table of the file is cleared of
+    that key. The Redis store keeps one hash per entity, named by the serialised key and the
+    project (`feast.infra.online_stores.helpers._redis_key`): it is deleted.
+    """
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    key = serialize_entity_key(EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=int(entity_id))]),
+                               entity_key_serialization_version=config.entity_key_serialization_version)
+    store = config.online_store
+    kind = getattr(store, "type", "sqlite")
+    if kind == "redis":
+        import redis
+
+        url = str(store.connection_string)
+        host_port, *opts = url.split(",")
+        host, _, port = host_port.partition(":")
+        kw = dict(o.split("=", 1) for o in opts if "=" in o)
+        client = redis.Redis(host=host or "127.0.0.1", port=int(port or 6379), db=int(kw.get("db", 0)),
+                             password=kw.get("password"))
+        try:
+            name = key + config.project.encode("utf-8")
+            n = int(client.hlen(name))
+            client.delete(name)
+            return n
+        finally:
+            client.close()
+    path = Path(store.path)
+    path = config.repo_path / path if config.repo_path and not path.is_absolute() else path
+    if not path.is_file():
+        return 0
+    conn = sqlite3.connect(path, timeout=30)
+    try:
+        conn.execute("PRAGMA secure_delete=ON")
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        n = 0
+        with conn:
+            for t in tables:
+                cols = {r[1] for r in conn.execute(f'PRAGMA table_info("{t}")')}
+                if "entity_key" in cols:
+                    n += conn.execute(f'DELETE FROM "{t}" WHERE entity_key = ?', (key,)).rowcount
+        return n
+    finally:
+        conn.close()

@@ -1,8 +1,12 @@
 """The decision engine: everything a decision needs, loaded once, around the pure core.
 
     request -> validate -> online features (Feast) -> scores (churn_risk, clv) -> contact history
-            -> nba.decisioning.core.decide -> decision log + outbox (durable, one transaction)
-            -> contact-policy state -> response
+            -> the customer's preferences -> nba.decisioning.core.decide -> decision log + outbox
+            (durable, one transaction) -> contact-policy state -> response
+
+A preview (`decide(..., preview=True)`, what `GET /customers/{id}` shows per channel) runs the
+same path but logs nothing and counts no contact: it becomes a contact once a channel asks
+`/decide` for it and shows it.
 
 The BentoML service (`nba.serving.service`) and `nba decide-batch` are thin shells over
 `DecisionEngine`: both produce the same decisions and the same log records.
@@ -143,16 +147,24 @@ class DecisionEngine:
 
     def __init__(self, settings: Settings, catalog: Catalog, *, models: Any, features: Any, policy: Any,
                  log: DecisionLogStore, model_versions: Mapping[str, str], bundle: str = "source",
-                 triggering: Any = None):
-        """`models`, `features` and `policy` are callables building the `ModelSet`, the
-        `OnlineFeatureReader` and the `PolicyStore` (or the objects themselves); `triggering`
-        one taking the engine and building its `Triggering` (None: no triggers)."""
+                 triggering: Any = None, preferences: Any = None):
+        """`models`, `features`, `policy` and `preferences` are callables building the
+        `ModelSet`, the `OnlineFeatureReader`, the `PolicyStore` and the `PreferenceStore` (or
+        the objects themselves; preferences default to the work folder's SQLite store);
+        `triggering` one taking the engine and building its `Triggering` (None: no triggers)."""
         self.settings = settings
         self.catalog = catalog
         self._models = _Lazy("the model set", models if callable(models) else (lambda: models))
         self._features = _Lazy(f"the feature store ({catalog.feature_service})",
                                features if callable(features) else (lambda: features))
         self._policy = _Lazy("the contact-policy store", policy if callable(policy) else (lambda: policy))
+        if preferences is None:
+            def preferences() -> Any:
+                from nba.stores.preferences.sqlite import SqlitePreferenceStore
+
+                return SqlitePreferenceStore(settings.preferences_path)
+        self._preferences = _Lazy("the preference store",
+                                  preferences if callable(preferences) else (lambda: preferences))
         self.log = log
         self.model_versions = dict(model_versions)
         self.bundle = bundle
@@ -175,6 +187,21 @@ class DecisionEngine:
     @property
     def policy(self) -> PolicyStore:
         return self._policy.get()
+
+    @property
+    def preferences(self) -> Any:
+        return self._preferences.get()
+
+    def customer_preferences(self, ids: Sequence[int]) -> list[Any]:
+        """Each customer's `CustomerPreferences` (None: none set), as the store holds them now."""
+        from nba.preferences import loads
+
+        try:
+            stored = self.preferences.get(ids)
+        except NbaError as exc:
+            raise Unavailable(str(exc)) from None
+        parsed = {cid: loads(p.preferences, self.catalog) for cid, p in stored.items()}
+        return [parsed.get(int(c)) for c in ids]
 
     def warm(self, rows: int = 1) -> None:
         """Build every component and score `rows` made-up customers (the first calls of a model
@@ -309,6 +336,15 @@ class DecisionEngine:
             raise RequestError(f"customer {ids[missing[0]]} has no online features in "
                                f"{self.catalog.feature_service}", field="customer_id", status=404)
         self._fill_defaults(cols, missing)
+        from nba.preferences import consent_feature
+
+        for i, p in enumerate(self.customer_preferences(ids)):  # their own consent overrides the features
+            if p is None:
+                continue
+            for c, ok in p.consent.items():
+                if consent_feature(c) in cols:
+                    cols[consent_feature(c)] = list(cols[consent_feature(c)])
+                    cols[consent_feature(c)][i] = int(ok)
         env = self._env(cols, n, contexts or ())
         scores = self.models.score(env, n)
         env.update({name: (float(v[0]) if n == 1 else v) for name, v in scores.items()})
@@ -331,15 +367,21 @@ class DecisionEngine:
         chooses each decision's channel among the allowed ones: `channel` is set to the chosen
         ones and the choice is returned (else None); `propose` ((n, A) bool) limits the actions
         (a trigger's). Returns the decisions, their ids and the choice."""
+        from nba.preferences import to_arrays
+
         n = len(ids)
+        prefs = self.customer_preferences(ids)  # the customer's own frequency limits widen the history read
+        window_s = max([self.window_s, *(days * 86400.0 for p in prefs if p is not None
+                                         for _, days in p.frequency.values())])
         try:
-            raw = self.policy.history(ids, float(np.min(now)) - self.window_s)
+            raw = self.policy.history(ids, float(np.min(now)) - window_s)
         except NbaError as exc:
             raise Unavailable(str(exc)) from None
         dids = new_decision_ids(n)
         common: dict[str, Any] = dict(now=now, history=to_history(self.catalog, raw), scorer=self.models,
                                       customer_ids=np.asarray(ids, dtype=np.int64),
-                                      decision_keys=decision_keys(dids), k=k, propose=propose)
+                                      decision_keys=decision_keys(dids), k=k, propose=propose,
+                                      preferences=to_arrays(self.catalog, prefs, now))
         if allow is None:
             return core.decide(self.catalog, env, n, channel=channel, **common), dids, None
         from nba.decisioning.channels import decide_channels
@@ -348,9 +390,13 @@ class DecisionEngine:
         channel[:] = choice.chosen
         return d, dids, choice
 
-    def decide(self, requests: Sequence[DecisionRequest], *, source: str = "api") -> list[dict[str, Any]]:
+    def decide(self, requests: Sequence[DecisionRequest], *, source: str = "api",
+               preview: bool = False) -> list[dict[str, Any]]:
         """Decide for each request (validated first); log every decision durably, then count
-        the shown actions as contacts. Returns the decision responses."""
+        the shown actions as contacts. Returns the decision responses.
+
+        `preview`: the same decisions, neither logged nor counted as contacts (no outcome can
+        be reported against them: their `decision_id` is None, `preview` true)."""
         t0 = time.perf_counter()
         for r in requests:
             self.check(r)
@@ -360,11 +406,12 @@ class DecisionEngine:
             cols, found = self.features.read(ids, [int(t) for t in now])
         except NbaError as exc:
             raise Unavailable(str(exc)) from None
-        return self.decide_read(requests, now, cols, found, source=source, t0=t0)
+        return self.decide_read(requests, now, cols, found, source=source, t0=t0, preview=preview)
 
     def decide_read(self, requests: Sequence[DecisionRequest], now: np.ndarray, cols: dict[str, list[Any]],
                     found: Sequence[bool], *, source: str = "api", t0: float | None = None,
-                    prepared: tuple[dict[str, Any], list[int]] | None = None) -> list[dict[str, Any]]:
+                    prepared: tuple[dict[str, Any], list[int]] | None = None,
+                    preview: bool = False) -> list[dict[str, Any]]:
         """`decide` once the features are read (a trigger has read them to evaluate its condition)."""
         t0 = time.perf_counter() if t0 is None else t0
         n = len(requests)
@@ -412,14 +459,20 @@ class DecisionEngine:
                 resp["trigger_id"] = r.trigger_id
                 resp["event_id"] = r.event_id
             resp["deliver"] = bool(r.deliver)
-        self.log.append(tables)
-        t_log = time.perf_counter()
-        try:
-            self.policy.record_contacts(contacts(self.catalog, d, decision_ids=dids, customer_ids=cust,
-                                                 channel=channel, now=now, k=kr))
-        except NbaError as exc:
-            raise Unavailable(str(exc)) from None
-        t_end = time.perf_counter()
+        if preview:
+            for resp in responses:
+                resp["decision_id"] = None
+                resp["preview"] = True
+            t_log = t_end = time.perf_counter()
+        else:
+            self.log.append(tables)
+            t_log = time.perf_counter()
+            try:
+                self.policy.record_contacts(contacts(self.catalog, d, decision_ids=dids, customer_ids=cust,
+                                                     channel=channel, now=now, k=kr))
+            except NbaError as exc:
+                raise Unavailable(str(exc)) from None
+            t_end = time.perf_counter()
         timing = {"features_ms": round((t_features - t0) * 1e3, 3), "decide_ms": round((t_decide - t_features) * 1e3, 3),
                   "log_ms": round((t_log - t_decide) * 1e3, 3), "policy_ms": round((t_end - t_log) * 1e3, 3),
                   "total_ms": round((t_end - t0) * 1e3, 3)}

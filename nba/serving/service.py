@@ -4,6 +4,9 @@
                          `best` (or a list `channels`): the engine chooses the channel
     POST /decide_batch   decisions for a list of customers (vectorised in one core call)
     POST /respond        an outcome: accepted | rejected | ignored, with value (idempotent)
+    GET  /customers/{id} the customer 360; PUT /customers/{id}/preferences, the preference centre;
+                         DELETE /customers/{id}, erasure (admin token); GET /agent/{id}, the agent's
+                         page (`nba.serving.customer_app`)
     GET  /healthz        the process is alive (BentoML)
     GET  /readyz         models, feature store, contact-policy store and decision log, each with
                          its state; 503 with the reasons when one is down
@@ -232,3 +235,15 @@ class DecisionService:
 
 
 DecisionService.add_asgi_middleware(ReadinessMiddleware)  # type: ignore[attr-defined]
+
+
+def _mount_customer_routes() -> None:
+    """GET/DELETE /customers/{id}, GET/PUT /customers/{id}/preferences and the agent page at
+    /agent/ (`nba.serving.customer_app`), mounted beside the API."""
+    from nba.serving.customer_app import agent_app, customers_app
+
+    DecisionService.mount_asgi_app(customers_app, path="/customers", name="customers")  # type: ignore[attr-defined]
+    DecisionService.mount_asgi_app(agent_app, path="/agent", name="agent")  # type: ignore[attr-defined]
+
+
+_mount_customer_routes()

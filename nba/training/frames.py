@@ -22,6 +22,7 @@ from nba import schemas
 from nba.errors import ConfigError
 from nba.features import store
 from nba.settings import Settings
+from nba.stores.erasures import erased_ids
 from nba.training.config import ModelConfig
 from nba.training.models import ModelDataError
 from nba.training.tracking import frame_digest
@@ -70,10 +71,17 @@ def sim_data_end(settings: Settings) -> pd.Timestamp:
 
 
 def _read_sim(settings: Settings, table: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """A simulator table without the erased customers (`nba.stores.erasures`): every frame's
+    entity rows and labels come through here, so no model sees them, even if a source brings
+    them back."""
     path = settings.sim_dir / f"{table}.parquet"
     if not path.is_file():
         raise ModelDataError(f"simulator table {path} not found: run `nba data simulate` first")
-    return pd.read_parquet(path, columns=columns)
+    frame = pd.read_parquet(path, columns=columns)
+    erased = erased_ids(settings.privacy_dir)
+    if erased and schemas.ENTITY_KEY in frame.columns:
+        frame = frame.loc[~frame[schemas.ENTITY_KEY].isin(erased)].reset_index(drop=True)
+    return frame
 
 
 def censor(entities: pd.DataFrame, window_days: int, data_end: pd.Timestamp, what: str) -> tuple[pd.DataFrame, int]:
@@ -106,6 +114,9 @@ def _finish(settings: Settings, cfg: ModelConfig, entities: pd.DataFrame, what: 
     service = service or cfg.feature_service
     if entities.empty:
         raise ModelDataError(f"{what}: the training frame is empty")
+    erased = erased_ids(settings.privacy_dir)
+    if erased and entities[schemas.ENTITY_KEY].isin(erased).any():  # entities not read through _read_sim
+        entities = entities.loc[~entities[schemas.ENTITY_KEY].isin(erased)].reset_index(drop=True)
     frame = store.training_frame(settings, service, entities)
     holdout = split_by_time(frame, cfg.split.holdout_days, what)
     feats = feature_columns(frame)
@@ -125,6 +136,7 @@ def _finish(settings: Settings, cfg: ModelConfig, entities: pd.DataFrame, what: 
         "positives": int(frame["label"].gt(0).sum()),
         "features": len(feats),
         "digest": frame_digest(frame),
+        "erased_customers_excluded": len(erased_ids(settings.privacy_dir)),
         **extra_info,
     }
     return LabelledFrame(frame=frame, feature_columns=feats, is_holdout=holdout, info=info)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import sqlite3
 from collections.abc import Mapping, Sequence
@@ -33,7 +34,9 @@ from nba.stores.decisions import BATCH_DIR, DB_FILE, DecisionLogError, OutcomeRe
 from nba.stores.outbox import OUTBOX_SCHEMA
 from nba.stores.sqlite import SqliteFile, create_table, insert_sql
 
-_SCHEMA = "".join(create_table(r) for r in LOG_RECORDS) + OUTBOX_SCHEMA
+# a customer's decisions (the customer 360, erasure): one index insert per decision
+_SCHEMA = ("".join(create_table(r) for r in LOG_RECORDS) + OUTBOX_SCHEMA
+           + f"CREATE INDEX IF NOT EXISTS decisions_customer ON {DECISION.name} (customer_id);\n")
 _INSERT = {r.name: insert_sql(r) for r in LOG_RECORDS}
 _INSERT_OUTCOME = insert_sql(OUTCOME, conflict="IGNORE")
 _INSERT_OUTBOX = insert_sql(OUTBOX)
@@ -126,6 +129,85 @@ class DecisionLog:
     def count(self) -> int:
         return int(self.db.read(lambda conn: conn.execute(f"SELECT count(*) FROM {DECISION.name}").fetchone()[0]))
 
+    def has_customer(self, customer_id: int) -> bool:
+        """Whether any decision (service or batch) of the customer is in the log."""
+        cid = int(customer_id)
+        return self.db.read(lambda conn: conn.execute(
+            f"SELECT 1 FROM {DECISION.name} WHERE customer_id = ? UNION ALL "
+            f"SELECT 1 FROM {BATCH_INDEX.name} WHERE customer_id = ? LIMIT 1", (cid, cid)).fetchone()) is not None
+
+    def customer_decisions(self, customer_id: int, limit: int = 10) -> list[dict[str, Any]]:
+        """The customer's latest service decisions, newest first: the shown action with its
+        numbers, the outcome reported for it (or None) and the actions filtered with the stage
+        and the rule. (Batch decisions: `customer_batch_decisions`.)"""
+        cid = int(customer_id)
+        cols = ("decision_id", "channel", "decided_at", "experiment_group", "action_id", "probability", "propensity",
+                "value", "lever", "priority", "n_candidates", "source", "catalog_version")
+
+        def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(f"SELECT {', '.join(cols)} FROM {DECISION.name} WHERE customer_id = ? "
+                                "ORDER BY decided_at DESC, rowid DESC LIMIT ?", (cid, int(limit))).fetchall()
+            out = []
+            for r in rows:
+                d = dict(zip(cols, r, strict=True))
+                o = conn.execute(f"SELECT action_id, outcome, value, responded_at FROM {OUTCOME.name} "
+                                 "WHERE decision_id = ?", (d["decision_id"],)).fetchall()
+                d["outcomes"] = [{"action_id": a, "outcome": oc, "value": v, "responded_at": t} for a, oc, v, t in o]
+                d["filtered"] = [{"action_id": a, "stage": st, "rule": ru} for a, st, ru in conn.execute(
+                    f"SELECT action_id, stage, rule FROM {FILTERED.name} WHERE decision_id = ?",
+                    (d["decision_id"],)).fetchall()]
+                out.append(d)
+            return out
+
+        return self.db.read(read)
+
+    def erase_customer(self, customer_id: int) -> int:
+        """Pseudonymise the customer's decisions, irreversibly; returns the rows changed.
+
+        The decisions stay (the hold-out comparison, off-policy values and reported KPIs are
+        aggregates over every decision: deleting an erased customer's would move past figures,
+        and not at random, since the hold-out is a hash of the customer id), but nothing in them
+        points to the person any more: the customer id becomes a random negative number drawn
+        for this erasure and kept nowhere, every decision id a new random one (in the
+        candidates, filtered, outcomes and batch index too, so an id a channel received links to
+        nothing), and the features the decision was made on are dropped. The Parquet segments of
+        batch runs are rewritten the same way.
+        """
+        cid = int(customer_id)
+        pseudo = -(secrets.randbelow(2**62) + 1)
+
+        def write(conn: sqlite3.Connection) -> tuple[int, dict[str, dict[str, str]]]:
+            conn.execute("PRAGMA secure_delete=ON")  # the old values are overwritten, not left in free space
+            olds = [r[0] for r in conn.execute(f"SELECT decision_id FROM {DECISION.name} WHERE customer_id = ?", (cid,))]
+            batch = conn.execute(f"SELECT decision_id, batch FROM {BATCH_INDEX.name} WHERE customer_id = ?",
+                                 (cid,)).fetchall()
+            if not olds and not batch:
+                return 0, {}
+            mapping = {old: os.urandom(16).hex() for old in [*olds, *(b[0] for b in batch)]}
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS erase_map (old TEXT PRIMARY KEY, new TEXT NOT NULL)")
+            conn.execute("DELETE FROM erase_map")
+            conn.executemany("INSERT INTO erase_map VALUES (?, ?)", mapping.items())
+            new = "(SELECT new FROM erase_map WHERE old = decision_id)"
+            where = "decision_id IN (SELECT old FROM erase_map)"
+            n = conn.execute(f"UPDATE {DECISION.name} SET customer_id = ?, features = '{{}}', decision_id = {new} "
+                             f"WHERE {where}", (pseudo,)).rowcount
+            n += conn.execute(f"UPDATE {BATCH_INDEX.name} SET customer_id = ?, decision_id = {new} WHERE {where}",
+                              (pseudo,)).rowcount
+            for record in (CANDIDATE, FILTERED, OUTCOME):
+                n += conn.execute(f"UPDATE {record.name} SET decision_id = {new} WHERE {where}").rowcount
+            conn.execute("DELETE FROM erase_map")
+            segments: dict[str, dict[str, str]] = {}
+            for old, seg in batch:
+                segments.setdefault(seg, {})[old] = mapping[old]
+            return n, segments
+
+        n, segments = self.db.submit(write)
+        for seg, mapping in segments.items():
+            n += _pseudonymise_segment(self.folder / BATCH_DIR / seg, mapping, pseudo)
+        # the write-ahead log still holds the old pages until a checkpoint copies and truncates it
+        self.db.read(lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
+        return n
+
 
 def _features_json(values: Mapping[str, Any], n: int) -> list[str]:
     """One JSON object per decision: feature -> value (numpy scalars as Python, NaN as null)."""
@@ -173,6 +255,43 @@ def write_batch(folder: Path, batch_id: str, tables: Mapping[str, Any]) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp)
     return final
+
+
+def _pseudonymise_segment(folder: Path, mapping: Mapping[str, str], pseudo: int) -> int:
+    """Rewrite one batch segment with the decisions of `mapping` under their new ids, the
+    customer id `pseudo` and no features (each file replaced atomically)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    olds = pa.array(list(mapping), pa.string())
+    news = pa.array(list(mapping.values()), pa.string())
+    n = 0
+    for record in SEGMENT_RECORDS:
+        path = folder / f"{record.name}.parquet"
+        table = pq.read_table(path)
+        ids = table.column("decision_id").cast(pa.string())
+        hit = pc.is_in(ids, value_set=olds)
+        if not pc.any(hit).as_py():
+            continue
+        n += int(pc.sum(hit).as_py())
+        where = pc.index_in(ids, value_set=olds)
+        replaced = pc.if_else(hit, pc.take(news, where), ids)
+        cols = {name: table.column(name) for name in table.column_names}
+        cols["decision_id"] = replaced.cast(table.schema.field("decision_id").type)
+        if record is DECISION:
+            cid = table.column("customer_id")
+            cols["customer_id"] = pc.if_else(hit, pa.scalar(pseudo, cid.type), cid)
+        if record.name == "features":
+            for name in table.column_names:
+                if name != "decision_id":
+                    col = table.column(name)
+                    cols[name] = pc.if_else(hit, pa.scalar(None, col.type), col)
+        out = pa.Table.from_arrays(list(cols.values()), schema=table.schema)
+        tmp = path.with_suffix(".parquet.tmp")
+        pq.write_table(out, tmp)
+        os.replace(tmp, path)
+    return n
 
 
 def conform(record: Any, table: Any) -> Any:

@@ -70,6 +70,10 @@ class PolicyStore(Protocol):
 
     def ping(self) -> None: ...
 
+    def erase_customer(self, customer_id: int) -> int:
+        """Forget every contact and rejection of the customer; returns how many."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -89,6 +89,21 @@ class RedisPolicyStore:
         except redis.RedisError as exc:
             raise PolicyStoreError(f"contact-policy store {self.url}: {exc}") from None
 
+    def erase_customer(self, customer_id: int) -> int:
+        """Delete the customer's contacts and rejections; returns how many entries they held."""
+        import redis
+
+        keys = [self._key("c", customer_id), self._key("r", customer_id)]
+        try:
+            pipe = self._redis.pipeline(transaction=True)
+            for k in keys:
+                pipe.zcard(k)
+            pipe.delete(*keys)
+            replies = pipe.execute()
+        except redis.RedisError as exc:
+            raise PolicyStoreError(f"contact-policy store {self.url}: {exc}") from None
+        return int(sum(replies[:2]))
+
     def clear(self) -> int:
         """Delete every key under the prefix (tests, and a reset of a staging store)."""
         keys = list(self._redis.scan_iter(f"{self.prefix}:*", count=1000))

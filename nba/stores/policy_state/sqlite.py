@@ -73,6 +73,20 @@ class SqlitePolicyStore:
         return self.db.submit(lambda conn: conn.execute("DELETE FROM contacts WHERE ts <= ?", (before,)).rowcount
                               + conn.execute("DELETE FROM rejections WHERE ts <= ?", (before,)).rowcount)
 
+    def erase_customer(self, customer_id: int) -> int:
+        """Delete the customer's contacts and rejections (no aggregate needs them)."""
+        cid = int(customer_id)
+
+        def write(conn: sqlite3.Connection) -> int:
+            conn.execute("PRAGMA secure_delete=ON")  # deleted rows are overwritten, not left in free space
+            return (conn.execute("DELETE FROM contacts WHERE customer_id = ?", (cid,)).rowcount
+                    + conn.execute("DELETE FROM rejections WHERE customer_id = ?", (cid,)).rowcount)
+
+        n = self.db.submit(write)
+        if n:
+            self.db.read(lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
+        return n
+
     def ping(self) -> None:
         try:
             self.db.read(lambda conn: conn.execute("SELECT 1 FROM contacts LIMIT 1").fetchall())

@@ -1,0 +1,221 @@
+"""Erasure of one customer (GDPR art. 17): every store that holds them, a receipt, the list.
+
+`erase_customer(settings, customer_id, by=...)` asks every erasable store, in turn, to forget
+the customer (`erase_customer(customer_id) -> int`, the rows removed or pseudonymised), then
+adds the id to the erasure list (`nba.stores.erasures`: every training frame excludes it) and
+writes a receipt (`<work>/privacy/receipts/<id>-<time>.json`: what each store removed, when,
+by whom). Running it again finds nothing left: the receipt says so and the call succeeds.
+
+What happens where, and why:
+
+| store | treatment | why |
+| --- | --- | --- |
+| online store (Feast, SQLite or Redis) | deleted | features are personal data; nothing aggregates them |
+| offline sources (simulator output, the feature repository's Parquet) | rows deleted, files rewritten | training data |
+| decision log (decisions, candidates, filtered, outcomes, batch index, batch segments) | pseudonymised irreversibly | incrementality, OPE and KPIs are aggregates over every decision; see `DecisionLog.erase_customer` |
+| contact-policy state (SQLite; Redis when configured) | deleted | only the customer's own caps read it |
+| preferences and their audit | deleted | the receipt is the record that they existed |
+
+Other stores plug in with `register(factory)`: a factory takes the settings and returns an
+`Erasable` (or None when that store is not there), e.g. the event log and the outbox.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from nba.io import write_text
+from nba.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Erasable:
+    name: str
+    treatment: str  # deleted | pseudonymised | rewritten
+    erase: Callable[[int], Any]  # -> rows (int) or {part: rows}
+    where: str = ""
+
+
+Factory = Callable[[Settings], "Erasable | None"]
+_FACTORIES: list[Factory] = []
+
+
+def register(factory: Factory) -> Factory:
+    """Add a store to every erasure (usable as a decorator); registered once per factory."""
+    if factory not in _FACTORIES:
+        _FACTORIES.append(factory)
+    return factory
+
+
+def _online(settings: Settings) -> Erasable | None:
+    from nba.features.erasure import erase_online
+
+    return Erasable("online_store", "deleted", lambda cid: erase_online(settings, cid), str(settings.feast_repo))
+
+
+def _offline(settings: Settings) -> Erasable | None:
+    from nba.features.erasure import erase_offline
+
+    return Erasable("offline_sources", "rewritten", lambda cid: erase_offline(settings, cid),
+                    f"{settings.sim_dir}, {settings.feast_repo / 'data'}")
+
+
+def _decision_log(settings: Settings) -> Erasable | None:
+    from nba.stores.decisions import DB_FILE
+    from nba.stores.decisions.sqlite import DecisionLog
+
+    if not (settings.decision_log_dir / DB_FILE).is_file():
+        return None
+
+    def erase(cid: int) -> int:
+        log = DecisionLog(settings.decision_log_dir)
+        try:
+            return log.erase_customer(cid)
+        finally:
+            log.close()
+
+    return Erasable("decision_log", "pseudonymised", erase, str(settings.decision_log_dir))
+
+
+def _policy_sqlite(settings: Settings) -> Erasable | None:
+    from nba.stores.policy_state.sqlite import SqlitePolicyStore
+
+    if not settings.policy_state_path.is_file():
+        return None
+
+    def erase(cid: int) -> int:
+        store = SqlitePolicyStore(settings.policy_state_path)
+        try:
+            return store.erase_customer(cid)
+        finally:
+            store.close()
+
+    return Erasable("contact_policy_state", "deleted", erase, str(settings.policy_state_path))
+
+
+def _policy_redis(settings: Settings) -> Erasable | None:
+    if (settings.policy_store or ("redis" if settings.profile == "production" else "sqlite")) != "redis":
+        return None
+    from nba.stores.policy_state.redis import RedisPolicyStore
+
+    def erase(cid: int) -> int:
+        store = RedisPolicyStore(settings.redis_url, prefix=f"{settings.redis_prefix}:policy")
+        try:
+            return store.erase_customer(cid)
+        finally:
+            store.close()
+
+    return Erasable("contact_policy_state_redis", "deleted", erase, settings.redis_url)
+
+
+def _preferences(settings: Settings) -> Erasable | None:
+    from nba.stores.preferences.sqlite import SqlitePreferenceStore
+
+    if not settings.preferences_path.is_file():
+        return None
+
+    def erase(cid: int) -> int:
+        store = SqlitePreferenceStore(settings.preferences_path)
+        try:
+            return store.erase_customer(cid)
+        finally:
+            store.close()
+
+    return Erasable("preferences", "deleted", erase, str(settings.preferences_path))
+
+
+def _outbox(settings: Settings) -> Erasable | None:
+    """The outbox beside the decision log: messages and receipts deleted (a delivered copy is
+    the receiver's; the decision itself stays, pseudonymised, in the log)."""
+    from nba.stores.decisions import DB_FILE
+    from nba.stores.outbox import Outbox
+
+    path = settings.decision_log_dir / DB_FILE
+    if not path.is_file():
+        return None
+
+    def erase(cid: int) -> int:
+        box = Outbox(path)
+        try:
+            return box.erase_customer(cid)
+        finally:
+            box.close()
+
+    return Erasable("outbox", "deleted", erase, str(path))
+
+
+def _trigger_state(settings: Settings) -> Erasable | None:
+    """Each trigger's last firing per customer (dedup windows): deleted."""
+    from nba.stores.trigger_state import open_trigger_store
+
+    production = (settings.policy_store or ("redis" if settings.profile == "production" else "sqlite")) == "redis"
+    if not production and not settings.trigger_state_path.is_file():
+        return None
+
+    def erase(cid: int) -> int:
+        store = open_trigger_store(settings)
+        try:
+            return store.erase_customer(cid)
+        finally:
+            store.close()
+
+    return Erasable("trigger_state", "deleted", erase,
+                    settings.redis_url if production else str(settings.trigger_state_path))
+
+
+for _f in (_online, _offline, _decision_log, _outbox, _policy_sqlite, _policy_redis, _preferences, _trigger_state):
+    register(_f)
+
+
+def erasable_stores(settings: Settings) -> list[Erasable]:
+    return [e for e in (f(settings) for f in _FACTORIES) if e is not None]
+
+
+def _rows(result: Any) -> int:
+    return int(sum(result.values())) if isinstance(result, dict) else int(result)
+
+
+def erase_customer(settings: Settings, customer_id: int, *, by: str) -> dict[str, Any]:
+    """Erase the customer everywhere; returns the receipt (also written to a file)."""
+    from nba.stores.erasures import ErasureList
+
+    cid = int(customer_id)
+    if cid < 0:
+        raise ValueError(f"customer_id {customer_id}: expected an id >= 0")
+    started = time.time()
+    stores: dict[str, Any] = {}
+    for e in erasable_stores(settings):
+        result = e.erase(cid)
+        stores[e.name] = {"treatment": e.treatment, "rows": _rows(result), "where": e.where,
+                          **({"files": result} if isinstance(result, dict) and result else {})}
+        logger.info("erasure of customer %d: %s %s %d rows", cid, e.name, e.treatment, _rows(result))
+    total = sum(s["rows"] for s in stores.values())
+    erasures = ErasureList(settings.privacy_dir)
+    try:
+        before = erasures.get(cid)
+        stamp = datetime.fromtimestamp(started, tz=UTC)
+        receipt_path = settings.privacy_dir / "receipts" / f"{cid}-{stamp.strftime('%Y%m%dT%H%M%S%fZ')}.json"
+        receipt = {
+            "customer_id": cid, "erased_at": stamp.isoformat().replace("+00:00", "Z"), "erased_by": by,
+            "rows": total, "nothing_left": total == 0,
+            "previously_erased_at": (datetime.fromtimestamp(before["erased_at"], tz=UTC).isoformat()
+                                     .replace("+00:00", "Z") if before else None),
+            "stores": stores,
+            "erasure_list": str(erasures.path),
+            "note": "the erasure list and these receipts keep the id, as the record of the erasure; training "
+                    "frames exclude every listed id",
+        }
+        write_text(json.dumps(receipt, indent=2) + "\n", receipt_path)
+        erasures.add(cid, started, by, str(receipt_path))
+    finally:
+        erasures.close()
+    receipt["receipt"] = str(receipt_path)
+    return receipt
