@@ -95,7 +95,7 @@ def test_the_customer_360_holds_every_part_and_the_last_decisions(customers_serv
     assert 0 <= c["scores"]["churn_risk"] <= 1 and c["scores"]["clv"] >= 0
     assert set(c["holdings"]) == {"has_credit_card", "has_mortgage", "has_savings", "has_personal_loan",
                                   "num_products"}
-    assert set(c["consents"]) == {"email", "sms", "push", "call_centre", "web"}
+    assert set(c["consents"]) == {"email", "sms", "push", "call_centre", "web", "agent"}  # agent: the inbound call
     assert c["consents"]["email"] == {"feature": 1, "preference_centre": None, "effective": True}
     assert c["preferences"] is None and c["preference_audit"] == []
     assert c["recent_events"] == [] and "no event log" in c["events_note"]

@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,7 +81,31 @@ def use_bentoml_home(settings: Settings) -> Path:
     home = settings.bentoml_home
     home.mkdir(parents=True, exist_ok=True)
     os.environ["BENTOML_HOME"] = str(home)
+    if "bentoml" in sys.modules:  # imported already (another work folder in this process): repoint it
+        _repoint_bentoml(home)
     return home
+
+
+def _repoint_bentoml(home: Path) -> None:
+    """BentoML reads BENTOML_HOME once, at import, into its dependency container; a second work
+    folder in the same process (the test suite, a notebook) would otherwise build into the
+    first one's stores. The container's providers take overrides (`set`, simple_di's API)."""
+    from bentoml._internal.bento import BentoStore
+    from bentoml._internal.configuration.containers import BentoMLContainer as C
+    from bentoml._internal.models import ModelStore
+
+    if C.bentoml_home.get() == str(home):
+        return
+    dirs = {"bentos": home / "bentos", "models": home / "models", "tmp": home / "tmp", "envs": home / "envs"}
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    C.bentoml_home.set(str(home))
+    C.bento_store_dir.set(str(dirs["bentos"]))
+    C.model_store_dir.set(str(dirs["models"]))
+    C.tmp_bento_store_dir.set(str(dirs["tmp"]))
+    C.env_store_dir.set(str(dirs["envs"]))
+    C.bento_store.set(BentoStore(str(dirs["bentos"])))
+    C.model_store.set(ModelStore(str(dirs["models"])))
 
 
 def feature_fields(settings: Settings, service: str) -> list[dict[str, str]]:

@@ -173,7 +173,7 @@ def scan(settings: Settings, customers: Path, *, at: float | None = None, trigge
         joined = {name: pa.concat_tables(ts) for name, ts in parts.items()}
         write_batch(settings.decision_log_dir, batch_id, {r.name: joined[r.name] for r in SEGMENT_RECORDS})
         for i, (dids, cids, channel) in enumerate(index):  # the messages with the last index, one transaction
-            engine.log.index_batch(batch_id, dids, cids, channel, outbox if i == len(index) - 1 else None)
+            engine.log.index_batch(batch_id, dids, cids, channel, outbox if i == len(index) - 1 else ())
         engine.policy.record_contacts([c for cs in contacts_all for c in cs])
         summary.batch_id = batch_id
     summary.seconds = time.perf_counter() - t_loaded
