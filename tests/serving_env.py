@@ -46,6 +46,7 @@ def make_home(root: Path, *, policies: dict[str, Any] | None = None, strip_uplif
         pol[section][field] = value
     (home / "serving" / "actions.yaml").write_text(yaml.safe_dump(actions, sort_keys=False))
     (home / "serving" / "policies.yaml").write_text(yaml.safe_dump(pol, sort_keys=False))
+    shutil.copyfile(PROJECT_ROOT / "serving" / "events.yaml", home / "serving" / "events.yaml")
     return home
 
 

@@ -79,7 +79,10 @@ _MISSING = object()
 def value(proto: Any) -> Any:
     """The Python value a Feast `ValueProto` holds (None when unset)."""
     which = proto.WhichOneof("val")
-    return getattr(proto, which) if which else None
+    if not which:
+        return None
+    val = getattr(proto, which)
+    return list(val.val) if which.endswith("_list_val") else val
 
 
 def _decode(raw: bytes) -> Any:
