@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
@@ -42,7 +42,7 @@ MAX_EVENTS = 10_000  # events in one call (a file is read in chunks of fewer)
 MAX_ID = 128  # characters of a caller's event id
 _NAME = r"^[a-z][a-z0-9_]*$"
 
-PropertyKind = Literal["string", "int", "float", "bool", "timestamp"]
+KINDS = ("string", "int", "float", "bool", "timestamp")
 
 
 class EventError(NbaError):
@@ -58,12 +58,15 @@ class EventError(NbaError):
 class PropertySpec(StrictModel):
     """One property: a type, or a list of allowed strings (an enum)."""
 
-    type: PropertyKind | list[str]
+    type: str | list[str]
     required: bool = True
 
     @field_validator("type")
     @classmethod
     def _enum(cls, v: Any) -> Any:
+        if isinstance(v, str) and v not in KINDS:
+            raise ValueError(f"'{v}' is not a property type; expected one of {', '.join(KINDS)}, or a list of "
+                             "allowed strings")
         if isinstance(v, list):
             if not v:
                 raise ValueError("an enum needs at least one allowed value")

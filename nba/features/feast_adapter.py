@@ -181,3 +181,20 @@ class SqliteViews:
                 view_rows.append((t, found[vi][i]))
             out.append(view_rows)
         return out
+
+
+def tune_sqlite_writes(store: Any) -> bool:
+    """Make pushes to the SQLite online store cheap: the file in WAL mode (a persistent property
+    of the file; readers are then never blocked by a push) and Feast's write connection at
+    `synchronous=NORMAL` (a commit is not fsynced; the WAL is, at checkpoints). The online store
+    is a cache: every value in it can be derived again from the event log and the offline
+    sources, which are durable. A push under the default rollback journal cost 3 fsyncs, 25 ms
+    on a busy disk. Only in the tested Feast range (it reaches Feast's connection); False otherwise."""
+    config = store.config
+    if str(config.online_store.type) != "sqlite" or not version_supported():
+        return False
+    online = store.provider.online_store
+    conn = online._get_conn(config)  # the one connection Feast's SQLite store writes with
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return True

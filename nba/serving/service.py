@@ -179,7 +179,11 @@ class EventsMiddleware:
                                      "field": "events"}, status_code=413)
                 await resp(scope, receive, send)
                 return
-        await self._answer(bytes(body))(scope, receive, send)
+        from starlette.concurrency import run_in_threadpool
+
+        # in a thread: the appends of concurrent calls share one commit (group commit)
+        resp = await run_in_threadpool(self._answer, bytes(body))
+        await resp(scope, receive, send)
 
     def _answer(self, body: bytes) -> Response:
         from bentoml.exceptions import BentoMLException
