@@ -484,3 +484,19 @@ def test_the_consumer_killed_mid_stream_loses_nothing_and_counts_nothing_twice(s
             assert len(vals["login_ts"]) == sum(1 for e in events if e["customer_id"] == cid)  # each login once
     finally:
         asyncio.run(delete_stream(stream))
+
+
+def test_an_action_holds_a_feature_of_the_feature_service(tmp_path: Path):
+    from nba.catalog import load_catalog
+    from tests.test_catalog import FEATURES, _write
+
+    actions = yaml.safe_load((PROJECT_ROOT / "serving" / "actions.yaml").read_text())
+    cat = load_catalog(PROJECT_ROOT, FEATURES, actions=_write(tmp_path, actions)[0])
+    assert {a.id: a.holds for a in cat.actions if a.holds} == {
+        "rewards_card": "has_credit_card", "mortgage": "has_mortgage", "add_email": "has_email",
+        "mobile_app": "has_mobile_app"}
+    actions["actions"][0]["holds"] = "has_creditcard"
+    with pytest.raises(ConfigError) as exc:
+        load_catalog(PROJECT_ROOT, FEATURES, actions=_write(tmp_path, actions)[0])
+    assert "action 'rewards_card': holds 'has_creditcard' is not a feature of serving_v2" in str(exc.value)
+    assert "did you mean 'has_credit_card'" in str(exc.value)

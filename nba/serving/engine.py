@@ -161,7 +161,9 @@ class DecisionEngine:
     def warm(self, rows: int = 1) -> None:
         """Build every component and score `rows` made-up customers (the first calls of a model
         are slow: one row warms the numpy trees the service uses, a batch's size XGBoost)."""
-        for part in (self._models, self._features, self._policy):
+        for part in (self._models, self._features, self._policy, self._events):
+            if part is None:
+                continue
             try:
                 part.get()
             except Unavailable:

@@ -179,23 +179,26 @@ class EventsMiddleware:
                                      "field": "events"}, status_code=413)
                 await resp(scope, receive, send)
                 return
+        from bentoml.exceptions import BentoMLException
         from starlette.concurrency import run_in_threadpool
 
+        try:
+            engine = bentoml.get_current_service().engine
+        except BentoMLException:  # the instance is not built yet
+            engine = None
+        if engine is None:
+            await JSONResponse({"error": "the service is starting"}, status_code=503)(scope, receive, send)
+            return
         # in a thread: the appends of concurrent calls share one commit (group commit)
-        resp = await run_in_threadpool(self._answer, bytes(body))
+        resp = await run_in_threadpool(self._answer, engine, bytes(body))
         await resp(scope, receive, send)
 
-    def _answer(self, body: bytes) -> Response:
-        from bentoml.exceptions import BentoMLException
-
+    @staticmethod
+    def _answer(engine: Any, body: bytes) -> Response:
         try:
             payload = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             return JSONResponse({"error": f"body is not valid JSON: {exc}", "field": "events"}, status_code=400)
-        try:
-            engine = bentoml.get_current_service().engine
-        except BentoMLException:
-            return JSONResponse({"error": "the service is starting"}, status_code=503)
         try:
             out = engine.ingest_events(payload)
         except Exception as exc:
