@@ -151,9 +151,11 @@ class FeaturePusher:
     `FeatureStore.push` resolves the push source's views from the registry on every call: about
     40 ms (protobuf decoding of every view and feature service, with type checks), while the
     write itself is a few milliseconds. So the views of each push source are resolved once,
-    the same way (`stream_source.name`), and each push ends as `FeatureStore.push` does: the
-    provider's public `ingest_df` for each view. `fast=False` calls `FeatureStore.push` itself
-    (a test checks both leave the same values online)."""
+    the same way (`stream_source.name`), and each push ends as `FeatureStore.push` does, in
+    the provider's public `online_write_batch`, with the value protos built from the rows
+    directly (`feast_adapter.rows_to_protos`; Feast's own `ingest_df` when a type is not
+    handled there). `fast=False` calls `FeatureStore.push` itself (a test checks both leave the
+    same values online)."""
 
     def __init__(self, store: FeatureStore, *, fast: bool = True):
         from nba.features import feast_adapter
@@ -188,16 +190,22 @@ class FeaturePusher:
             return 0
         import pandas as pd
 
-        frame = pd.DataFrame(list(rows))
+        from nba.features import feast_adapter
+
         with self._lock:  # Feast's SQLite online store shares one connection per store object
             try:
                 if self.fast:
+                    provider = self.store.provider
                     for view in self.views_of(source):
-                        self.store.provider.ingest_df(view, frame)
+                        data = feast_adapter.rows_to_protos(view, rows, schemas.ENTITY_KEY, schemas.EVENT_TS)
+                        if data is not None:
+                            provider.online_write_batch(self.store.config, view, data, None)
+                        else:
+                            provider.ingest_df(view, pd.DataFrame(list(rows)))
                 else:
                     from feast.data_source import PushMode
 
-                    self.store.push(source, frame, to=PushMode.ONLINE)
+                    self.store.push(source, pd.DataFrame(list(rows)), to=PushMode.ONLINE)
             except FeatureStoreError:
                 raise
             except Exception as exc:  # the online store is down or refuses the rows
