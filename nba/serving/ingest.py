@@ -180,8 +180,9 @@ def read_event_file(path: Path, types: EventsFile, chunk: int) -> tuple[int, Ite
     if kind == ".csv":
         import pyarrow.csv as pacsv
 
+        # an empty cell is a missing value (a flattened file has every type's property columns)
         table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
-            column_types={"event_id": "string", "type": "string", "timestamp": "string"}))
+            column_types={"event_id": "string", "type": "string", "timestamp": "string"}, strings_can_be_null=True))
     else:
         import pyarrow.parquet as pq
 
