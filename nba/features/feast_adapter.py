@@ -134,6 +134,17 @@ class SqliteViews:
             self._local.conn = conn
         return conn
 
+    def reset(self) -> None:
+        """Forget this thread's connection (after a failed read: the file may have been replaced,
+        or changed journal mode; the next read opens it again)."""
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+
     def _query(self, k: int) -> str:
         if k not in self._sql:
             marks = ",".join("?" * k)

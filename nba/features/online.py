@@ -124,6 +124,7 @@ class OnlineFeatureReader:
             try:
                 per_view = self._sqlite.read(keys)
             except Exception as exc:  # the SQLite file is missing, locked or not a database
+                self._sqlite.reset()  # the next read opens the file again (it may be restored by then)
                 raise FeatureStoreError(f"online store read of feature view '{self.views[0].view.name}' failed: "
                                         f"{type(exc).__name__}: {exc}") from exc
         for vi, v in enumerate(self.views):

@@ -230,6 +230,7 @@ class FeaturePusher:
             try:
                 return fast_reader.read(keys)[0]
             except Exception as exc:
+                fast_reader.reset()
                 raise FeatureStoreError(f"online read of {view_name} failed: {type(exc).__name__}: {exc}") from exc
         try:
             with self._lock:
