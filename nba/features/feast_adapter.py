@@ -26,6 +26,7 @@ No other module of `nba` may import Feast internals.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
 import re
@@ -140,10 +141,8 @@ class SqliteViews:
         conn = getattr(self._local, "conn", None)
         self._local.conn = None
         if conn is not None:
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 conn.close()
-            except sqlite3.Error:
-                pass
 
     def _query(self, k: int) -> str:
         if k not in self._sql:
