@@ -32,7 +32,7 @@ import logging
 import re
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -221,8 +221,7 @@ _LIST_FIELDS = {"Array(Int64)": ("int64_list_val", "Int64List"), "Array(String)"
                 "Array(Float64)": ("double_list_val", "DoubleList")}
 
 
-def rows_to_protos(view: Any, rows: Sequence[dict[str, Any]], join_key: str, event_ts: str
-                   ) -> list[tuple[Any, dict[str, Any], datetime, None]] | None:
+def rows_to_protos(view: Any, rows: Sequence[Mapping[str, Any]], join_key: str, event_ts: str) -> Any:
     """`rows` (join key, event time, every feature of `view`) as the (entity key, feature ->
     ValueProto, event time, created time) tuples a provider's public `online_write_batch` takes,
     built straight from Python values (Feast's `ingest_df` goes through pandas and Arrow: about
@@ -253,12 +252,12 @@ def rows_to_protos(view: Any, rows: Sequence[dict[str, Any]], join_key: str, eve
             if v is None:
                 values[name] = empty
             elif lst is not None:
-                proto = Value()
-                getattr(proto, field).val.extend(v)
-                values[name] = proto
+                listed = Value()
+                getattr(listed, field).val.extend(v)
+                values[name] = listed
             else:
                 # repeated scalars (0, "") share one proto: Feast only serialises them
-                proto = cache.get((field, v))
+                proto: Any = cache.get((field, v))
                 if proto is None:
                     proto = Value()
                     setattr(proto, field, v)

@@ -194,7 +194,7 @@ class EventsMiddleware:
         await resp(scope, receive, send)
 
     @staticmethod
-    def _answer(engine: Any, body: bytes) -> Response:
+    def _answer(engine: Any, body: bytes) -> Any:
         try:
             payload = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
