@@ -10,9 +10,9 @@ Read features through a feature service name, never by importing this module (ST
 from datetime import timedelta
 from typing import Any
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, RequestSource
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, RequestSource
 from feast.on_demand_feature_view import on_demand_feature_view
-from feast.types import Float64, Int64, String
+from feast.types import Array, Float64, Int64, String
 from feast.value_type import ValueType
 
 # Snapshots are monthly; a snapshot older than this is stale and not served.
@@ -34,6 +34,10 @@ def _source(name: str) -> FileSource:
     )
 
 
+# An accepted product is held at once (`/respond` pushes the profile's holding flag), before
+# the next monthly snapshot says so.
+profile_push = PushSource(name="profile_push", batch_source=_source("profile"))
+
 customer_profile = FeatureView(
     name="customer_profile",
     entities=[customer],
@@ -53,7 +57,7 @@ customer_profile = FeatureView(
         Field(name="travels_abroad", dtype=Int64),
         Field(name="on_sick_leave", dtype=Int64),
     ],
-    source=_source("profile"),
+    source=profile_push,
     online=True,
     description="Who the customer is and what they hold: drives suitability rules.",
 )
@@ -109,6 +113,9 @@ customer_risk = FeatureView(
     description="Financial risk: gates sales offers and triggers collections actions.",
 )
 
+# A consent given or withdrawn (a `consent_changed` event) holds from the next decision on.
+consent_push = PushSource(name="consent_push", batch_source=_source("consent"))
+
 customer_consent = FeatureView(
     name="customer_consent",
     entities=[customer],
@@ -120,7 +127,7 @@ customer_consent = FeatureView(
         Field(name="consent_call_centre", dtype=Int64),
         Field(name="consent_web", dtype=Int64),
     ],
-    source=_source("consent"),
+    source=consent_push,
     online=True,
     description="Consent per channel (GDPR: no consent, no action).",
 )
@@ -157,6 +164,107 @@ def request_context(inputs: dict[str, Any]) -> dict[str, Any]:
     return {"days_since_last_contact": days, "hour_of_day": hours, "is_weekend": weekend}
 
 
+# --- Streaming (real-time) features, from the event log -----------------------------------
+# `nba.serving.ingest` derives each customer's state from the event log on every event and
+# pushes it here; the offline source is the same derivation at each event's time
+# (`nba.features.streaming.export_source`), so a point-in-time frame sees what a decision saw.
+# Windowed counts are kept as the event times of the window, and counted at the decision's
+# own time by `realtime_context` below (an outage 31 days ago does not count in outages_30d).
+realtime_push = PushSource(
+    name="realtime_push",
+    batch_source=FileSource(name="realtime_source", path="data/realtime.parquet", timestamp_field="event_timestamp"),
+)
+
+customer_realtime = FeatureView(
+    name="customer_realtime",
+    entities=[customer],
+    ttl=timedelta(0),  # a state (an open application, days late) holds until an event changes it
+    schema=[
+        Field(name="page_view_ts", dtype=Array(Int64)),  # epoch seconds of the page views of the last 7 days
+        Field(name="page_view_product", dtype=Array(String)),  # ... and the product of each
+        Field(name="card_search_ts", dtype=Array(Int64)),
+        Field(name="login_ts", dtype=Array(Int64)),
+        Field(name="outage_ts", dtype=Array(Int64)),  # the last 30 days
+        Field(name="service_contact_ts", dtype=Array(Int64)),
+        Field(name="complaint_ts", dtype=Array(Int64)),
+        Field(name="application_open", dtype=Int64),
+        Field(name="application_product", dtype=String),
+        Field(name="application_started_s", dtype=Int64),
+        Field(name="last_interaction_s", dtype=Int64),
+        Field(name="geofence_branch", dtype=String),
+        Field(name="geofence_at_s", dtype=Int64),
+        Field(name="days_late", dtype=Int64),
+        Field(name="last_life_event", dtype=String),
+        Field(name="last_life_event_s", dtype=Int64),
+        Field(name="card_expires_at_s", dtype=Int64),
+    ],
+    source=realtime_push,
+    online=True,
+    tags={"fed_by": "events"},  # a customer with only these values is still unknown to the bank
+    description="What the customer's events say: recent views, searches, logins, incidents, states.",
+)
+
+# page_view's products in serving/events.yaml (a test keeps the two equal)
+PAGE_VIEW_PRODUCTS = ("credit_card", "card_upgrade", "mortgage", "savings", "personal_loan", "home_insurance",
+                      "travel_insurance")
+_WINDOWS = {"page_views_7d": ("page_view_ts", 7), "card_searches_7d": ("card_search_ts", 7),
+            "logins_7d": ("login_ts", 7), "outages_30d": ("outage_ts", 30),
+            "service_contacts_30d": ("service_contact_ts", 30), "complaints_30d": ("complaint_ts", 30)}
+
+
+@on_demand_feature_view(
+    sources=[customer_realtime, decision_request],
+    schema=[
+        *[Field(name=name, dtype=Int64) for name in _WINDOWS],
+        *[Field(name=f"views_{p}_7d", dtype=Int64) for p in PAGE_VIEW_PRODUCTS],
+        Field(name="days_since_interaction", dtype=Float64),
+        Field(name="application_open_hours", dtype=Float64),
+        Field(name="days_since_life_event", dtype=Float64),
+        Field(name="days_to_card_expiry", dtype=Float64),
+        Field(name="hours_since_geofence", dtype=Float64),
+    ],
+    mode="python",
+    description="Windowed counts and times since, at the decision's own time (missing when never).",
+)
+def realtime_context(inputs: dict[str, Any]) -> dict[str, Any]:
+    products = ("credit_card", "card_upgrade", "mortgage", "savings", "personal_loan", "home_insurance",
+                "travel_insurance")  # PAGE_VIEW_PRODUCTS (the transformation is serialised alone)
+    windows = {"page_views_7d": ("page_view_ts", 7), "card_searches_7d": ("card_search_ts", 7),
+               "logins_7d": ("login_ts", 7), "outages_30d": ("outage_ts", 30),
+               "service_contacts_30d": ("service_contact_ts", 30), "complaints_30d": ("complaint_ts", 30)}
+    now = inputs["request_ts"]
+    n = len(now)
+    out: dict[str, list[Any]] = {}
+    for name, (col, days) in windows.items():
+        values = inputs[col]
+        out[name] = [sum(1 for t in (values[i] or ()) if now[i] - days * 86400 < t <= now[i]) for i in range(n)]
+    for p in products:
+        out[f"views_{p}_7d"] = []
+    for i in range(n):
+        counts = dict.fromkeys(products, 0)
+        for t, p in zip(inputs["page_view_ts"][i] or (), inputs["page_view_product"][i] or (), strict=False):
+            if now[i] - 7 * 86400 < t <= now[i] and p in counts:
+                counts[p] += 1
+        for p in products:
+            out[f"views_{p}_7d"].append(counts[p])
+
+    def since(col: str, unit: float, when: Any = None) -> list[Any]:
+        res = []
+        for i in range(n):
+            t = inputs[col][i]
+            ok = t is not None and t > 0 and (when is None or when[i] == 1)
+            res.append((now[i] - t) / unit if ok else None)
+        return res
+
+    out["days_since_interaction"] = since("last_interaction_s", 86400.0)
+    out["application_open_hours"] = since("application_started_s", 3600.0, inputs["application_open"])
+    out["days_since_life_event"] = since("last_life_event_s", 86400.0)
+    out["hours_since_geofence"] = since("geofence_at_s", 3600.0)
+    out["days_to_card_expiry"] = [(t - now[i]) / 86400.0 if t is not None and t > 0 else None
+                                  for i, t in enumerate(inputs["card_expires_at_s"])]
+    return out
+
+
 # Per-action propensity models: who the customer is, how they behave, whether we may contact them.
 propensity_v1 = FeatureService(
     name="propensity_v1",
@@ -187,6 +295,15 @@ serving_v1 = FeatureService(
     description="Features /decide reads: model inputs plus the fields rules and policies use.",
 )
 
+
+# Version 2 of what /decide reads: version 1 plus the streaming features of the event log
+# (the triggers' conditions and the rules of the event-driven actions read them).
+serving_v2 = FeatureService(
+    name="serving_v2",
+    features=[customer_profile, customer_rfm, customer_engagement, customer_risk, customer_consent,
+              request_context, customer_realtime, realtime_context],
+    description="Features /decide reads: serving_v1 plus the real-time features pushed from events.",
+)
 
 # --- Public data sets --------------------------------------------------------------
 # Models trained on real data read features through Feast too. Their entities have their

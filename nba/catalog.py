@@ -81,6 +81,8 @@ class ActionSpec(StrictModel):
     contact_policy: ContactPolicy | None = None
     model: str = Field(pattern=MODEL_NAME)
     uplift_model: str | None = Field(None, pattern=MODEL_NAME)
+    holds: str | None = Field(None, pattern=r"^[a-z][a-z0-9_]*$",
+                              description="the holding flag (a 0/1 profile feature) an acceptance sets at once")
     active_from: date | None = None
     active_to: date | None = None
 
@@ -187,6 +189,7 @@ class CompiledAction:
     active_from_s: float  # epoch seconds; -inf when open
     active_to_s: float  # +inf when open
     cost: float = 0.0  # euros per contact, on top of the channel's
+    holds: str | None = None  # the profile flag an acceptance sets (has_credit_card for a card offer)
 
 
 @dataclass(frozen=True)
@@ -317,6 +320,9 @@ def compile_catalog(spec: CatalogFile, policies: PoliciesFile, feature_names: Co
             raise ConfigError(f"{here}: active_to {a.active_to} is not after active_from {a.active_from}")
         rules = tuple(Rule(stage, _checked(text, "rule", names, f"{here} {stage} rule"))
                       for stage in RULE_STAGES for text in getattr(a, stage))
+        if a.holds is not None and a.holds not in features:
+            raise ConfigError(f"{here}: holds '{a.holds}' is not a feature of {policies.feature_service}"
+                              f"{_hint(a.holds, features)}")
         value: float | Expression
         if isinstance(a.value, str):
             value = _checked(a.value, "number", names, f"{here} value formula")
@@ -334,7 +340,7 @@ def compile_catalog(spec: CatalogFile, policies: PoliciesFile, feature_names: Co
             channels=frozenset(a.channels) | {c for c, other in offers_as.items() if other in a.channels},
             value=value, lever=float(a.lever), rules=rules, caps=caps, cooldown_s=float(cooldown) * 86400.0,
             model=a.model, uplift_model=a.uplift_model, active_from_s=_epoch(a.active_from, float("-inf")),
-            active_to_s=_epoch(a.active_to, float("inf")), cost=float(a.cost)))
+            active_to_s=_epoch(a.active_to, float("inf")), cost=float(a.cost), holds=a.holds))
 
     groups = {a.group for a in compiled}
     unknown_groups = sorted(set(policies.groups) - groups)

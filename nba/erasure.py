@@ -152,6 +152,24 @@ def _outbox(settings: Settings) -> Erasable | None:
     return Erasable("outbox", "deleted", erase, str(path))
 
 
+def _event_log(settings: Settings) -> Erasable | None:
+    """The behavioural events (also the streaming features' offline source): deleted; the next
+    `nba features apply` exports the source again without them."""
+    from nba.stores.events.sqlite import EventLog
+
+    if not settings.event_log_path.is_file():
+        return None
+
+    def erase(cid: int) -> int:
+        log = EventLog(settings.event_log_path)
+        try:
+            return log.erase_customer(cid)
+        finally:
+            log.close()
+
+    return Erasable("event_log", "deleted", erase, str(settings.event_log_path))
+
+
 def _trigger_state(settings: Settings) -> Erasable | None:
     """Each trigger's last firing per customer (dedup windows): deleted."""
     from nba.stores.trigger_state import open_trigger_store
@@ -171,7 +189,8 @@ def _trigger_state(settings: Settings) -> Erasable | None:
                     settings.redis_url if production else str(settings.trigger_state_path))
 
 
-for _f in (_online, _offline, _decision_log, _outbox, _policy_sqlite, _policy_redis, _preferences, _trigger_state):
+for _f in (_online, _offline, _decision_log, _outbox, _policy_sqlite, _policy_redis, _preferences, _trigger_state,
+           _event_log):
     register(_f)
 
 

@@ -365,6 +365,26 @@ ERASURE = Record(
         "that keeps the id: the proof that the erasure was done, and what keeps re-published sources out.",
 )
 
+# --- the event log ---------------------------------------------------------------------------
+# Every behavioural event accepted (`POST /events`, `nba events ingest`, the stream consumer),
+# appended durably before the features are pushed (`nba.stores.events`). It is also the offline
+# source of the streaming features: their value at any moment is derived from it.
+
+EVENT = Record(
+    "events",
+    (
+        Column("event_id", TEXT, doc="given by the sender, or a hash of the other fields: the deduplication key"),
+        Column(ENTITY_KEY, INT, doc="the customer"),
+        Column("type", TEXT, categorical=True, doc="a type declared in serving/events.yaml"),
+        Column("timestamp", TIME, doc="when it happened"),
+        Column("known_customer", INT, doc="1 if the feature store knew the customer when it arrived, else 0 (flagged)"),
+        Column("ingested_at", TIME, doc="when it was appended"),
+        Column("properties", JSON, doc="property -> value, typed as declared (a timestamp property: epoch seconds)"),
+    ),
+    key=("event_id",),
+    doc="One row per event; a second event with the same id is a duplicate, recognised and not stored again.",
+)
+
 
 # --- records in memory, column-wise ---------------------------------------------------------------
 

@@ -112,6 +112,11 @@ class Settings(BaseSettings):
         return self.work / "decision_log"
 
     @property
+    def event_log_path(self) -> Path:
+        """Every behavioural event accepted (`nba.stores.events`): the streaming features' source."""
+        return self.work / "events" / "events.db"
+
+    @property
     def policy_state_path(self) -> Path:
         """The SQLite contact-policy state (local profile)."""
         return self.work / "policy" / "state.db"

@@ -13,9 +13,17 @@ from nba.catalog import ISSUES, load_catalog
 from nba.errors import ConfigError
 from tests.conftest import PROJECT_ROOT
 
-# The feature names of serving_v1 (tests/test_serving.py checks them against the Feast registry).
+# The feature names of serving_v2 (tests/test_serving.py checks them against the Feast registry).
 FEATURES = {c for t in schemas.SIM_FEATURE_TABLES for c in t.columns} - {schemas.ENTITY_KEY, schemas.EVENT_TS}
 FEATURES |= {"days_since_last_contact", "hour_of_day", "is_weekend"}
+# ... and the streaming features serving_v2 adds (features/definitions.py: customer_realtime, realtime_context)
+FEATURES |= {"application_open", "application_product", "application_started_s", "last_interaction_s",
+             "geofence_branch", "geofence_at_s", "days_late", "last_life_event", "last_life_event_s",
+             "card_expires_at_s", "page_views_7d", "card_searches_7d", "logins_7d", "outages_30d",
+             "service_contacts_30d", "complaints_30d", "days_since_interaction", "application_open_hours",
+             "days_since_life_event", "days_to_card_expiry", "hours_since_geofence",
+             *(f"views_{p}_7d" for p in ("credit_card", "card_upgrade", "mortgage", "savings", "personal_loan",
+                                         "home_insurance", "travel_insurance"))}
 ACTIONS = PROJECT_ROOT / "serving" / "actions.yaml"
 POLICIES = PROJECT_ROOT / "serving" / "policies.yaml"
 

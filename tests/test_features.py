@@ -19,9 +19,9 @@ from tests.constants import SEED
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-SERVICES = ["cdnow_clv_v1", "churn_v1", "clv_v1", "hillstrom_uplift_v1", "propensity_v1", "serving_v1"]
-VIEWS = ["cdnow_rfm", "customer_consent", "customer_engagement", "customer_profile", "customer_rfm",
-         "customer_risk", "hillstrom_profile"]
+SERVICES = ["cdnow_clv_v1", "churn_v1", "clv_v1", "hillstrom_uplift_v1", "propensity_v1", "serving_v1", "serving_v2"]
+VIEWS = ["cdnow_rfm", "customer_consent", "customer_engagement", "customer_profile", "customer_realtime",
+         "customer_rfm", "customer_risk", "hillstrom_profile"]
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_apply_registers_every_object(feast: Settings):
     fs = store.get_store(feast)
     assert store.feature_service_names(fs) == SERVICES
     assert sorted(v.name for v in fs.list_feature_views()) == VIEWS
-    assert [v.name for v in fs.list_on_demand_feature_views()] == ["request_context"]
+    assert sorted(v.name for v in fs.list_on_demand_feature_views()) == ["realtime_context", "request_context"]
     assert sorted(e.name for e in fs.list_entities()) == ["cdnow_customer", "customer", "hillstrom_customer"]
     # Every generated file lives in the work folder's repository, none in the project.
     assert (feast.feast_repo / "data" / "registry.db").is_file()

@@ -61,9 +61,9 @@ def test_health_readiness_and_the_openapi_page(server):
     assert status == 200
     status, ready = call(server.url, "/readyz")
     assert status == 200 and ready["ready"] is True
-    assert set(ready["checks"]) == {"models", "feature_store", "policy_store", "decision_log"}
+    assert set(ready["checks"]) == {"models", "feature_store", "policy_store", "decision_log", "event_log"}
     assert "12 models loaded" in ready["checks"]["models"]["detail"]
-    assert "serving_v1 (39 features)" in ready["checks"]["feature_store"]["detail"]
+    assert "serving_v2 (67 features)" in ready["checks"]["feature_store"]["detail"]
     status, spec = call(server.url, "/docs.json")
     assert status == 200 and {"/decide", "/decide_batch", "/respond"} <= set(spec["paths"])
 
@@ -391,7 +391,7 @@ def test_reject_mode_answers_404_for_a_customer_without_features(served, tmp_pat
     with pytest.raises(RequestError) as exc:
         engine.decide([DecisionRequest(987_654_321, "web", {}, float(DECISION_EPOCH), 1)])
     assert exc.value.status == 404 and exc.value.field == "customer_id"
-    assert "customer 987654321 has no online features in serving_v1" in str(exc.value)
+    assert "customer 987654321 has no online features in serving_v2" in str(exc.value)
 
 
 def test_the_fast_paths_equal_feast_and_the_models_own_predictions(served, customers):

@@ -1,7 +1,7 @@
 """The `nba` command line: one Typer app, thin commands over plain functions.
 
 Each command group is a module of this package (`data`, `features`, `train`, `serving`,
-`triggers`, `activation`, `evaluate`, `report`, `quickstart`, `customers`); this module wires them into one app in the order
+`triggers`, `events`, `activation`, `evaluate`, `report`, `quickstart`, `customers`); this module wires them into one app in the order
 `nba --help` lists them. Heavy libraries are imported inside the commands, so `nba --help`
 answers at once. Errors a user can cause (`NbaError`) print as one line on stderr with a
 non-zero exit code; `--debug` shows the traceback.
@@ -19,6 +19,7 @@ from nba.cli import (
     customers,
     data,
     evaluate,
+    events,
     features,
     quickstart,
     report,
@@ -40,6 +41,7 @@ app.add_typer(data.app, name="data")
 app.add_typer(features.app, name="features")
 app.add_typer(train.app, name="train")
 app.add_typer(serving.bundle_app, name="bundle")
+app.add_typer(events.app, name="events")
 app.add_typer(evaluate.app, name="evaluate")
 app.add_typer(triggers.app, name="triggers")
 app.add_typer(customers.app, name="customers")

@@ -46,10 +46,14 @@ class _View:
     view: Any
     features: tuple[str, ...]
     ttl_s: float  # 0: no TTL
+    from_events: bool = False  # fed by events only (tag fed_by: events): its values alone do not make a customer known
 
 
 def _kind(dtype: Any) -> str:
+    """number, string, or list (an array: an input of an on-demand view, not read by rules)."""
     name = str(getattr(dtype, "name", None) or dtype).upper()
+    if "ARRAY" in name or "LIST" in name:
+        return "list"
     return "number" if any(t in name for t in _NUMERIC) else "string"
 
 
@@ -72,15 +76,24 @@ class OnlineFeatureReader:
             if proj.name in view_names:
                 view = self.store.get_feature_view(proj.name)
                 ttl = view.ttl.total_seconds() if view.ttl else 0.0
-                self.views.append(_View(view, tuple(feats), ttl))
+                self.views.append(_View(view, tuple(feats), ttl, (view.tags or {}).get("fed_by") == "events"))
             else:
                 self.odfvs.append(self.store.get_on_demand_feature_view(proj.name))
             fields.extend(FeatureField(f.name, _kind(f.dtype)) for f in proj.features)
-        self.fields = tuple(fields)
+        # arrays (the event times of a window) feed the on-demand views only: read, not served
+        self.fields = tuple(f for f in fields if f.kind != "list")
+        self.list_names = tuple(f.name for f in fields if f.kind == "list")
+        self.event_names = tuple(
+            [f for v in self.views if v.from_events for f in v.features if f not in self.list_names]
+            + [f.name for o in self.odfvs if any(self._from_events(p.name) for p in o.source_feature_view_projections.values())
+               for f in o.features])
         self.provider = self.store.provider
         self.config = self.store.config
         self.join_key = schemas.ENTITY_KEY
         self._sqlite = feast_adapter.sqlite_views(self.config, [v.view for v in self.views], fast=fast)
+
+    def _from_events(self, view_name: str) -> bool:
+        return any(v.view.name == view_name and v.from_events for v in self.views)
 
     @property
     def fast(self) -> bool:
@@ -111,6 +124,7 @@ class OnlineFeatureReader:
             try:
                 per_view = self._sqlite.read(keys)
             except Exception as exc:  # the SQLite file is missing, locked or not a database
+                self._sqlite.reset()  # the next read opens the file again (it may be restored by then)
                 raise FeatureStoreError(f"online store read of feature view '{self.views[0].view.name}' failed: "
                                         f"{type(exc).__name__}: {exc}") from exc
         for vi, v in enumerate(self.views):
@@ -130,29 +144,34 @@ class OnlineFeatureReader:
                     continue
                 if v.ttl_s and event_ts is not None and event_ts.timestamp() < ts[i] - v.ttl_s:
                     continue  # stale: Feast reports it as outside the max age
-                found[i] = True
+                if not v.from_events:
+                    found[i] = True
                 for f in v.features:
                     val = values.get(f)
                     if val is not None:
                         cols[f][i] = val if decoded else feast_adapter.value(val)
             out.update(cols)
         out.update(self.transform(out, ts))
+        for name in self.list_names:
+            del out[name]
         return out, found
 
     @property
     def stored_names(self) -> tuple[str, ...]:
-        """The features held in the store (not computed at request time)."""
-        return tuple(f for v in self.views for f in v.features)
+        """The features held in the store (not computed at request time), arrays aside."""
+        return tuple(f for v in self.views for f in v.features if f not in self.list_names)
 
     def transform(self, columns: dict[str, Any], request_ts: Sequence[int]) -> dict[str, list[Any]]:
         """The on-demand views' features, computed by their own (registered) transformations
         from stored feature columns and the request times."""
         out: dict[str, list[Any]] = {}
         for odfv in self.odfvs:
+            n = len(request_ts)
             inputs: dict[str, list[Any]] = {schemas.REQUEST_TS: list(request_ts)}
             for source in odfv.source_feature_view_projections.values():
                 for f in source.features:
-                    inputs[f.name] = list(columns[f.name])
+                    # a frame without the event arrays (a batch file): no events
+                    inputs[f.name] = list(columns[f.name]) if f.name in columns else [None] * n
             # The view's public Python transformation on short feature names (the declarations
             # use mode="python"); `odfv.transform_dict` gives the same but costs 70 us more a call
             # (typeguard checks its arguments), a fifth of a one-customer read.

@@ -117,6 +117,19 @@ def publish_sources(source_dir: Path, settings: Settings) -> dict[str, int]:
     return rows
 
 
+def publish_realtime_source(settings: Settings) -> int:
+    """The streaming view's offline source, derived from the event log (empty without one)."""
+    from nba.features.streaming import REALTIME_SOURCE, export_source
+
+    log = settings.event_log_path if settings.event_log_path.is_file() else None
+    types = None
+    if log is not None:
+        from nba.events import event_types
+
+        types = event_types(settings.home)
+    return export_source(log, types, settings.feast_repo / "data" / REALTIME_SOURCE)
+
+
 def get_store(settings: Settings) -> FeatureStore:
     """Open the staged repository (an error if `apply` has not staged it)."""
     repo = settings.feast_repo
@@ -135,6 +148,7 @@ def apply(settings: Settings, sources: Path | None = None) -> ApplySummary:
         from nba.features.real import publish_real_sources
 
         source_rows.update(publish_real_sources(settings))
+    source_rows["realtime"] = publish_realtime_source(settings)
     store = get_store(settings)
     objects = collect_objects(repo)
     store.apply([o for group in objects.values() for o in group])

@@ -238,9 +238,13 @@ def write_bundle(settings: Settings, cat: catalog_mod.Catalog, fields: list[dict
     try:
         shutil.copyfile(settings.home / catalog_mod.ACTIONS_FILE, tmp / "actions.yaml")
         shutil.copyfile(settings.home / catalog_mod.POLICIES_FILE, tmp / "policies.yaml")
-        for name in ("triggers.yaml", "events.yaml"):  # the always-on loop's declarations, when there
-            if (settings.home / "serving" / name).is_file():
-                shutil.copyfile(settings.home / "serving" / name, tmp / name)
+        from nba.events import events_path, load_event_types
+
+        if events_path(settings.home).is_file():  # checked now: a bad declaration fails the build
+            load_event_types(events_path(settings.home))
+            shutil.copyfile(events_path(settings.home), tmp / "events.yaml")
+        if (settings.home / "serving" / "triggers.yaml").is_file():  # checked when the engine loads (load_triggering)
+            shutil.copyfile(settings.home / "serving" / "triggers.yaml", tmp / "triggers.yaml")
         onnx_files = convert_models(settings, models, tmp, progress)
         manifest = {
             "bundle_format": 2,
@@ -384,6 +388,7 @@ def load_engine(settings: Settings, bundle_dir: Path | None = None, *, nthread: 
     """A `DecisionEngine` over a bundle folder. Components that fail to load (a model, the
     feature store) are retried on use; readiness says why."""
     from nba.serving.engine import DecisionEngine
+    from nba.serving.ingest import event_ingestor
     from nba.stores.decisions.sqlite import DecisionLog
     from nba.stores.policy_state import open_policy_store as policy_store
 
@@ -401,12 +406,14 @@ def load_engine(settings: Settings, bundle_dir: Path | None = None, *, nthread: 
         return reader
 
     versions = {name: info["version"] for name, info in manifest["models"].items()}
-    return DecisionEngine(settings, cat, models=lambda: load_models(settings, cat, manifest, bundle_dir,
+    engine = DecisionEngine(settings, cat, models=lambda: load_models(settings, cat, manifest, bundle_dir,
                                                                     nthread=nthread),
                           features=features, policy=lambda: policy_store(settings, cat),
                           log=DecisionLog(settings.decision_log_dir), model_versions=versions,
                           bundle=manifest.get("bento") or _bento_of(bundle_dir) or str(bundle_dir),
-                          triggering=lambda engine: load_triggering(settings, engine, bundle_dir))
+                          triggering=lambda engine: load_triggering(settings, engine, bundle_dir),
+                          events=lambda: event_ingestor(settings, bundle_dir, store=engine.features.store))
+    return engine
 
 
 def load_triggering(settings: Settings, engine: Any, bundle_dir: Path) -> Any:

@@ -128,9 +128,10 @@ def customer_view(engine: DecisionEngine, customer_id: int, *, now: float | None
                      "outcomes": [{**o, "responded_at": iso(o["responded_at"])} for o in row["outcomes"]],
                      "filtered": [{**f, "reason_in_words": in_words(f["stage"], f["rule"])} for f in row["filtered"]]})
     events: list[dict[str, Any]] | None = None
-    event_log = getattr(engine, "event_log", None)
-    if event_log is not None and hasattr(event_log, "recent"):
-        events = list(event_log.recent(cid, 20))
+    if getattr(engine, "_events", None) is not None:  # the engine takes events: its event log
+        history = engine.events.log.history([cid]).get(cid, [])
+        events = [{"type": e.type, "timestamp": iso(e.timestamp), "properties": dict(e.properties)}
+                  for e in sorted(history, key=lambda e: e.timestamp, reverse=True)[:20]]
     return {
         "customer_id": cid, "as_of": iso(ts), "features_missing": not found[0],
         "profile": sections["profile"], "segments": sections["segments"], "engagement": sections["engagement"],

@@ -147,11 +147,12 @@ class DecisionEngine:
 
     def __init__(self, settings: Settings, catalog: Catalog, *, models: Any, features: Any, policy: Any,
                  log: DecisionLogStore, model_versions: Mapping[str, str], bundle: str = "source",
-                 triggering: Any = None, preferences: Any = None):
-        """`models`, `features`, `policy` and `preferences` are callables building the
-        `ModelSet`, the `OnlineFeatureReader`, the `PolicyStore` and the `PreferenceStore` (or
-        the objects themselves; preferences default to the work folder's SQLite store);
-        `triggering` one taking the engine and building its `Triggering` (None: no triggers)."""
+                 triggering: Any = None, preferences: Any = None, events: Any = None):
+        """`models`, `features`, `policy`, `preferences` and `events` are callables building the
+        `ModelSet`, the `OnlineFeatureReader`, the `PolicyStore`, the `PreferenceStore` and the
+        `EventIngestor` (or the objects themselves; preferences default to the work folder's
+        SQLite store; `events` None: this engine takes no events); `triggering` one taking the
+        engine and building its `Triggering` (None: no triggers)."""
         self.settings = settings
         self.catalog = catalog
         self._models = _Lazy("the model set", models if callable(models) else (lambda: models))
@@ -165,6 +166,8 @@ class DecisionEngine:
                 return SqlitePreferenceStore(settings.preferences_path)
         self._preferences = _Lazy("the preference store",
                                   preferences if callable(preferences) else (lambda: preferences))
+        self._events = None if events is None else _Lazy(
+            "the event ingestion (event log and feature push)", events if callable(events) else (lambda: events))
         self.log = log
         self.model_versions = dict(model_versions)
         self.bundle = bundle
@@ -203,10 +206,18 @@ class DecisionEngine:
         parsed = {cid: loads(p.preferences, self.catalog) for cid, p in stored.items()}
         return [parsed.get(int(c)) for c in ids]
 
+    @property
+    def events(self) -> Any:
+        if self._events is None:
+            raise Unavailable("this engine was built without an event log")
+        return self._events.get()
+
     def warm(self, rows: int = 1) -> None:
         """Build every component and score `rows` made-up customers (the first calls of a model
         are slow: one row warms the numpy trees the service uses, a batch's size XGBoost)."""
-        for part in (self._models, self._features, self._policy):
+        for part in (self._models, self._features, self._policy, self._events):
+            if part is None:
+                continue
             try:
                 part.get()
             except Unavailable:
@@ -253,6 +264,8 @@ class DecisionEngine:
 
         check("policy_store", policy)
         check("decision_log", lambda: f"{self.log.path} ({self.log.count()} decisions)")
+        if self._events is not None:
+            check("event_log", lambda: f"{self.events.log.path} ({self.events.log.count()} events)")
         return {"ready": all(c["ok"] for c in checks.values()), "checks": checks,
                 "catalog_version": self.catalog.version, "bundle": self.bundle}
 
@@ -325,6 +338,13 @@ class DecisionEngine:
         for i in missing:
             for name, value in defaults.items():
                 cols[name][i] = value
+        # the streaming features of a customer without events: their defaults, known or not
+        for name in getattr(self.features, "event_names", ()):
+            if name in defaults and name in cols:
+                values = cols[name]
+                if None in values:
+                    d = defaults[name]
+                    cols[name] = [d if v is None else v for v in values]
 
     def environment(self, ids: Sequence[int], cols: dict[str, list[Any]], found: Sequence[bool],
                     contexts: Sequence[Mapping[str, Any]] | None = None) -> tuple[dict[str, Any], list[int]]:
@@ -533,10 +553,31 @@ class DecisionEngine:
             })
         return out
 
+    # --- events ------------------------------------------------------------------------
+
+    def ingest_events(self, payload: Any, *, now: float | None = None) -> dict[str, Any]:
+        """Validate, append durably, push the streaming features, then run the triggers on the
+        events new to the log (`on_events`). Returns the counts, the duplicates, the unknown
+        customers, the features updated and what the triggers did."""
+        from nba.events import EventError
+
+        ingestor = self.events
+        try:
+            result = ingestor.ingest(payload, now=now)
+        except EventError as exc:
+            raise RequestError(str(exc), field=exc.field) from None
+        except NbaError as exc:  # the event log or the online store is down
+            raise Unavailable(str(exc)) from None
+        out = result.response()
+        out["triggers"] = self.on_events(result.stored) if result.stored else []
+        return out
+
     def respond(self, decision_id: str, action_id: str, outcome: str, value: float = 0.0,
-                timestamp: float | None = None) -> dict[str, Any]:
+                timestamp: float | None = None, *, opt_out: bool = False) -> dict[str, Any]:
         """Record an outcome once (idempotent on decision and action); a rejection starts the
-        action's cool-down for the customer."""
+        action's cool-down for the customer; an acceptance of a product sets its holding flag
+        at once (the action's `holds`), so the next decision does not offer it again;
+        `opt_out` withdraws the consent of the decision's channel (a `consent_changed` event)."""
         if outcome not in records.OUTCOME_KINDS:
             raise RequestError(f"outcome '{outcome}' is not one of {', '.join(records.OUTCOME_KINDS)}",
                                field="outcome")
@@ -557,7 +598,22 @@ class DecisionEngine:
                 self.policy.record_rejection(res.customer_id, action_id, res.responded_at, decision_id)
             except NbaError as exc:
                 raise Unavailable(str(exc)) from None
+        holding = None
+        if res.outcome == "accepted" and action_id in self._action_index and self._events is not None:
+            holds = self.catalog.actions[self._action_index[action_id]].holds
+            if holds:  # also on a duplicate (idempotent): the first report may have failed to push
+                try:
+                    self.events.set_holding(res.customer_id, holds, res.responded_at)
+                except NbaError as exc:
+                    raise Unavailable(str(exc)) from None
+                holding = holds
+        opted_out = None
+        if opt_out:
+            event = {"event_id": f"opt-out:{decision_id}", "customer_id": res.customer_id, "type": "consent_changed",
+                     "timestamp": min(ts, _now()), "properties": {"channel": res.channel, "granted": False}}
+            self.ingest_events(event)
+            opted_out = res.channel
         return {"decision_id": decision_id, "action_id": action_id, "outcome": res.outcome, "value": res.value,
                 "recorded": res.recorded, "duplicate": not res.recorded, "responded_at": iso(res.responded_at),
-                "customer_id": res.customer_id}
+                "customer_id": res.customer_id, "holding_set": holding, "opted_out": opted_out}
 

@@ -3,7 +3,10 @@
     POST /decide         one decision (customer id, channel, optional context, timestamp, k); channel
                          `best` (or a list `channels`): the engine chooses the channel
     POST /decide_batch   decisions for a list of customers (vectorised in one core call)
-    POST /respond        an outcome: accepted | rejected | ignored, with value (idempotent)
+    POST /respond        an outcome: accepted | rejected | ignored, with value (idempotent); an
+                         accepted product is held at once, `opt_out` withdraws the channel's consent
+    POST /events         one event or a list (serving/events.yaml): validated, appended to the event
+                         log, the streaming features pushed, then the triggers (`triggers` in the answer)
     GET  /customers/{id} the customer 360; PUT /customers/{id}/preferences, the preference centre;
                          DELETE /customers/{id}, erasure (admin token); GET /agent/{id}, the agent's
                          page (`nba.serving.customer_app`)
@@ -100,6 +103,8 @@ Outcome = create_model(
     recorded=(bool, ...), duplicate=(bool, ...),
     **model_fields(records.OUTCOME, ("responded_at",)),
     customer_id=(int, ...),
+    holding_set=(str | None, Field(None, description="the holding flag the acceptance set")),
+    opted_out=(str | None, Field(None, description="the channel whose consent was withdrawn")),
 )
 
 
@@ -150,6 +155,64 @@ class ReadinessMiddleware:
         await self.app(scope, receive, send)
 
 
+MAX_EVENTS_BODY = 8 << 20  # bytes of one POST /events body
+
+
+class EventsMiddleware:
+    """`POST /events`: one event (a JSON object) or a list of them, straight from the body (a
+    BentoML API maps a body's keys to parameters; an event's keys are its own). Validated,
+    appended durably and pushed before the answer; a bad event answers 400 naming the field
+    (`events[3].properties.days_late`), nothing of the call stored."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope.get("type") != "http" or scope.get("path") != "/events":
+            await self.app(scope, receive, send)
+            return
+        if scope.get("method") != "POST":
+            await JSONResponse({"error": "POST /events takes an event or a list of events"}, status_code=405,
+                               headers={"Allow": "POST"})(scope, receive, send)
+            return
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > MAX_EVENTS_BODY:
+                resp = JSONResponse({"error": f"body over {MAX_EVENTS_BODY} bytes; send fewer events per call",
+                                     "field": "events"}, status_code=413)
+                await resp(scope, receive, send)
+                return
+        from bentoml.exceptions import BentoMLException
+        from starlette.concurrency import run_in_threadpool
+
+        try:
+            engine = bentoml.get_current_service().engine
+        except BentoMLException:  # the instance is not built yet
+            engine = None
+        if engine is None:
+            await JSONResponse({"error": "the service is starting"}, status_code=503)(scope, receive, send)
+            return
+        # in a thread: the appends of concurrent calls share one commit (group commit)
+        resp = await run_in_threadpool(self._answer, engine, bytes(body))
+        await resp(scope, receive, send)
+
+    @staticmethod
+    def _answer(engine: Any, body: bytes) -> Any:
+        try:
+            payload = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return JSONResponse({"error": f"body is not valid JSON: {exc}", "field": "events"}, status_code=400)
+        try:
+            out = engine.ingest_events(payload)
+        except Exception as exc:
+            return _error(exc)
+        return Response(json.dumps(out), media_type="application/json")
+
+
 def service_config(settings: Settings) -> dict[str, Any]:
     """The service's BentoML configuration (benchmarks/floor_service.py measures BentoML's own
     request path under the same one).
@@ -159,7 +222,8 @@ def service_config(settings: Settings) -> dict[str, Any]:
     BentoML's Prometheus middleware and an OpenTelemetry span per request cost about 20 % of
     the CPU of a decision (py-spy on a serving worker); both are off unless NBA_SERVE_METRICS=1.
     """
-    untraced = [] if settings.serve_metrics else ["/decide", "/decide_batch", "/respond", "/readyz", "/healthz"]
+    untraced = [] if settings.serve_metrics else ["/decide", "/decide_batch", "/respond", "/events", "/readyz",
+                                                  "/healthz"]
     return {
         "workers": settings.serve_workers,
         "traffic": {"timeout": 60},
@@ -225,16 +289,21 @@ class DecisionService:
     async def respond(self, decision_id: str, action_id: str,
                 outcome: Annotated[str, Field(description="accepted | rejected | ignored")],
                 value: Annotated[float, Field(ge=0, description="value realised (0 unless accepted)")] = 0.0,
-                timestamp: datetime | None = None) -> Outcome:  # type: ignore[valid-type]
-        """Record the outcome of a shown action; idempotent on (decision_id, action_id)."""
+                timestamp: datetime | None = None,
+                opt_out: Annotated[bool, Field(strict=True, description="the customer withdrew the consent of the "
+                                                                        "decision's channel")] = False,
+                ) -> Outcome:  # type: ignore[valid-type]
+        """Record the outcome of a shown action; idempotent on (decision_id, action_id). An
+        accepted product is held at once; `opt_out` withdraws the channel's consent."""
         try:
-            out = self.engine.respond(decision_id, action_id, outcome, value, _epoch(timestamp))
+            out = self.engine.respond(decision_id, action_id, outcome, value, _epoch(timestamp), opt_out=opt_out)
         except Exception as exc:
             return _error(exc)  # type: ignore[return-value]
         return Response(json.dumps(out), media_type="application/json")  # type: ignore[return-value]
 
 
 DecisionService.add_asgi_middleware(ReadinessMiddleware)  # type: ignore[attr-defined]
+DecisionService.add_asgi_middleware(EventsMiddleware)  # type: ignore[attr-defined]
 
 
 def _mount_customer_routes() -> None:

@@ -1,0 +1,199 @@
+"""Event ingestion: the one function `POST /events`, `nba events ingest FILE` and the stream
+consumer share.
+
+    events (JSON-shaped) -> validate (nba.events) -> known customer? (the profile in the online
+    store) -> event log (durable, deduplicated) -> each customer's streaming state derived from
+    the log -> Feast push (customer_realtime; customer_consent for consent changes)
+
+The append is durable before anything is pushed, and the features are derived from the log
+(not incremented), so a call repeated after a crash (a broker's redelivery) stores nothing
+twice and pushes the same values again. Triggers run after this, in the engine
+(`DecisionEngine.ingest_events` -> `on_events`), on the events new to the log only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nba.errors import DataFileError
+from nba.events import EventError, EventsFile, from_flat, validate_events
+from nba.features import streaming
+from nba.settings import Settings
+from nba.stores.events import EventLogStore
+
+logger = logging.getLogger(__name__)
+
+# the streaming features each event type changes (what a response says was updated)
+_WINDOW_FEATURES = {"page_view": ["page_views_7d"], "card_search": ["card_searches_7d"], "app_login": ["logins_7d"],
+                    "outage": ["outages_30d"], "service_contact": ["service_contacts_30d"],
+                    "complaint": ["complaints_30d"]}
+_STATE_FEATURES = {
+    "application_started": ["application_open", "application_product", "application_open_hours"],
+    "application_completed": ["application_open", "application_product", "application_open_hours"],
+    "geofence_entered": ["geofence_branch", "geofence_at_s", "hours_since_geofence"],
+    "payment_missed": ["days_late"], "payment_made": ["days_late"],
+    "life_event": ["last_life_event", "last_life_event_s", "days_since_life_event"],
+    "product_expiry": ["card_expires_at_s", "days_to_card_expiry"],
+}
+
+
+def features_of(event: Mapping[str, Any], types: EventsFile) -> list[str]:
+    """The features an event updates."""
+    typ = event["type"]
+    out = list(_WINDOW_FEATURES.get(typ, ())) + list(_STATE_FEATURES.get(typ, ()))
+    if typ == "page_view":
+        out.append(f"views_{event['properties']['product']}_7d")
+    if typ == "consent_changed":
+        out.append(f"consent_{event['properties']['channel']}")
+    if types.types[typ].interaction:
+        out += ["last_interaction_s", "days_since_interaction"]
+    return out
+
+
+@dataclass
+class IngestResult:
+    received: int
+    stored: list[dict[str, Any]]  # the events new to the log, in order (contract 6)
+    duplicates: list[str]  # ids the log already held (or sent twice in the call)
+    unknown_customers: list[int]
+    features_updated: list[str]
+    customers_pushed: int
+    timing: dict[str, float] = field(default_factory=dict)
+
+    def response(self) -> dict[str, Any]:
+        return {"received": self.received, "stored": len(self.stored), "duplicates": self.duplicates,
+                "unknown_customers": self.unknown_customers, "features_updated": self.features_updated,
+                "customers_updated": self.customers_pushed,
+                "event_ids": [e["event_id"] for e in self.stored], "timing": self.timing}
+
+
+class EventIngestor:
+    """Validates, appends and pushes events; safe to share between threads."""
+
+    def __init__(self, types: EventsFile, log: EventLogStore, pusher: streaming.FeaturePusher):
+        self.types = types
+        self.log = log
+        self.pusher = pusher
+
+    def ingest(self, payload: Any, *, now: float | None = None) -> IngestResult:
+        """One event or a list (JSON-shaped). Raises `nba.events.EventError` (naming the field)
+        before anything is stored if any event is bad; `FeatureStoreError` if the online store
+        is down (the events are stored by then: a retry stores nothing twice)."""
+        t0 = time.perf_counter()
+        now = time.time() if now is None else now
+        events = validate_events(payload, self.types, now)
+        customers = list(dict.fromkeys(e["customer_id"] for e in events))
+        known = dict(zip(customers, self.pusher.known(customers), strict=True))
+        for e in events:
+            e["known_customer"] = known[e["customer_id"]]
+        t_valid = time.perf_counter()
+        res = self.log.append(events, now)
+        t_log = time.perf_counter()
+        new_ids = set(res.new)
+        stored = []
+        for e in events:
+            if e["event_id"] in new_ids:
+                stored.append(e)
+                new_ids.discard(e["event_id"])  # a second copy in the same call is a duplicate
+        # every customer of the call, duplicates too: a redelivery after a crash between the
+        # append and the push pushes the same state again
+        histories = self.log.history(customers)
+        rows = streaming.realtime_rows(histories, self.types)
+        self.pusher.push(streaming.REALTIME_PUSH, rows)
+        consent: dict[int, tuple[dict[str, Any], float]] = {}
+        for cid in {e["customer_id"] for e in events if e["type"] == "consent_changed" and e["known_customer"]}:
+            state = streaming.consent_state(histories[cid])
+            consent[cid] = ({f"consent_{ch}": g for ch, (g, _) in state.items()},
+                            max(ts for _, ts in state.values()))
+        self.pusher.update(streaming.CONSENT_VIEW, streaming.CONSENT_PUSH, consent)
+        t_push = time.perf_counter()
+        updated = sorted({f for e in events for f in features_of(e, self.types)})
+        unknown = sorted(c for c, k in known.items() if not k)
+        if unknown:
+            logger.info("%d event(s) for %d customer(s) the feature store does not know: stored, flagged",
+                        sum(1 for e in events if not e["known_customer"]), len(unknown))
+        timing = {"validate_ms": round((t_valid - t0) * 1e3, 3), "log_ms": round((t_log - t_valid) * 1e3, 3),
+                  "push_ms": round((t_push - t_log) * 1e3, 3)}
+        return IngestResult(len(events), stored, list(res.duplicates), unknown, updated, len(rows), timing)
+
+    def set_holding(self, customer_id: int, feature: str, when: float) -> bool:
+        """An accepted product is held at once: its flag in the profile is set (and the product
+        count raised when it was not held). False if the profile does not know the customer."""
+        def change(current: Mapping[str, Any]) -> dict[str, Any]:
+            if current.get(feature) == 1:
+                return {}
+            return {feature: 1, "num_products": int(current.get("num_products") or 0) + 1}
+
+        done = self.pusher.update(streaming.PROFILE_VIEW, streaming.PROFILE_PUSH, {customer_id: (change, when)})
+        return bool(done)
+
+
+def event_ingestor(settings: Settings, bundle_dir: Path | None = None, *, store: Any = None) -> EventIngestor:
+    """The event ingestion over the work folder's event log and feature store; the declaration
+    from the bundle (else the project's serving/events.yaml)."""
+    from nba.events import events_path, load_event_types
+    from nba.features.store import get_store
+    from nba.stores.events.sqlite import EventLog
+
+    packed = Path(bundle_dir) / "events.yaml" if bundle_dir is not None else None
+    types = load_event_types(packed if packed is not None and packed.is_file() else events_path(settings.home))
+    return EventIngestor(types, EventLog(settings.event_log_path), streaming.FeaturePusher(store or get_store(settings)))
+
+
+# --- files ----------------------------------------------------------------------------------
+
+FILE_KINDS = (".csv", ".parquet", ".jsonl", ".ndjson")
+
+
+def read_event_file(path: Path, types: EventsFile, chunk: int) -> tuple[int, Iterator[list[dict[str, Any]]]]:
+    """(how many events, their chunks as JSON-shaped events) of a CSV, Parquet or JSONL file.
+    CSV and Parquet are flattened (contract 1); a JSONL line is an event object (with
+    `properties`) or a flattened row. A bad line is an `EventError` naming its line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(f"event file {path} not found")
+    kind = path.suffix.lower()
+    if kind not in FILE_KINDS:
+        raise DataFileError(f"event file {path}: expected a {', '.join(FILE_KINDS)} file")
+    if kind in (".jsonl", ".ndjson"):
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+
+        def gen_json() -> Iterator[list[dict[str, Any]]]:
+            for start in range(0, len(lines), chunk):
+                part = []
+                for i, ln in enumerate(lines[start:start + chunk], start=start + 1):
+                    try:
+                        obj = json.loads(ln)
+                    except json.JSONDecodeError as exc:
+                        raise EventError(f"{path}: line {i}: not valid JSON ({exc})", field=f"line {i}") from None
+                    part.append(obj if not isinstance(obj, dict) or "properties" in obj
+                                else from_flat([obj], types)[0])
+                yield part
+
+        return len(lines), gen_json()
+    if kind == ".csv":
+        import pyarrow.csv as pacsv
+
+        # an empty cell is a missing value (a flattened file has every type's property columns)
+        table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+            column_types={"event_id": "string", "type": "string", "timestamp": "string"}, strings_can_be_null=True))
+    else:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+    missing = [c for c in ("customer_id", "type") if c not in table.column_names]
+    if missing:
+        raise DataFileError(f"event file {path}: missing column(s) {missing}; expected customer_id, type, "
+                            "timestamp, event_id and one column per property")
+
+    def gen_table() -> Iterator[list[dict[str, Any]]]:
+        for start in range(0, table.num_rows, chunk):
+            yield from_flat(table.slice(start, chunk).to_pylist(), types)
+
+    return table.num_rows, gen_table()
