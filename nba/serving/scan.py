@@ -26,7 +26,7 @@ import numpy as np
 
 from nba import console, schemas
 from nba.decisioning.tables import contacts, decision_tables
-from nba.decisioning.triggers import NONE, evaluate
+from nba.decisioning.triggers import NONE, derived_features, evaluate
 from nba.errors import ConfigError
 from nba.records import SEGMENT_RECORDS, segment_tables
 from nba.serving.batch import ONLINE_CHUNK, _column, engine_id, read_customers
@@ -93,8 +93,11 @@ def scan(settings: Settings, customers: Path, *, at: float | None = None, trigge
     cat = engine.catalog
     stored = list(reader.stored_names)
     from_file = all(c in frame.columns for c in stored)
-    streaming = [c for c in (*STREAMING_NUMBERS, *STREAMING_STRINGS, *DERIVED_FEATURES)
-                 if c in frame.columns and c not in cat.feature_names]
+    # streaming columns of the file override what the online store holds (a scan of a population
+    # file states its moment); the derived ones are then derived again from them, unless given
+    streaming = [c for c in (*STREAMING_NUMBERS, *STREAMING_STRINGS, *DERIVED_FEATURES) if c in frame.columns]
+    rederive = [c for c in DERIVED_FEATURES if c not in frame.columns] if any(
+        c in frame.columns for c in (*STREAMING_NUMBERS, *STREAMING_STRINGS)) else []
     now = float(at if at is not None else time.time())
     k = k or cat.default_k
     tids = [t.id for t in scheduled]
@@ -121,10 +124,14 @@ def scan(settings: Settings, customers: Path, *, at: float | None = None, trigge
                     cols.setdefault(name, []).extend(values)
                 found.extend(f)
         env, missing = engine.environment(ids.tolist(), cols, found)
+        for c in rederive:
+            env.pop(c, None)
         for c in streaming:
             v = _column(part[c])
             env[c] = (v[0] if n == 1 else v) if not isinstance(v, np.ndarray) or v.dtype == object else (
                 float(v[0]) if n == 1 else v)
+        if rederive:
+            env.update(derived_features(env, now if n == 1 else np.full(n, now)))
         last = trig.store.last_fired(ids, tids)
         hits = evaluate(cat, scheduled, env, n, scorer=engine.models, now=now if n == 1 else np.full(n, now),
                         last_fired=last)
