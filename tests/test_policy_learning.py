@@ -261,3 +261,28 @@ def test_cli_bad_input_is_one_line(cli_env, tmp_path: Path):  # noqa: F811
     assert_one_line_error(run([*base, "--control", "Control", "--assignment-probability", "Offer A=0.5"], cli_env),
                           "--assignment-probability", "no probability for arm(s)")
     assert_one_line_error(run(base, cli_env), "--control", "required")
+
+
+# --- the normalised Qini (scikit-uplift's qini_auc_score) ----------------------------------------------
+
+
+def test_normalised_qini_by_hand():
+    """y = (1, 0, 1, 0), treated = (1, 1, 0, 0), scores 0.4 > 0.3 > 0.2 > 0.1.
+
+    Model curve, in customers targeted: after 1: 1 treated responder, no control -> 1; after 2:
+    still 1; after 3: 1 - 1 x 2/1 = -1; after 4: 1 - 1 x 2/2 = 0. Area (trapezoids):
+    0.5 + 1 + 0 - 0.5 = 1. Random line from (0, 0) to (4, 0): area 0. Perfect curve (scores
+    y t - y (1 - t) = (1, 0, -1, 0)): the treated responder first (1), then the two rows of
+    score 0 as one step (3 targeted: 1 - 0 = 1), the control responder last (4: 0); area
+    0.5 + 2 + 0.5 = 3. Normalised: (1 - 0) / (3 - 0) = 1/3. Every figure here is what
+    scikit-uplift 0.5.1's `qini_auc_score` returns (checked once by hand; it is no dependency)."""
+    from nba.training.metrics import qini_auc_score
+
+    y, t = np.array([1, 0, 1, 0]), np.array([1, 1, 0, 0])
+    assert qini_auc_score(np.array([0.4, 0.3, 0.2, 0.1]), y, t) == pytest.approx(1 / 3)
+    perfect = y * t - y * (1 - t)
+    assert qini_auc_score(perfect, y, t) == pytest.approx(1.0)
+    # control responder first, treated responder last: curve 0, 0, -1, -1/2, 0 -> area -1.5 (-0.5 in scikit-uplift)
+    assert qini_auc_score(np.array([0.1, 0.3, 0.4, 0.2]), y, t) == pytest.approx(-0.5)
+    # equal scores form one step: all tied is the random line
+    assert qini_auc_score(np.zeros(4), y, t) == pytest.approx(0.0)

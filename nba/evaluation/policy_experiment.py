@@ -489,10 +489,10 @@ def learn_and_value(frame: pd.DataFrame, spec: PolicySpec, *, test: pd.DataFrame
             shares={a: float(pi[:, j].mean()) for j, a in enumerate(arms)}, flags=tuple(flags),
             diagnostics=pv.diagnostics.to_dict(), versus=versus))
     clock["value"] = time.perf_counter()
-    thin = [s for s in policy.segments if not s.kept and s.reason.startswith("too little support")]
-    if thin:
-        notes.append(f"{len(thin)} segment(s) proposed another arm on too little support and kept the best "
-                     "blanket arm: " + "; ".join(f"{s.name}: {s.reason}" for s in thin))
+    unsupported = [s for s in policy.segments if not s.kept and s.reason.startswith("too little support")]
+    if unsupported:
+        notes.append(f"{len(unsupported)} segment(s) proposed another arm on too little support and kept the best "
+                     "blanket arm: " + "; ".join(f"{s.name}: {s.reason}" for s in unsupported))
     if not policy.deviates:
         notes.append(f"the learnt policy is '{all_arm(arms[policy.best_arm])}' everywhere: no segment's advantage "
                      "over the best blanket arm was confidently positive on the held-out check")

@@ -188,7 +188,8 @@ class PolicyTree:
         nb = [len(e) + 1 for e in edges]
         # per feature: (bins, K) score sums and (bins,) row counts
         totals = scores.sum(axis=0)
-        best_value, best = float(totals.max()), ("leaf",)
+        best: tuple[Any, ...] = ("leaf",)
+        best_value = float(totals.max())
         hist = [np.stack([np.bincount(B[:, f], weights=scores[:, a], minlength=nb[f]) for a in range(k)], axis=1)
                 for f in range(X.shape[1])]
         count = [np.bincount(B[:, f], minlength=nb[f]).astype(np.float64) for f in range(X.shape[1])]
@@ -225,14 +226,14 @@ class PolicyTree:
                         cumc = np.cumsum(C, axis=1)[:, :-1]
                         tot = H.sum(axis=1)[:, None, :]
                         totc = C.sum(axis=1)[:, None]
-                        v = cum.max(axis=2) + (tot - cum).max(axis=2)
-                        v = np.where((cumc >= self.min_leaf) & (totc - cumc >= self.min_leaf), v, -np.inf)
-                        s = v.argmax(axis=1)
-                        vbest = v[np.arange(len(s)), s]
+                        vs = cum.max(axis=2) + (tot - cum).max(axis=2)
+                        vs = np.where((cumc >= self.min_leaf) & (totc - cumc >= self.min_leaf), vs, -np.inf)
+                        s = vs.argmax(axis=1)
+                        vbest = vs[np.arange(len(s)), s]
                         better = (vbest > val + 1e-12) & ok
-                        for t in np.flatnonzero(better):
-                            val[t] = vbest[t]
-                            choice[t] = ("split", g, int(s[t]))
+                        for tt in np.flatnonzero(better):
+                            val[tt] = vbest[tt]
+                            choice[tt] = ("split", g, int(s[tt]))
                 total = left_val + right_val
                 t = int(np.argmax(total))
                 if total[t] > best_value + 1e-12:

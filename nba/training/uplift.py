@@ -53,7 +53,7 @@ from nba.settings import Settings
 from nba.training import tracking
 from nba.training.classifier import HOLDOUT_ARTIFACT, TrainedModel, log_reference
 from nba.training.config import ModelConfig, config_path, load_model_config
-from nba.training.metrics import qini_coefficient, qini_curve, save_figure
+from nba.training.metrics import qini_auc_score, qini_coefficient, qini_curve, save_figure
 from nba.training.models import ModelDataError
 from nba.training.problems import Report, TuningProblem
 from nba.training.uplift_learners import LEARNERS, make_learner
@@ -101,12 +101,13 @@ def uplift_at_top(uplift: np.ndarray, y: np.ndarray, treated: np.ndarray, share:
 
 def uplift_metrics(uplift: np.ndarray, y: np.ndarray, treated: np.ndarray,
                    truth: np.ndarray | None = None) -> dict[str, float]:
-    """Qini, the observed uplift in the top decile, counts; with simulator truth, the error and
+    """Qini (per customer, and normalised as scikit-uplift's), the observed uplift in the top decile, counts; with simulator truth, the error and
     correlation of the predicted against the true uplift."""
     y = np.asarray(y, float)
     t = np.asarray(treated).astype(bool)
     out = {
         "qini": qini_coefficient(uplift, y, t),
+        "qini_normalised": qini_auc_score(uplift, y, t),  # scikit-uplift's qini_auc_score, for comparison
         "qini_null_sd": qini_null_sd(y, t),
         "uplift_top10": uplift_at_top(uplift, y, t, 0.1),
         "observed_uplift": float(y[t].mean() - y[~t].mean()) if t.any() and (~t).any() else float("nan"),
