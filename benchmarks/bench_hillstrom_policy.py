@@ -61,13 +61,14 @@ def main(argv: list[str] | None = None) -> int:
                 print("|" + "---|" * len(head))
             else:
                 print(sep.join(head))
-            diffs, worse, vs_none_pos, times = [], 0, 0, []
+            diffs, worse, vs_none_pos, times, parts = [], 0, 0, [], []
             for seed in args.seeds:
                 t0 = time.perf_counter()
                 spec = pe.hillstrom_spec(outcome=outcome, seed=seed, method=method, depth=depth, safe=safe)
                 r = pe.learn_and_value(frame, spec, source="hillstrom", limits=limits)
                 took = time.perf_counter() - t0
                 times.append(took)
+                parts.append(r.timing)
                 lv = r.get(pe.LEARNED)
                 d, dn = lv.versus["best_single"], lv.versus["none"]
                 diffs.append(d.diff)
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mean learned - best single {diffs_a.mean():+.4f} (sd {diffs_a.std(ddof=1):.4f}) over "
                   f"{len(diffs)} splits; significantly worse on {worse}; better than none on {vs_none_pos}/"
                   f"{len(diffs)}; time per run {min(times):.1f}-{max(times):.1f} s")
+            print("median s: " + ", ".join(f"{k} {np.median([p[k] for p in parts]):.2f}" for k in parts[0])
+                  + f" (load average {os.getloadavg()[0]:.1f})")
     return 0
 
 

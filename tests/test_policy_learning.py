@@ -286,3 +286,17 @@ def test_normalised_qini_by_hand():
     assert qini_auc_score(np.array([0.1, 0.3, 0.4, 0.2]), y, t) == pytest.approx(-0.5)
     # equal scores form one step: all tied is the random line
     assert qini_auc_score(np.zeros(4), y, t) == pytest.approx(0.0)
+
+
+def test_the_uplift_champion_keeps_the_default_learner_within_the_noise():
+    from nba.training.uplift import Candidate, choose
+
+    def cand(name: str, qini: float) -> Candidate:
+        return Candidate(name, None, qini, (np.zeros(1), np.zeros(1)))
+
+    s, t, x = cand("s_learner", 0.010), cand("t_learner", 0.012), cand("x_learner", 0.0125)
+    assert choose([s, t, x], margin=0.003).learner == "s_learner"  # both rivals within the noise
+    assert choose([s, t, x], margin=0.001).learner == "x_learner"  # both beat it: the highest
+    assert choose([s, t, x]).learner == "x_learner"
+    assert choose([cand("s_learner", float("nan")), t, x], margin=0.5).learner == "x_learner"
+    assert choose([s, cand("t_learner", float("nan"))], margin=0.0).learner == "s_learner"

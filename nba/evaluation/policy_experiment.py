@@ -157,8 +157,8 @@ def _arms(frame: pd.DataFrame, spec: PolicySpec, source: str) -> list[str]:
     if spec.control not in labels:
         raise ExperimentDataError(f"{source}: control value '{spec.control}' does not occur in column "
                                   f"'{spec.arm_column}'; its values are {labels[:20]}")
-    # the control last, the others in order of appearance
-    return [a for a in labels if a != spec.control] + [spec.control]
+    # the others sorted (an order that does not depend on the rows'), the control last
+    return sorted(a for a in labels if a != spec.control) + [spec.control]
 
 
 def _features(frame: pd.DataFrame, spec: PolicySpec, source: str, notes: list[str]) -> list[str]:
