@@ -117,10 +117,7 @@ def test_train_clv_with_an_unknown_source_fails_before_creating_a_store(bare):
     (["tune", "ltv", "--trials", "1"], "model", ["propensity", "churn", "clv", "uplift"]),
     (["train", "uplift", "--source", "cdnow"], "--source", ["hillstrom", "sim", "all"]),
     (["train", "propensity", "--strategy", "both"], "--strategy", ["per_action", "pooled"]),
-    (["evaluate", "policy", "--outcome", "revenue"], "--outcome", ["converted", "value"]),
-    (["evaluate", "policy", "--data", "cdnow"], "--data", ["hillstrom"]),
-    (["evaluate", "policy", "--data", "hillstrom", "--learner", "r_learner"], "--learner",
-     ["t_learner", "s_learner", "x_learner", "class_transformation"]),
+    (["evaluate", "policy", "--data", "hillstrom", "--method", "forest"], "--method", ["tree", "classifier"]),
 ])
 def test_every_fixed_choice_fails_in_argument_parsing(bare, args, option, allowed):
     e, cwd, work, mlflow_dir = bare
@@ -134,8 +131,7 @@ def test_the_cli_choices_are_the_library_choices():
     library's own."""
     from nba.cli import evaluate, train
     from nba.evaluation import policy
-    from nba.evaluation.experiment_table import HILLSTROM
-    from nba.training import clv, propensity, registry, uplift
+    from nba.training import clv, policy_learning, propensity, registry, uplift
     from nba.training.config import MODEL_FAMILIES
 
     assert get_args(train.PropensityStrategy) == propensity.STRATEGIES
@@ -143,10 +139,8 @@ def test_the_cli_choices_are_the_library_choices():
     assert get_args(train.UpliftSource) == (*uplift.SOURCES, "all")
     assert get_args(train.TunedModel) == MODEL_FAMILIES
     assert get_args(train.Alias) == registry.ALIASES
-    assert get_args(evaluate.PolicyData) == (HILLSTROM,)
-    assert get_args(evaluate.PolicyOutcome) == policy.PLATFORM_OUTCOMES
+    assert get_args(evaluate.PolicyMethod) == policy_learning.METHODS
     assert get_args(evaluate.RewardModel) == policy.REWARD_MODELS
-    assert [x.value for x in evaluate.Learner] == list(uplift.LEARNERS)
     assert train.sources("all", train.ClvSource) == ["cdnow", "sim"]
     assert train.sources("sim", train.UpliftSource) == ["sim"]
 

@@ -179,27 +179,31 @@ def test_cli_on_the_decision_log(cli_env, synthetic: SyntheticLog, tmp_path: Pat
 
 @pytest.mark.slow
 def test_hillstrom_policy_values_and_the_json_schema(cli_env, tmp_path: Path):  # noqa: F811
-    """The learnt policy against the fixed ones, valued on the held-out half by IPS (1/3 per arm)."""
+    """`--data hillstrom`, the special case of the generic command: the learnt policy against the
+    fixed ones on the held-out half, by DR with the known 1/3 per arm, net of 0.10 $ per e-mail."""
     out = tmp_path / "policy.json"
-    proc = run(["evaluate", "policy", "--data", "hillstrom", "--learner", "t_learner", "--json", str(out),
-                "--no-publish"], cli_env)
+    proc = run(["evaluate", "policy", "--data", "hillstrom", "--seed", "11", "--json", str(out), "--no-publish"],
+               cli_env)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(out.read_text())
     names = [p["name"] for p in doc["policies"]]
     assert names == ["learned", "all:Mens E-Mail", "all:Womens E-Mail", "none", "random"]
     pol = {p["name"]: p for p in doc["policies"]}
     for p in pol.values():
-        assert {"name", "value", "ci_low", "ci_high", "conversion", "vs_all_mens_e_mail"} <= set(p)
-        assert p["ci_low"] < p["value"] < p["ci_high"]
-    # the fixed policies' values are their arms' means (spend, conversion), within their CIs
+        assert {"name", "value", "ci_low", "ci_high", "gross_value", "cost", "vs_best_single", "vs_none"} <= set(p)
+        assert p["ci_low"] < p["value"] < p["ci_high"] and p["reliable"]
+    # the fixed policies' gross values are their arms' mean spend, within their CIs; net = gross - cost
     for name, arm in (("all:Mens E-Mail", "Mens E-Mail"), ("none", "No E-Mail")):
-        _, conversion, spend = HILLSTROM_ARM_MEANS[arm]
-        assert pol[name]["ci_low"] < spend < pol[name]["ci_high"]
-        assert pol[name]["conversion"]["ci_low"] < conversion < pol[name]["conversion"]["ci_high"]
-    assert pol["none"]["mailed_share"] == 0 and pol["all:Mens E-Mail"]["mens_share"] == 1
-    assert pol["all:Mens E-Mail"]["vs_all_mens_e_mail"]["spend"]["diff"] == 0
+        _, _, spend = HILLSTROM_ARM_MEANS[arm]
+        assert pol[name]["gross_ci_low"] < spend < pol[name]["gross_ci_high"]
+    assert pol["all:Mens E-Mail"]["value"] == pytest.approx(pol["all:Mens E-Mail"]["gross_value"] - 0.10)
+    assert pol["none"]["shares"]["No E-Mail"] == 1 and pol["none"]["cost"] == 0
     # sending the Mens e-mail to everyone beats sending nothing, significantly
-    assert pol["none"]["vs_all_mens_e_mail"]["spend"]["ci_high"] < 0
+    assert pol["none"]["vs_best_single"]["ci_high"] < 0
+    assert doc["learned_vs_best_single"]["best_single"] == "all:Mens E-Mail"
+    assert pol["learned"]["vs_none"]["diff"] > 0
     split = doc["split"]
-    assert split["train_rows"] + split["validation_rows"] + split["test_rows"] == 64_000
-    assert abs(split["test_rows"] - 32_000) <= 2 and doc["email_cost"] == 0.10 and doc["learner"] == "t_learner"
+    assert split["train_rows"] + split["test_rows"] == 64_000 and abs(split["test_rows"] - 32_000) <= 2
+    assert doc["costs"] == {"Mens E-Mail": 0.10, "Womens E-Mail": 0.10, "No E-Mail": 0.0}
+    assert doc["assignment_probability"] == {a: pytest.approx(1 / 3) for a in ("Mens E-Mail", "Womens E-Mail",
+                                                                                "No E-Mail")}

@@ -191,7 +191,11 @@ def test_hillstrom_models_beat_random_targeting(train_env: Settings) -> None:
                     *[f"holdout_qini_{k}" for k in uplift_learners.LEARNERS]]:
             assert np.isfinite(metrics[key]), key
         assert metrics["holdout_qini"] == pytest.approx(m.metrics["qini"])
-        assert metrics[f"holdout_qini_{learner}"] == max(metrics[f"holdout_qini_{k}"] for k in uplift_learners.LEARNERS)
+        # the config's first learner stays unless another's validation Qini beats it by more than the noise
+        q = {k: metrics[f"holdout_qini_{k}"] for k in UPLIFT_CONFIG["options"]["learners"]}
+        first = UPLIFT_CONFIG["options"]["learners"][0]
+        better = {k: v for k, v in q.items() if v > q[first] + metrics["validation_qini_noise"]}
+        assert learner == (max(better, key=better.__getitem__) if better else first)
         assert metrics["holdout_positives"] > 1_000
         params, tags = run.data.params, run.data.tags
         assert params["frame.feature_service"] == "hillstrom_uplift_v1"

@@ -9,7 +9,6 @@ dashboards. The stack is imported inside each command.
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -24,16 +23,8 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Drift, uplift, hold-out incrementality and off-policy value.", no_args_is_help=True)
 
 # Fixed choices (a test checks they equal the library's tuples).
-PolicyData = Literal["hillstrom"]  # nba.evaluation.experiment_table.HILLSTROM
-PolicyOutcome = Literal["converted", "value"]  # nba.evaluation.policy.PLATFORM_OUTCOMES
+PolicyMethod = Literal["tree", "classifier"]  # nba.training.policy_learning.METHODS
 RewardModel = Literal["model", "action_mean"]  # nba.evaluation.policy.REWARD_MODELS
-
-
-class Learner(StrEnum):  # nba.training.uplift.LEARNERS (an Enum: typer takes no list of Literal)
-    t_learner = "t_learner"
-    s_learner = "s_learner"
-    x_learner = "x_learner"
-    class_transformation = "class_transformation"
 
 
 DataOpt = Annotated[str | None, typer.Option(
@@ -199,21 +190,40 @@ def ope_cmd(
 
 @app.command("policy")
 def policy_cmd(
-    data: Annotated[PolicyData | None, typer.Option(
-        "--data", case_sensitive=False,
-        help="'hillstrom': learn a targeting policy on a training split and value it on the held-out "
-             "split against all:Mens, all:Womens, none and random. Without it: the candidate policies "
-             "of the platform's decision log.")] = None,
-    outcome: Annotated[PolicyOutcome, typer.Option(
-        help="Decision log: converted (0/1) or value (the reward to value policies by).")] = "converted",
+    data: Annotated[str | None, typer.Option(
+        "--data", help="An experiment table (.csv or .parquet, one row per customer) or 'hillstrom': learn a "
+                       "targeting policy on the training rows (doubly-robust scores, a policy tree, the "
+                       "safe-improvement rule) and value it on the test rows against every blanket arm, none "
+                       "and random. Without it: the candidate policies of the platform's decision log.")] = None,
+    arm_column: Annotated[str | None, typer.Option(help="--data FILE: the column naming each row's arm.")] = None,
+    control: Annotated[str | None, typer.Option(
+        help="--data FILE: the arm value of the control (the 'none' policy).")] = None,
+    outcome: Annotated[str | None, typer.Option(
+        help="--data FILE: the numeric outcome column to maximise (hillstrom: spend | conversion | visit, default "
+             "spend). Decision log: converted | value (default converted).")] = None,
+    value_per_outcome: Annotated[float | None, typer.Option(
+        help="What one unit of the outcome is worth (e.g. the margin of a conversion); values and costs are in "
+             "this unit (default 1).")] = None,
+    cost: Annotated[list[str] | None, typer.Option(
+        "--cost", help="Cost per customer of an arm, ARM=C (repeat per arm; quote names with spaces: "
+                       "--cost \"Mens E-Mail=0.1\"); default 0 (hillstrom, spend: 0.10 per e-mail).")] = None,
+    features: Annotated[str | None, typer.Option(
+        help="Comma-separated feature columns, numeric or categorical (default: every other column).")] = None,
+    assignment_probability: Annotated[list[str] | None, typer.Option(
+        "--assignment-probability", help="Randomised experiment: the probability of each arm, ARM=P (repeat per "
+                                         "arm; they sum to 1). Default: each arm's share of the rows.")] = None,
+    propensity_column: Annotated[str | None, typer.Option(
+        help="Logged experiment: the column of the probability with which each row got its arm.")] = None,
+    test: Annotated[Path | None, typer.Option(
+        "--test", help="Value the policies on this table (same columns) instead of a share of --data.")] = None,
+    test_share: Annotated[float, typer.Option(
+        help="Share of --data held out to value the policies (stratified by arm).", min=0.05, max=0.8)] = 0.5,
+    method: Annotated[PolicyMethod, typer.Option(
+        help="The policy fitted to the DR scores: a policy tree or a weighted classifier.")] = "tree",
+    depth: Annotated[int, typer.Option(help="Depth of the policy tree (1 or 2).", min=1, max=2)] = 2,
+    seed: Annotated[int | None, typer.Option(help="--data: seed of the splits (default: NBA_SEED).")] = None,
     reward_model: Annotated[RewardModel, typer.Option(
         help="Decision log: the q-hat of DR, 'model' (the logged P, x V for value) or 'action_mean'.")] = "model",
-    email_cost: Annotated[float | None, typer.Option(
-        help="Hillstrom: $ per e-mail the learnt policy must beat to send one (default: 0.10).", min=0)] = None,
-    learner: Annotated[list[Learner] | None, typer.Option(
-        "--learner", help="Hillstrom: uplift learner(s) to choose from on validation (repeat) "
-                          "(default: t_learner, s_learner, x_learner, class_transformation).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Hillstrom: seed of the split (default: NBA_SEED).")] = None,
     json_out: JsonOpt = None,
     html_out: HtmlOpt = None,
     log: LogOpt = None,
@@ -223,13 +233,16 @@ def policy_cmd(
 ) -> None:
     """Estimated value of decision policies, with CIs.
 
+    --data FILE | hillstrom: cross-fitted outcome models per arm, doubly-robust scores per
+    customer and arm net of the costs, a policy tree (or weighted classifier) fitted to them,
+    and the safe-improvement rule: the policy leaves the best blanket arm only where, on
+    training rows held out from the fit, the advantage's lower confidence bound is above 0.
+    The learnt policy, all:<arm> for every treated arm, none (the control) and random are
+    valued by DR on the test rows; learned_vs_best_single gives the paired difference.
+
     Decision log: NBA (highest priority), a random candidate, propensity-only, no levers
     (P x V) and the hold-out (do nothing), by IPS, SNIPS and doubly robust estimation from the
     logged probabilities (only exploration supports actions other than the winner).
-
-    --data hillstrom: a policy learnt from uplift x value per e-mail, valued by inverse
-    propensity weighting (assignment probability 1/3) on held-out customers: spend per
-    customer (primary), conversion and visit.
     """
     from nba.evaluation.limits import evaluation_limits
     from nba.evaluation.render import policy_frame
@@ -237,12 +250,19 @@ def policy_cmd(
     s = settings()
     limits = evaluation_limits(s)
     report: Any
+    experiment_options = (("--arm-column", arm_column), ("--control", control), ("--cost", cost),
+                          ("--features", features), ("--assignment-probability", assignment_probability),
+                          ("--propensity-column", propensity_column), ("--test", test), ("--seed", seed),
+                          ("--value-per-outcome", value_per_outcome))
     if data is None:
-        for name, value in (("--email-cost", email_cost), ("--learner", learner), ("--seed", seed)):
+        for name, value in experiment_options:
             if value is not None:
-                raise ConfigError(f"{name} applies to --data hillstrom only")
-        from nba.evaluation.policy import platform_policy_values
+                raise ConfigError(f"{name} applies to --data only")
+        from nba.evaluation.policy import PLATFORM_OUTCOMES, platform_policy_values
 
+        outcome = outcome or "converted"
+        if outcome not in PLATFORM_OUTCOMES:
+            raise ConfigError(f"--outcome {outcome}: the decision log's outcomes are {', '.join(PLATFORM_OUTCOMES)}")
         report = platform_policy_values(_read_log(s, log), outcome=outcome, threshold=threshold,
                                         reward_model=reward_model, confidence=confidence, limits=limits)
         payload = report.to_dict()
@@ -251,20 +271,56 @@ def policy_cmd(
         echo(title)
         echo(table.to_string(index=False))
     else:
-        from nba.evaluation.policy import DEFAULT_EMAIL_COST, HillstromPolicyConfig, hillstrom_policy_values
+        from nba.evaluation import policy_experiment as pe
 
-        config = HillstromPolicyConfig(
-            email_cost=DEFAULT_EMAIL_COST if email_cost is None else email_cost,
-            learners=tuple(x.value for x in learner) if learner else HillstromPolicyConfig.learners,
-            seed=s.seed if seed is None else seed, confidence=confidence)
-        with progress(len(config.learners) + 1, "hillstrom policy", "fit") as step:
-            report = hillstrom_policy_values(s, config, limits=limits, progress=step)
+        if log is not None or threshold is not None:
+            raise ConfigError("--log and --threshold apply to the decision log only (without --data)")
+        options: dict[str, Any] = {
+            "seed": s.seed if seed is None else seed, "test_share": test_share, "method": str(method),
+            "depth": depth, "confidence": confidence,
+            "features": tuple(f.strip() for f in features.split(",") if f.strip()) if features else None,
+            "propensity_column": propensity_column,
+        }
+        if value_per_outcome is not None:
+            options["value_per_outcome"] = value_per_outcome
+        if assignment_probability:
+            options["assignment"] = pe.parse_assignments(assignment_probability, "--assignment-probability")
+        costs = pe.parse_assignments(cost, "--cost") if cost else None
+        if data.lower() == pe.HILLSTROM:
+            for name, value in (("--arm-column", arm_column), ("--control", control), ("--test", test)):
+                if value is not None:
+                    raise ConfigError(f"{name} does not apply to --data hillstrom (its columns are known)")
+            if options["features"] is None:
+                options.pop("features")
+            if "assignment" not in options and not propensity_column:
+                options.pop("propensity_column")
+            spec = pe.hillstrom_spec(outcome=outcome, costs=costs, **options)
+            frame, test_frame, source = pe.hillstrom_frame(s), None, pe.HILLSTROM
+        else:
+            missing = [n for n, v in (("--arm-column", arm_column), ("--control", control), ("--outcome", outcome))
+                       if not v]
+            if missing:
+                raise ConfigError(f"--data {data}: {', '.join(missing)} required (which column holds the arm, "
+                                  "which value is the control, which column is the outcome)")
+            spec = pe.PolicySpec(arm_column=arm_column, control=control, outcome=outcome,  # type: ignore[arg-type]
+                                 costs=costs or {}, **options)
+            frame, source = pe.read_frame(Path(data)), data
+            test_frame = pe.read_frame(test, "--test") if test is not None else None
+        with progress(3, "policy learning", "step") as step:
+            report = pe.learn_and_value(frame, spec, test=test_frame, source=source,
+                                        test_source=f"--test {test}" if test else None, limits=limits,
+                                        progress=step)
         payload = report.to_dict()
         table = report.table()
-        title = "Hillstrom: learnt targeting vs fixed policies (held-out split, IPS)"
-        echo(f"{title}; learner {report.learner} (validation net $/customer: "
-             + ", ".join(f"{k} {v:.3f}" for k, v in report.validation.items()) + ")")
+        d = report.learned_vs_best_single
+        title = f"Policy learning on {source} ({spec.outcome}): learnt vs fixed policies on the test rows (DR)"
+        echo(title)
         echo(table.round(4).to_string(index=False))
+        echo("learnt policy: " + "; ".join(report.policy.describe()))
+        echo(f"learned - {report.best_single}: {d.diff:+.4g} [{d.ci_low:+.4g}, {d.ci_high:+.4g}], p {d.p_value:.3g}")
+        for p in report.policies:
+            for flag in p.flags:
+                echo(f"  UNRELIABLE {p.name}: {flag}")
     for note in payload.get("notes", []):
         echo(f"  note: {note}")
     write_outputs(payload, json_out, html_out, title, [("policies", table.round(4))])

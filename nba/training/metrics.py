@@ -2,7 +2,8 @@
 
 Classification: ROC AUC, log loss, Brier score and expected calibration error (the
 arbitration multiplies probabilities, so calibration matters more than ranking).
-Uplift: the Qini curve and coefficient, the uplift curve and its area (AUUC). Regression (CLV):
+Uplift: the Qini curve and coefficient (per customer, and normalised as scikit-uplift's
+`qini_auc_score`), the uplift curve and its area (AUUC). Regression (CLV):
 error, Gini and top-decile capture.
 """
 
@@ -123,6 +124,41 @@ def qini_coefficient(uplift: np.ndarray, y: np.ndarray, treated: np.ndarray) -> 
     x, q = qini_curve(uplift, y, treated)
     random_line = x * q[-1]
     return float(np.trapezoid(q - random_line, x) / len(np.asarray(y)))
+
+
+def _qini_points(uplift: np.ndarray, y: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The Qini curve at each distinct score (ties form one step), counted in customers, from (0, 0)."""
+    order = np.argsort(uplift, kind="mergesort")[::-1]  # descending; equal scores as scikit-uplift orders them
+    u, y, t = uplift[order], y[order], t[order]
+    last = np.r_[np.flatnonzero(np.diff(u)), len(u) - 1]  # the last row of each run of equal scores
+    n_t = np.cumsum(t)[last].astype(float)
+    n_all = (last + 1).astype(float)
+    n_c = n_all - n_t
+    y_t = np.cumsum(y * t)[last]
+    y_c = np.cumsum(y * ~t)[last]
+    q = y_t - y_c * np.divide(n_t, n_c, out=np.zeros_like(n_t), where=n_c != 0)
+    return np.r_[0.0, n_all], np.r_[0.0, q]
+
+
+def qini_auc_score(uplift: np.ndarray, y: np.ndarray, treated: np.ndarray) -> float:
+    """The normalised Qini coefficient as scikit-uplift's `qini_auc_score` (negative_effect=True)
+    defines it: the area between the model's Qini curve and the random line, divided by the
+    same area of the perfect curve (treated responders first, control responders last).
+
+    1: a perfect ranking; 0: no better than random. Unlike `qini_coefficient` (an area per
+    customer, in units of the outcome) it is comparable across data sets and with the field's
+    libraries. Equal scores form one step of the curve, as in scikit-uplift.
+    """
+    uplift = np.asarray(uplift, dtype=float)
+    y = np.asarray(y, dtype=float)
+    t = np.asarray(treated).astype(bool)
+    x_m, q_m = _qini_points(uplift, y, t)
+    x_p, q_p = _qini_points(y * t - y * ~t, y, t)
+    baseline = x_p[-1] * q_p[-1] / 2.0  # the straight line from (0, 0) to the curve's end
+    perfect = float(np.trapezoid(q_p, x_p)) - baseline
+    if perfect == 0:
+        return float("nan")
+    return (float(np.trapezoid(q_m, x_m)) - baseline) / perfect
 
 
 def uplift_curve(uplift: np.ndarray, y: np.ndarray, treated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
