@@ -128,7 +128,8 @@ def test_03_uplift_and_policy(tmp_path, data_dir):
     assert r["visit_lift"] == pytest.approx({"Mens E-Mail": 0.18276 - 0.10617, "Womens E-Mail": 0.1514 - 0.10617},
                                             abs=1e-4)
     assert r["uplift_models"] == ["nba-uplift-hillstrom-mens_email", "nba-uplift-hillstrom-womens_email"]
-    assert r["qini_test"]["nba-uplift-hillstrom-womens_email"] > 0
+    # the Womens e-mail has customers to target, the Mens e-mail lifts almost everyone alike
+    assert r["qini_test"]["nba-uplift-hillstrom-womens_email"] > max(0.001, r["qini_test"]["nba-uplift-hillstrom-mens_email"])
     # README: everyone-Mens 1.32 $, nobody 0.73 $ per customer on the held-out half (seed 7)
     assert r["all_mens_spend"] == pytest.approx(1.318, abs=0.005)
     assert r["none_spend"] == pytest.approx(0.727, abs=0.005)
