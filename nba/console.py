@@ -67,6 +67,9 @@ LIBRARY_WARNINGS: tuple[Silenced, ...] = (
              "dependency helpers at import (LitestarDeprecationWarning)"),
     Silenced(DeprecationWarning, r"path is deprecated\. Use files\(\) instead", r"_bentoml_sdk\.",
              "BentoML's image builder uses importlib.resources.path, deprecated in Python 3.11"),
+    Silenced(Warning, r"IProgress not found", r"tqdm\.",
+             "in a notebook, tqdm.auto (imported by the stack) asks for ipywidgets, which the platform does not "
+             "need: its bars are off outside a terminal anyway (TQDM_DISABLE)"),
 )
 
 # Loggers of the stack that talk at INFO about their own bookkeeping (MLflow creating its

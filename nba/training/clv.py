@@ -498,14 +498,12 @@ def decile_table(actual: np.ndarray, predicted: np.ndarray, baseline: np.ndarray
 def value_plot(actual: np.ndarray, predicted: np.ndarray, baseline: np.ndarray, path: Path, title: str) -> Path:
     """Left: mean predicted vs actual value by decile of prediction. Right: cumulative
     capture of the actual value, customers ranked by the model, the baseline, perfectly."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     y = np.asarray(actual, dtype=float)
     table = decile_table(y, predicted, baseline)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig = Figure(figsize=(11, 4.5))
+    ax1, ax2 = fig.subplots(1, 2)
     x = table["decile"].to_numpy()
     ax1.bar(x - 0.2, table["mean_predicted"], width=0.4, label="predicted (model)")
     ax1.bar(x + 0.2, table["mean_actual"], width=0.4, label="actual")

@@ -46,23 +46,20 @@ def classification_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
 
 
 def save_figure(fig, path: Path) -> Path:
-    """Write a matplotlib figure as a PNG artifact (creating the folder) and free it."""
-    import matplotlib.pyplot as plt
+    """Write a matplotlib figure as a PNG artifact (creating the folder).
 
+    The figures are `matplotlib.figure.Figure`s made without pyplot: no backend is chosen or
+    switched (a notebook keeps its inline plots) and nothing is kept in pyplot's registry."""
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
 
 
 def calibration_plot(y: np.ndarray, p: np.ndarray, path: Path, title: str, truth: np.ndarray | None = None,
                      bins: int = 10) -> Path:
     """Reliability diagram (quantile bins), with the simulator's true probabilities when known."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     y = np.asarray(y, dtype=float)
     p = np.asarray(p, dtype=float)
@@ -70,7 +67,8 @@ def calibration_plot(y: np.ndarray, p: np.ndarray, path: Path, title: str, truth
     idx = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, max(len(edges) - 2, 0))
     mean_p = np.array([p[idx == b].mean() for b in np.unique(idx)])
     rate = np.array([y[idx == b].mean() for b in np.unique(idx)])
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     hi = max(float(mean_p.max(initial=0)), float(rate.max(initial=0))) * 1.1 or 1.0
     ax.plot([0, hi], [0, hi], color="grey", linestyle="--", label="perfect calibration")
     ax.plot(mean_p, rate, marker="o", label="observed rate")
@@ -85,13 +83,11 @@ def calibration_plot(y: np.ndarray, p: np.ndarray, path: Path, title: str, truth
 
 
 def importance_plot(names: list[str], gains: np.ndarray, path: Path, title: str, top: int = 20) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     order = np.argsort(gains)[::-1][:top][::-1]
-    fig, ax = plt.subplots(figsize=(6, 0.3 * len(order) + 1))
+    fig = Figure(figsize=(6, 0.3 * len(order) + 1))
+    ax = fig.subplots()
     ax.barh([names[i] for i in order], np.asarray(gains)[order])
     ax.set_xlabel("gain")
     ax.set_title(title)

@@ -142,12 +142,10 @@ def qini_plot(validation: dict[str, tuple[np.ndarray, np.ndarray]], test: tuple[
               chosen: str, path: Path, title: str) -> Path:
     """Left: the Qini curve of every candidate on the validation part; right: the chosen model
     (refit) on the test part. Dashed: random targeting."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig = Figure(figsize=(11, 4.5))
+    axes = fig.subplots(1, 2)
     for ax, curves, subtitle in ((axes[0], validation, "validation: candidates"),
                                  (axes[1], {f"{chosen} (refit)": test}, "test: chosen learner")):
         last = None
@@ -165,12 +163,10 @@ def qini_plot(validation: dict[str, tuple[np.ndarray, np.ndarray]], test: tuple[
 
 
 def truth_plot(predicted: np.ndarray, truth: np.ndarray, path: Path, title: str) -> Path:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     ax.scatter(truth, predicted, s=6, alpha=0.5)
     lo = float(min(np.min(truth), np.min(predicted)))
     hi = float(max(np.max(truth), np.max(predicted)))
