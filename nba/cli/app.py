@@ -1,7 +1,7 @@
 """The `nba` command line: one Typer app, thin commands over plain functions.
 
 Each command group is a module of this package (`data`, `features`, `train`, `serving`,
-`evaluate`, `report`, `quickstart`); this module wires them into one app in the order
+`evaluate`, `simulate`, `report`, `quickstart`); this module wires them into one app in the order
 `nba --help` lists them. Heavy libraries are imported inside the commands, so `nba --help`
 answers at once. Errors a user can cause (`NbaError`) print as one line on stderr with a
 non-zero exit code; `--debug` shows the traceback.
@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nba.cli import data, evaluate, features, quickstart, report, serving, train
+from nba.cli import data, evaluate, features, quickstart, report, serving, simulate, train
 from nba.errors import NbaError
 
 app = typer.Typer(
@@ -30,6 +30,7 @@ app.add_typer(features.app, name="features")
 app.add_typer(train.app, name="train")
 app.add_typer(serving.bundle_app, name="bundle")
 app.add_typer(evaluate.app, name="evaluate")
+app.add_typer(simulate.app, name="simulate")
 app.command("tune")(train.tune_cmd)
 app.command("promote")(train.promote_cmd)
 app.command("rollback")(train.rollback_cmd)
