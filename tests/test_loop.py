@@ -50,7 +50,7 @@ def test_every_shown_action_is_answered_through_the_outcome_path(loop_run):
     explore = frames.decisions[frames.decisions["experiment_group"] == "explore"]
     # an exploring decision shows a random candidate: P = eps / n unless it drew the winner
     assert ((explore["probability"] < 0.2) | (explore["probability"] > 0.95)).all()
-    assert (explore["probability"] < 0.2).mean() > 0.5
+    assert (explore["probability"] < 0.2).sum() > 10
 
 
 def test_the_off_policy_intervals_cover_the_truth(loop_run):
