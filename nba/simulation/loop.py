@@ -484,7 +484,7 @@ def train_catalog_models(settings: Settings) -> dict[str, str]:
     """Train every model the catalog reads on the simulated history and promote it behind the
     gates (a first champion has nothing to beat); returns name -> champion version."""
     from nba import catalog as catalog_mod
-    from nba.serving.bundle import feature_fields, needed_models
+    from nba.serving.bundle import feature_fields
     from nba.training import propensity
     from nba.training.churn import train_churn
     from nba.training.clv import train_clv
@@ -493,7 +493,8 @@ def train_catalog_models(settings: Settings) -> dict[str, str]:
 
     spec, pol, digest, where = catalog_mod.read_files(settings.home)
     fields = [f["name"] for f in feature_fields(settings, pol.feature_service)]
-    needed = set(needed_models(catalog_mod.compile_catalog(spec, pol, fields, digest=digest, where=where)).values())
+    # every model the catalog names must be registered for the bundle build (uplift too)
+    needed = set(catalog_mod.compile_catalog(spec, pol, fields, digest=digest, where=where).models.values())
     trained = list(propensity.train_propensity(settings))
     if "nba-churn" in needed:
         trained.append(train_churn(settings))
