@@ -199,10 +199,22 @@ class EvaluationLimits(StrictModel):
     max_unsupported_share: float = Field(ge=0, le=1)
 
 
+class ColdStart(StrictModel):
+    """`cold_start`: an action without a trained model, or with fewer than `mature_positives`
+    accepted outcomes in the log, is scored by Thompson sampling from a Beta prior pooled over
+    its group and issue (`prior_strength` pseudo-observations at each level); the probability
+    of the Thompson choice is estimated with `thompson_draws` Monte Carlo draws."""
+
+    mature_positives: int = Field(ge=1)
+    prior_strength: float = Field(gt=0)
+    thompson_draws: int = Field(ge=100)
+
+
 class GatesConfig(StrictModel):
     """The whole `evaluation/gates.yaml`."""
 
     promotion: PromotionGates
+    cold_start: ColdStart | None = None  # optional: read by the cold-start scorer
     evaluation: EvaluationLimits | None = None  # optional: promotion alone is a valid file
     monitoring: MonitoringLimits | None = None  # read by nba.evaluation (drift, uplift)
 

@@ -26,10 +26,13 @@ def _step(echo: Callable[[str], None], title: str):
 
 
 def run(settings: Settings, *, customers: int, seed: int, echo: Callable[[str], None] = print,
-        train: bool = True, tune_trials: int = 3, serve: bool = True, port: int = 3000) -> dict[str, Any]:
+        train: bool = True, tune_trials: int = 3, serve: bool = True, port: int = 3000,
+        loop: bool = True) -> dict[str, Any]:
     """Load real data (if available), simulate, apply and materialise Feast, read online, then
-    (with `train`) tune, train, register and promote every model, build the serving bundle and
-    (with `serve`) run the decision service on localhost until interrupted."""
+    (with `train`) tune, train, register and promote every model, build the serving bundle,
+    (with `loop`) let the platform decide for the bank for four simulated weeks with every
+    outcome reported and fill the dashboards, and (with `serve`) run the decision service on
+    localhost until interrupted."""
     from nba.data.simulator import simulate_to_dir
 
     result: dict[str, Any] = {}
@@ -88,6 +91,8 @@ def run(settings: Settings, *, customers: int, seed: int, echo: Callable[[str], 
             built = build(settings)
             echo(f"    {len(built.models)} models, catalog {built.catalog_version} -> Bento {built.bento_tag}")
             result["bento"] = built.bento_tag
+        if loop:
+            result["loop"] = short_loop(settings, customers=customers, seed=seed, echo=echo)
 
     echo("")
     echo("Where to look:")
@@ -107,6 +112,10 @@ def run(settings: Settings, *, customers: int, seed: int, echo: Callable[[str], 
         echo(f"  dashboards:                  {ui_command(settings)}")
         echo("  business KPIs and attribution: nba evaluate kpis --behaviour <sim dir or FILE> --html FILE  (platform"
              " dashboard: kpi_rates, kpi_money, kpi_holdout per month; kpi_period, attribution)")
+        if loop:
+            echo(f"  the short loop's log:        {settings.decision_log_dir}  (hold-out incrementality, policy value"
+                 " and the KPIs on the 'platform' dashboard; nba report refreshes them)")
+            echo(f"  the short loop's figures:    {settings.reports_dir / 'loop.html'}")
     if train and serve:
         echo("")
         echo(f"==> The decision service (BentoML, {settings.serve_workers} workers) on http://127.0.0.1:{port}")
@@ -160,3 +169,47 @@ def train_all(settings: Settings, *, tune_trials: int, echo: Callable[[str], Non
     if refused:
         raise NbaError("quickstart: promotion refused for " + "; ".join(refused))
     return champions
+
+
+def short_loop(settings: Settings, *, customers: int, seed: int, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Four simulated weeks (one month) of the closed loop on the quickstart's bank, with the
+    quickstart's champions (no retraining), then the hold-out incrementality and the policy value
+    of its decision log published to the reviewers' `platform` dashboard."""
+    from nba.evaluation.incrementality import log_incrementality
+    from nba.evaluation.limits import evaluation_limits
+    from nba.evaluation.policy import platform_policy_values
+    from nba.evaluation.render import (
+        REPORT_PROJECT,
+        lift_frame,
+        overall_results,
+        policy_frame,
+        publish_figures,
+    )
+    from nba.simulation.loop import ClosedLoop, LoopConfig, write_html, write_json
+    from nba.stores.decisions import read_log
+
+    with _step(echo, "A short closed loop: the platform decides for the bank for 4 simulated weeks, "
+                     "every answer reported through /respond's path"):
+        loop = ClosedLoop(settings, LoopConfig(customers=customers, months=1, seed=seed, retrain=False), echo=echo)
+        report = loop.run()
+        month = report.months[0]
+        write_json(report, settings.reports_dir / "loop.json")
+        html = write_html(report, settings.reports_dir / "loop.html")
+        echo(f"    {month.decisions:,} decisions, {month.shown:,} actions shown, {month.accepted:,} accepted; "
+             f"true value per customer: platform {month.truth['platform']:.2f}, legacy {month.truth['legacy']:.2f}, "
+             f"oracle {month.truth['oracle']:.2f} -> {html}")
+    with _step(echo, f"The '{REPORT_PROJECT}' dashboard: hold-out incrementality and policy value of the loop's log"):
+        frames = read_log(settings.decision_log_dir)
+        limits = evaluation_limits(settings)
+        inc = log_incrementality(frames, limits=limits)
+        pub_inc = publish_figures(settings, name="incrementality", values=inc.values(),
+                                  description="Hold-out incrementality (decision log)",
+                                  tables={"arms": lift_frame(overall_results(inc)[0])})
+        pol = platform_policy_values(frames, limits=limits)
+        pub_pol = publish_figures(settings, name="policy", values=pol.values(),
+                                  description="Policy value from the decision log (converted)",
+                                  tables={"policies": policy_frame(pol.to_dict()["policies"])})
+        echo(f"    incrementality -> {pub_inc.html}")
+        echo(f"    policy value   -> {pub_pol.html}")
+    return {"decisions": month.decisions, "truth": month.truth, "report": str(html),
+            "published": [str(pub_inc.html), str(pub_pol.html)]}

@@ -1,7 +1,7 @@
 """The `nba` command line: one Typer app, thin commands over plain functions.
 
 Each command group is a module of this package (`data`, `features`, `train`, `serving`,
-`triggers`, `events`, `activation`, `evaluate`, `report`, `quickstart`, `customers`); this module wires them into one app in the order
+`triggers`, `events`, `activation`, `evaluate`, `simulate`, `report`, `quickstart`, `customers`); this module wires them into one app in the order
 `nba --help` lists them. Heavy libraries are imported inside the commands, so `nba --help`
 answers at once. Errors a user can cause (`NbaError`) print as one line on stderr with a
 non-zero exit code; `--debug` shows the traceback.
@@ -24,6 +24,7 @@ from nba.cli import (
     quickstart,
     report,
     serving,
+    simulate,
     train,
     triggers,
 )
@@ -45,6 +46,7 @@ app.add_typer(events.app, name="events")
 app.add_typer(evaluate.app, name="evaluate")
 app.add_typer(triggers.app, name="triggers")
 app.add_typer(customers.app, name="customers")
+app.add_typer(simulate.app, name="simulate")
 app.command("tune")(train.tune_cmd)
 app.command("promote")(train.promote_cmd)
 app.command("rollback")(train.rollback_cmd)

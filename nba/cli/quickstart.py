@@ -17,6 +17,8 @@ def quickstart_cmd(
     tune_trials: Annotated[int, typer.Option(help="Optuna trials per tuned model (0: no tuning).", min=0)] = 3,
     serve: Annotated[bool, typer.Option(help="End by running the decision service until Ctrl-C.")] = True,
     port: Annotated[int, typer.Option(help="Port of the decision service on localhost.", min=1, max=65535)] = 3000,
+    loop: Annotated[bool, typer.Option(help="After the bundle, four simulated weeks of the closed loop (outcomes "
+                                            "on the dashboards).")] = True,
 ) -> None:
     """Run the main job end to end on embedded defaults.
 
@@ -29,4 +31,4 @@ def quickstart_cmd(
     from nba.quickstart import run
 
     run(settings(data_dir=data_dir), customers=customers, seed=seed, echo=echo, train=train,
-        tune_trials=tune_trials, serve=serve, port=port)
+        tune_trials=tune_trials, serve=serve, port=port, loop=loop)

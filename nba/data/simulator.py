@@ -654,6 +654,9 @@ class _Run:
         self.inter = _Columns()  # interaction rows, month by month
         self.jobs: list[list[Future]] = []  # per month, the workers' jobs storing its rows
         self.truth: dict[str, Any] = {}
+        # The closed loop's hook (nba.simulation): when set, the platform chooses each month's
+        # actions in place of the legacy policy and exploration (see `_decide`).
+        self.decider: Callable[..., tuple[np.ndarray, ...]] | None = None
         self._populate()
 
     # --- population ---------------------------------------------------------------
@@ -937,6 +940,14 @@ class _Run:
         event = s + 3600 + (u_event * (e - s - 7200)).astype(np.int64)
         outcome_s = event + 3600 + (u_delay * (OUTCOME_WINDOW_S - 3600)).astype(np.int64)
 
+        if self.decider is not None and m:
+            # the platform decides on the drawn channel at the event time: (action, treated,
+            # probability, explored) per row; a row it does not treat draws the control outcome
+            if known is None:
+                known = (_sigmoid(lt), _sigmoid(lc))
+            action, treated, prob, explore = self.decider(
+                run=self, k=k, pick=pick, channel=channel, event_s=event, features=f, p_t=known[0], p_c=known[1])
+            action = np.asarray(action, dtype=np.int8)
         go = self.rng["outcome"]
         u_conv, u_split = go.random(m), go.random(m)
         if known is None:  # only the chosen action's probabilities are needed

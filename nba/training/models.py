@@ -85,7 +85,9 @@ class CalibratedXGBClassifier(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.min_positives = min_positives
 
-    def fit(self, X: pd.DataFrame, y: np.ndarray) -> CalibratedXGBClassifier:
+    def fit(self, X: pd.DataFrame, y: np.ndarray, sample_weight: np.ndarray | None = None) -> CalibratedXGBClassifier:
+        """`sample_weight`: e.g. inverse logging probabilities, so rows a biased logging policy
+        over-showed count less (training on logged decisions); used by the trees and the calibrator."""
         import xgboost as xgb
         from sklearn.isotonic import IsotonicRegression
         from sklearn.linear_model import LogisticRegression
@@ -102,6 +104,9 @@ class CalibratedXGBClassifier(ClassifierMixin, BaseEstimator):
             raise ModelDataError(f"{positives} positive label(s) in {len(y)} rows; at least {self.min_positives} needed")
         if positives == len(y):
             raise ModelDataError(f"all {len(y)} labels are positive; a classifier needs both classes")
+        w = None if sample_weight is None else np.asarray(sample_weight, dtype=float)
+        if w is not None and (len(w) != len(y) or not np.isfinite(w).all() or (w <= 0).any()):
+            raise ModelDataError(f"sample weights must be {len(y)} finite positive values")
         self.encoder_ = FrameEncoder().fit(X)
         Xm = self.encoder_.transform(X)
         cut = int(round(len(y) * (1 - self.calibration_fraction)))
@@ -110,12 +115,14 @@ class CalibratedXGBClassifier(ClassifierMixin, BaseEstimator):
                 f"the fit part ({cut} rows, {int(y[:cut].sum())} positives) or the calibration part "
                 f"({len(y) - cut} rows, {int(y[cut:].sum())} positives) lacks a class")
         self.booster_ = xgb.XGBClassifier(**_xgb_params(self.params, self.n_jobs, self.random_state))
-        self.booster_.fit(Xm[:cut], y[:cut])
+        w_fit, w_cal = (None, None) if w is None else (w[:cut], w[cut:])
+        self.booster_.fit(Xm[:cut], y[:cut], sample_weight=w_fit)
         raw = self.booster_.predict_proba(Xm[cut:])[:, 1]
         if self.calibration == "isotonic":
-            self.calibrator_ = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(raw, y[cut:])
+            self.calibrator_ = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(
+                raw, y[cut:], sample_weight=w_cal)
         else:
-            self.calibrator_ = LogisticRegression().fit(_logit(raw)[:, None], y[cut:])
+            self.calibrator_ = LogisticRegression().fit(_logit(raw)[:, None], y[cut:], sample_weight=w_cal)
         self.classes_ = np.array([0, 1])
         self.feature_names_in_ = np.asarray(list(X.columns), dtype=object)
         return self

@@ -1,0 +1,588 @@
+"""The closed loop on the simulated bank: `nba simulate loop --customers N --months M --seed S`.
+
+Month by month:
+
+1. the bank (`nba.data.simulator`, stepped one month at a time through its `decider` hook)
+   draws who gets an outbound decision this month, on which channel and when;
+2. the platform decides for them through the engine's own batch path (`DecisionEngine.run_core`
+   over the bundle's catalog, policies, models, contact-policy store, hold-out and
+   exploration), logs every decision (a batch segment of the decision log, indexed so
+   `/respond` finds it) and counts the shown actions as contacts;
+3. the bank answers every shown action from its ground truth (accepted with the true
+   P(convert | contacted), else rejected or ignored; effects on holdings, stress, churn);
+4. each answer goes through `DecisionEngine.respond` (the outcome path of `/respond`: the log,
+   the cool-down after a rejection);
+5. the month is evaluated: for the platform's policy (greedy on its logged priorities), the
+   bank's legacy campaign policy (softmax of the true logits among the platform's candidates),
+   "do nothing", random (uniform among the candidates) and the oracle (the candidate of highest
+   true P x V): the true value per decided customer from the truth, and the off-policy
+   estimate of each from the log (IPS, SNIPS, DR, with CIs), and whether the CI covers the
+   truth;
+6. the propensity models are retrained on the whole decision log (`nba.training.logged`:
+   inverse logging-probability weights), the promotion gates decide, and the bundle is rebuilt
+   when a champion moved; the next month decides with it.
+
+Value here is what the shown action earns when accepted (the reward the log records: the
+action's value, for the mortgage 4 % of income): the quantity every policy is compared on, and
+the one the OPE estimates. Channel costs and organic conversions are outside it.
+
+The history the first models are trained on is a standard simulation of the same bank
+(same seed: the same customers) under the legacy policy (`bootstrap`); the loop then starts at
+the end of that history with empty contact state.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nba.errors import ConfigError
+from nba.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+POLICIES = ("platform", "legacy", "none", "random", "oracle")
+ESTIMATORS = ("ips", "snips", "dr")
+PRIMARY = "dr"
+Z95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """What to run. `history_months` of legacy history train the first models."""
+
+    customers: int = 20_000
+    months: int = 6
+    seed: int = 7
+    history_months: int = 12
+    contact_rate: float = 0.3
+    ips_clip: float = 20.0
+    retrain: bool = True
+    start: date = date(2025, 1, 1)
+
+    def __post_init__(self) -> None:
+        for name, low in (("customers", 100), ("months", 1), ("history_months", 2), ("seed", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ConfigError(f"loop {name} = {v!r}: expected an integer >= {low}")
+        if not 0 < self.contact_rate <= 1:
+            raise ConfigError(f"loop contact_rate = {self.contact_rate!r}: expected a share in (0, 1]")
+        if not self.ips_clip >= 1:
+            raise ConfigError(f"loop ips_clip = {self.ips_clip!r}: expected a number >= 1")
+
+    @property
+    def loop_start(self) -> date:
+        m = self.start.month - 1 + self.history_months
+        return date(self.start.year + m // 12, m % 12 + 1, 1)
+
+
+@dataclass
+class MonthReport:
+    month: int
+    start: str
+    decisions: int
+    shown: int
+    accepted: int
+    truth: dict[str, float]  # policy -> true value per decided customer
+    ope: dict[str, dict[str, dict[str, Any]]]  # policy -> estimator -> {value, ci_low, ci_high, covers, ...}
+    platform_vs_legacy: dict[str, float]  # mean, ci_low, ci_high (truth, paired per customer)
+    oracle_gain_captured: float  # (platform - none) / (oracle - none)
+    retrain: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class LoopReport:
+    config: dict[str, Any]
+    months: list[MonthReport]
+    seconds: dict[str, float]
+
+    def coverage(self, estimator: str = PRIMARY) -> float:
+        cells = [m.ope[p][estimator]["covers"] for m in self.months for p in POLICIES
+                 if p in m.ope and m.ope[p][estimator]["covers"] is not None]
+        return float(np.mean(cells)) if cells else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config, "seconds": self.seconds,
+                "coverage": {e: self.coverage(e) for e in ESTIMATORS},
+                "months": [asdict(m) for m in self.months]}
+
+    def describe(self) -> str:
+        lines = [f"{'month':<8}" + "".join(f"{p:>10}" for p in POLICIES)
+                 + f"{'plat-leg':>10}{'95% CI':>20}{'captured':>10}"]
+        for m in self.months:
+            d = m.platform_vs_legacy
+            ci = f"[{d['ci_low']:.3f}, {d['ci_high']:.3f}]"
+            lines.append(f"{m.start:<8}" + "".join(f"{m.truth[p]:>10.3f}" for p in POLICIES)
+                         + f"{d['mean']:>10.3f}{ci:>20}"
+                         + f"{m.oracle_gain_captured:>10.1%}")
+        lines.append("true value per decided customer (euros of accepted value); OPE interval coverage of the "
+                     "truth: " + ", ".join(f"{e} {self.coverage(e):.0%}" for e in ESTIMATORS))
+        return "\n".join(lines)
+
+
+# --- the bank's side ----------------------------------------------------------------------
+
+
+class _NullSink:
+    """The loop keeps no simulator tables: the platform's log is the record."""
+
+    rows: dict[str, int] = {}
+
+    def add(self, name: str, frame: Any) -> None:
+        return None
+
+
+def _true_values(run: Any, pick: np.ndarray) -> np.ndarray:
+    """(simulator actions, rows): what each action earns when accepted (as the bank books it)."""
+    from nba.data.simulator import ACTION_VALUE, MORTGAGE
+
+    v = np.repeat(ACTION_VALUE[:, None].astype(np.float64), len(pick), axis=1)
+    v[MORTGAGE] = np.round(ACTION_VALUE[MORTGAGE] * run.income[pick], 2)
+    return v
+
+
+def _stored_columns(run: Any, names: tuple[str, ...], f: dict[str, np.ndarray], pick: np.ndarray
+                    ) -> dict[str, Any]:
+    """The feature service's stored features of the picked customers, as the snapshot tables
+    would hold them (RFM scored over the month's active customers, as the simulator does)."""
+    import pandas as pd
+
+    from nba.data.rfm import score_rfm
+    from nba.data.simulator import REGIONS
+
+    out: dict[str, Any] = {}
+    need_rfm = any(n in ("r_score", "f_score", "m_score", "rfm_segment") for n in names)
+    if need_rfm:
+        active = np.flatnonzero(run.active)
+        frame = pd.DataFrame({"customer_id": active + 1, **{c: f[c][active].astype(np.float64) for c in
+                                                            ("recency_days", "frequency", "monetary", "tenure_days")}})
+        scored = score_rfm(frame)
+        at = np.searchsorted(active, pick)
+        rfm = {c: scored[c].to_numpy()[at] for c in ("r_score", "f_score", "m_score", "rfm_segment")}
+    for name in names:
+        if name == "income":
+            out[name] = run.income[pick].astype(np.float64)
+        elif name == "region":
+            out[name] = np.asarray(REGIONS, dtype=object)[run.region[pick]]
+        elif need_rfm and name in rfm:
+            v = rfm[name]
+            out[name] = v.astype(object) if name == "rfm_segment" else v.astype(np.float64)
+        elif name in f:
+            out[name] = np.asarray(f[name][pick], dtype=np.float64)
+        else:
+            raise ConfigError(f"the loop cannot give feature '{name}': the simulator has no such column")
+    return out
+
+
+# --- the loop -----------------------------------------------------------------------------
+
+
+class ClosedLoop:
+    """The platform and the bank, month by month (see the module docstring)."""
+
+    def __init__(self, settings: Settings, config: LoopConfig, *, echo: Callable[[str], None] | None = None,
+                 on_month: Callable[[ClosedLoop, int], None] | None = None):
+        self.settings = settings
+        self.config = config
+        self.echo = echo or (lambda s: logger.info(s))
+        self.on_month = on_month  # called after each month's outcomes (e.g. to add an action)
+        self.engine: Any = None
+        self._month_ctx: dict[str, Any] = {}
+        self.truth_of: dict[str, float] = {}  # decision id -> true P(accept) of its shown action
+
+    # --- set-up ---------------------------------------------------------------------------
+
+    def bootstrap(self) -> dict[str, str]:
+        """Simulate the bank's legacy history, register the feature repository, train and
+        promote every model the catalog reads, build the bundle."""
+        from nba.data.simulator import simulate_to_dir
+        from nba.features import store
+        from nba.serving.bundle import build
+
+        cfg = self.config
+        simulate_to_dir(customers=cfg.customers, seed=cfg.seed, out_dir=self.settings.sim_dir,
+                        months=cfg.history_months, progress=False)
+        store.apply(self.settings)
+        champions = train_catalog_models(self.settings)
+        build(self.settings)
+        return champions
+
+    def _load_engine(self) -> None:
+        from nba.serving.bundle import load_engine
+
+        if self.engine is not None:
+            self.engine.log.close()
+        self.engine = load_engine(self.settings, nthread=2)
+        self.engine.warm(rows=512)
+        cat = self.engine.catalog
+        from nba.data.simulator import ACTIONS
+
+        unknown = [a for a in cat.action_ids if a not in ACTIONS]
+        if unknown:
+            raise ConfigError(f"the catalog's actions {unknown} have no truth in the simulator: the loop cannot "
+                              "answer them")
+        self._sim_index = np.array([ACTIONS.index(a) for a in cat.action_ids], dtype=np.int64)
+
+    # --- running ------------------------------------------------------------------------
+
+    def run(self) -> LoopReport:
+        from nba.data.simulator import SimulationConfig, _Run
+
+        cfg = self.config
+        t0 = time.perf_counter()
+        self._load_engine()
+        sim = SimulationConfig(customers=cfg.customers, seed=cfg.seed, start=cfg.loop_start,
+                               months=max(cfg.months, 2), contact_rate=cfg.contact_rate)
+        bank = _Run(sim, _NullSink())
+        bank.decider = self._decide
+        months: list[MonthReport] = []
+        with ThreadPoolExecutor(max_workers=1) as p1, ThreadPoolExecutor(max_workers=1) as p2:
+            bank.pools = (p1, p2)
+            for k in range(-sim.warmup_months, cfg.months):
+                tm = time.perf_counter()
+                self._month_ctx = {}
+                bank._month(k)
+                if k < 0:
+                    continue
+                t_bank = time.perf_counter()
+                n_resp = self._respond(bank)
+                t_resp = time.perf_counter()
+                report = self._evaluate(k)
+                t_eval = time.perf_counter()
+                report.seconds = {"decide_and_bank": round(t_bank - tm, 2), "respond": round(t_resp - t_bank, 2),
+                                  "evaluate": round(t_eval - t_resp, 2)}
+                if self.on_month is not None:
+                    self.on_month(self, k)
+                if cfg.retrain and k < cfg.months - 1:
+                    report.retrain = self.retrain()
+                    report.seconds["retrain_and_bundle"] = round(time.perf_counter() - t_eval, 2)
+                months.append(report)
+                self.echo(f"    month {k + 1}/{cfg.months} ({report.start}): {report.decisions:,} decisions, "
+                          f"{n_resp:,} outcomes; true value per customer platform {report.truth['platform']:.3f} "
+                          f"vs legacy {report.truth['legacy']:.3f} (oracle {report.truth['oracle']:.3f}); "
+                          f"{sum(report.seconds.values()):.0f} s")
+            for job in [j for month in bank.jobs for j in month]:
+                job.result()
+        self.engine.log.close()
+        return LoopReport(config={**asdict(cfg), "start": cfg.start.isoformat(),
+                                  "loop_start": cfg.loop_start.isoformat()},
+                          months=months, seconds={"total": round(time.perf_counter() - t0, 2)})
+
+    def _decide(self, *, run: Any, k: int, pick: np.ndarray, channel: np.ndarray, event_s: np.ndarray,
+                features: dict[str, np.ndarray], p_t: np.ndarray, p_c: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The simulator's decider hook: the platform decides for the picked customers."""
+        from nba import schemas
+        from nba.data.simulator import CHANNELS
+        from nba.decisioning.core import GROUP_CODE, NOTHING
+        from nba.decisioning.tables import contacts, decision_tables
+        from nba.records import SEGMENT_RECORDS, segment_tables
+        from nba.serving.batch import engine_id
+        from nba.stores.decisions.sqlite import write_batch
+
+        eng = self.engine
+        cat = eng.catalog
+        reader = eng.features
+        m = len(pick)
+        ids = (pick + 1).astype(np.int64)
+        now = event_s.astype(np.float64)
+        cols = _stored_columns(run, tuple(reader.stored_names), features, pick)
+        cols.update({n: np.asarray(v, dtype=object if isinstance(v[0], str) else np.float64) if len(v) else v
+                     for n, v in reader.transform(cols, [int(t) for t in event_s]).items()})
+        chan_names = [CHANNELS[c] for c in channel]
+        ch = np.array([cat.channel_names.index(c) for c in chan_names], dtype=np.int64)
+        d, env, missing, dids = eng.run_core(ids.tolist(), ch, now, cols, [True] * m, cat.default_k)
+        fm = np.zeros(m, dtype=np.int64)
+        tables = decision_tables(cat, d, decision_ids=dids, customer_ids=ids, channel=ch, now=now,
+                                 features_missing=fm, k=cat.default_k, source=f"loop:month{k + 1}", env=env,
+                                 model_versions=eng.model_versions)
+        seg = segment_tables(tables, {"nba.bundle": eng.bundle})
+        batch = f"loop-m{k + 1:02d}-{engine_id()}"
+        write_batch(self.settings.decision_log_dir, batch, {r.name: seg[r.name] for r in SEGMENT_RECORDS})
+        dids_arr = np.asarray(dids, dtype=object)
+        for ci, cname in enumerate(cat.channel_names):  # the batch index holds one channel per call
+            on = ch == ci
+            if on.any():
+                eng.log.index_batch(batch, dids_arr[on].tolist(), ids[on].tolist(), cname)
+        eng.policy.record_contacts(contacts(cat, d, decision_ids=dids, customer_ids=ids, channel=ch, now=now,
+                                            k=cat.default_k))
+        shown = d.shown
+        treated = shown != NOTHING
+        sim_action = np.where(treated, self._sim_index[np.maximum(shown, 0)], 0)
+        # the truth of the month, for the evaluation: columns in catalog order
+        values = _true_values(run, pick)[self._sim_index].T  # (m, A)
+        pt = p_t[self._sim_index].T
+        self._month_ctx = {"pick": pick, "dids": dids, "pt": pt, "pc": p_c[self._sim_index].T, "value": values,
+                           "start": int(event_s.min()) if m else 0, "k": k,
+                           "row_of": {did: i for i, did in enumerate(dids)}}
+        rows = np.arange(m)
+        for i in np.flatnonzero(treated):
+            self.truth_of[dids[i]] = float(pt[i, shown[i]])
+        self._month_ctx["decision_of_customer"] = dict(zip(pick.tolist(), dids, strict=True))
+        explore = d.group == GROUP_CODE["explore"]
+        del rows, schemas
+        return sim_action, treated, d.probability, explore
+
+    def _respond(self, bank: Any) -> int:
+        """Every shown action's answer through `DecisionEngine.respond`."""
+        from nba.data.simulator import ACTIONS, OUTCOMES
+
+        ctx = self._month_ctx
+        if not ctx:
+            return 0
+        p = bank.inter.pieces
+        idx, action, treated = p["idx"][-1], p["action"][-1], p["treated"][-1]
+        outcome, value, outcome_s = p["outcome"][-1], p["value"][-1], p["outcome_s"][-1]
+        dec = ctx["decision_of_customer"]
+        n = 0
+        for i in np.flatnonzero(treated):
+            did = dec[int(idx[i])]
+            self.engine.respond(did, ACTIONS[int(action[i])], OUTCOMES[int(outcome[i])], float(value[i]),
+                                timestamp=float(outcome_s[i]))
+            n += 1
+        return n
+
+    # --- evaluation -----------------------------------------------------------------------
+
+    def _evaluate(self, k: int) -> MonthReport:
+        """Truth and OPE of every policy on this month's decisions, the OPE from the log."""
+        from datetime import UTC, datetime
+
+        from nba.evaluation.incrementality import decision_outcomes
+        from nba.evaluation.ope import greedy_target, off_policy_value
+        from nba.evaluation.policy import _candidate_matrices, platform_targets
+        from nba.records import NO_ACTION
+        from nba.stores.decisions import read_log
+
+        ctx = self._month_ctx
+        frames = read_log(self.settings.decision_log_dir)
+        month_ids = set(ctx["dids"])
+        frames.decisions = frames.decisions[frames.decisions["decision_id"].astype(str).isin(month_ids)]
+        frame = decision_outcomes(frames).reset_index(drop=True)
+        m = _candidate_matrices(frames, frame)
+        n, K = m.available.shape
+        rows = np.arange(n)
+        # the truth on the log's columns (its candidate actions + do nothing)
+        cat_idx = {a: j for j, a in enumerate(self.engine.catalog.action_ids)}
+        r_of = ctx["row_of"]
+        at = np.array([r_of[str(d)] for d in m.decisions["decision_id"]], dtype=np.int64)
+        pt = np.zeros((n, K))
+        val = np.zeros((n, K))
+        for col, a in enumerate(m.actions):
+            if a == NO_ACTION:
+                continue
+            pt[:, col] = ctx["pt"][at, cat_idx[a]]
+            val[:, col] = ctx["value"][at, cat_idx[a]]
+        ev = pt * val  # true expected reward of each candidate
+        avail = m.available.copy()
+        none = m.nothing
+        no_cand = ~avail.any(axis=1)
+        with np.errstate(divide="ignore"):
+            logit = np.where(avail, np.log(pt) - np.log1p(-pt), -np.inf)
+        soft = np.exp(logit - np.where(no_cand, 0.0, logit.max(axis=1))[:, None])
+        soft[no_cand, none] = 1.0
+        targets = {
+            "platform": platform_targets(m)["nba"],
+            "legacy": soft / soft.sum(axis=1, keepdims=True),
+            "none": np.eye(K)[np.full(n, none)],
+            "random": platform_targets(m)["random"],
+            "oracle": greedy_target(ev, avail, fallback=none),
+        }
+        per_row = {p: (t * ev).sum(axis=1) for p, t in targets.items()}
+        truth = {p: float(v.mean()) if n else math.nan for p, v in per_row.items()}
+        diff = per_row["platform"] - per_row["legacy"]
+        se = float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+        gain = truth["oracle"] - truth["none"]
+        r = frame["value"].to_numpy(np.float64)
+        mu = m.decisions["probability"].to_numpy(np.float64)
+        support = m.available & (mu < 1.0 - 1e-12)[:, None]
+        support[rows, m.logged] = True
+        support[:, none] |= True
+        q = np.nan_to_num(m.propensity) * np.nan_to_num(m.value)
+        q[:, none] = 0.0
+        ope: dict[str, dict[str, dict[str, Any]]] = {}
+        for p, t in targets.items():
+            pv = off_policy_value(r, m.logged, mu, t, policy=p, q_hat=q, support=support,
+                                  clusters=m.decisions["customer_id"].to_numpy(), action_names=m.actions,
+                                  include_logged=False)
+            ope[p] = {}
+            for e in pv.estimates:
+                lo, hi = e.ci_low, e.ci_high
+                name = e.estimator
+                covers = None if not (math.isfinite(lo) and math.isfinite(hi)) else bool(
+                    lo - 1e-9 <= truth[p] <= hi + 1e-9)
+                ope[p][name] = {"value": e.value, "ci_low": lo, "ci_high": hi, "covers": covers,
+                                  "ess": pv.diagnostics.ess}
+        start = datetime.fromtimestamp(ctx["start"], tz=UTC).strftime("%Y-%m")
+        shown = (m.decisions["action_id"].astype(str) != NO_ACTION)
+        return MonthReport(
+            month=k + 1, start=start, decisions=n, shown=int(shown.sum()),
+            accepted=int(frame["converted"].sum()),
+            truth=truth, ope=ope,
+            platform_vs_legacy={"mean": float(diff.mean()), "ci_low": float(diff.mean() - Z95 * se),
+                                "ci_high": float(diff.mean() + Z95 * se)},
+            oracle_gain_captured=float((truth["platform"] - truth["none"]) / gain) if gain > 0 else math.nan)
+
+    # --- learning -------------------------------------------------------------------------
+
+    def retrain(self) -> dict[str, Any]:
+        """Propensity on the whole log (IPS-weighted), the gates, and a new bundle if a
+        champion moved."""
+        from nba.serving.bundle import build
+        from nba.stores.decisions import read_log
+        from nba.training.config import load_model_config
+        from nba.training.logged import logged_frames, train_logged
+        from nba.training.registry import PromotionRefused, promote
+
+        t0 = time.perf_counter()
+        cfg = load_model_config(self.settings.home, "propensity", self.settings.work)
+        feats = propensity_features(self.settings, cfg.feature_service)
+        frames = read_log(self.settings.decision_log_dir, with_features=True)
+        actions = [a for a in self.engine.catalog.action_ids]
+        labelled = logged_frames(frames, feats, actions=actions, ips_clip=self.config.ips_clip, truth=self.truth_of)
+        trained, skipped = train_logged(self.settings, labelled, min_positives=int(cfg.options.get("min_positives", 1)))
+        t_train = time.perf_counter()
+        promoted, refused = {}, {}
+        for tm in trained:
+            try:
+                promoted[tm.name] = promote(self.settings, tm.name, reason="closed loop: retrained on the log").version
+            except PromotionRefused as exc:
+                refused[tm.name] = str(exc)
+        t_gate = time.perf_counter()
+        rebuilt = False
+        if promoted:
+            build(self.settings)
+            self._load_engine()
+            rebuilt = True
+        return {"trained": [t.name for t in trained], "promoted": promoted, "refused": refused,
+                "skipped": skipped, "bundle_rebuilt": rebuilt,
+                "mae_vs_truth": {t.name: t.metrics.get("mae_vs_truth") for t in trained},
+                "seconds": {"train": round(t_train - t0, 2), "gates": round(t_gate - t_train, 2),
+                            "bundle": round(time.perf_counter() - t_gate, 2)}}
+
+
+def propensity_features(settings: Settings, service: str) -> list[str]:
+    """The features of the propensity models' feature service (from the Feast registry)."""
+    from nba.serving.bundle import feature_fields
+
+    return [f["name"] for f in feature_fields(settings, service)]
+
+
+def train_catalog_models(settings: Settings) -> dict[str, str]:
+    """Train every model the catalog reads on the simulated history and promote it behind the
+    gates (a first champion has nothing to beat); returns name -> champion version."""
+    from nba import catalog as catalog_mod
+    from nba.serving.bundle import feature_fields
+    from nba.training import propensity
+    from nba.training.churn import train_churn
+    from nba.training.clv import train_clv
+    from nba.training.registry import promote
+    from nba.training.uplift import train_uplift
+
+    spec, pol, digest, where = catalog_mod.read_files(settings.home)
+    fields = [f["name"] for f in feature_fields(settings, pol.feature_service)]
+    # every model the catalog names must be registered for the bundle build (uplift too)
+    needed = set(catalog_mod.compile_catalog(spec, pol, fields, digest=digest, where=where).models.values())
+    trained = list(propensity.train_propensity(settings))
+    if "nba-churn" in needed:
+        trained.append(train_churn(settings))
+    if "nba-clv" in needed:
+        trained.append(train_clv(settings, "sim"))
+    uplift = sorted(n.removeprefix("nba-uplift-") for n in needed if n.startswith("nba-uplift-"))
+    if uplift:
+        trained += train_uplift(settings, "sim", actions=uplift)
+    from nba.training import tracking
+    from nba.training.registry import PromotionRefused
+
+    champions = {}
+    for m in trained:
+        try:
+            champions[m.name] = promote(settings, m.name, reason="closed loop: first champion").version
+        except PromotionRefused as exc:
+            # the bank must start from some model: the refused one serves, named in the log, until
+            # a model trained on the loop's own log passes the gates
+            logger.warning("first champion set despite the gates: %s", exc)
+            tracking.configure(settings).set_registered_model_alias(m.name, "champion", m.version)
+            champions[m.name] = f"{m.version} (gates refused: {str(exc).splitlines()[-1].strip()})"
+    return champions
+
+
+# --- the report ---------------------------------------------------------------------------
+
+
+def write_json(report: LoopReport, path: Path) -> Path:
+    from nba.io import write_text
+
+    return write_text(json.dumps(report.to_dict(), indent=2, default=float) + "\n", Path(path))
+
+
+def write_html(report: LoopReport, path: Path) -> Path:
+    """One page: the true value per customer of each policy by month (a plot and a table), the
+    OPE estimates with their intervals against the truth, and the platform - legacy difference."""
+    import html
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nba.io import write_text
+
+    months = [m.start for m in report.months]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for p in POLICIES:
+        axes[0].plot(months, [m.truth[p] for m in report.months], marker="o", label=p)
+    axes[0].set_title("true value per decided customer")
+    axes[0].set_ylabel("euros of accepted value")
+    axes[0].legend()
+    x = np.arange(len(months))
+    for j, p in enumerate(POLICIES):
+        est = [m.ope[p][PRIMARY] for m in report.months]
+        v = np.array([e["value"] for e in est])
+        lo = np.array([e["ci_low"] for e in est])
+        hi = np.array([e["ci_high"] for e in est])
+        off = x + (j - 2) * 0.12
+        axes[1].errorbar(off, v, yerr=[v - lo, hi - v], fmt="o", capsize=3, label=f"{p} ({PRIMARY.upper()})")
+        axes[1].scatter(off, [m.truth[p] for m in report.months], marker="x", color="black")
+    axes[1].set_xticks(x, months)
+    axes[1].set_title(f"off-policy estimates ({PRIMARY.upper()}, 95 % CI) vs truth (x)")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    png = base64.b64encode(buf.getvalue()).decode()
+    head = "".join(f"<th>{p}</th>" for p in POLICIES)
+    rows = []
+    for m in report.months:
+        d = m.platform_vs_legacy
+        cells = "".join(f"<td>{m.truth[p]:.3f}<br><small>{m.ope[p][PRIMARY]['value']:.3f} "
+                        f"[{m.ope[p][PRIMARY]['ci_low']:.3f}, {m.ope[p][PRIMARY]['ci_high']:.3f}]"
+                        f"{'' if m.ope[p][PRIMARY]['covers'] else ' &#10007;'}</small></td>" for p in POLICIES)
+        rows.append(f"<tr><td>{m.start}</td><td>{m.decisions:,}</td>{cells}<td>{d['mean']:.3f} "
+                    f"[{d['ci_low']:.3f}, {d['ci_high']:.3f}]</td><td>{m.oracle_gain_captured:.1%}</td></tr>")
+    cov = ", ".join(f"{e.upper()} {report.coverage(e):.0%}" for e in ESTIMATORS)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>nba closed loop</title>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right}}</style>
+</head><body><h1>The closed loop on the simulated bank</h1>
+<p>{html.escape(json.dumps(report.config))}</p>
+<img src="data:image/png;base64,{png}" alt="true value and OPE by month">
+<p>Each cell: the true value per decided customer (from the simulator's truth); below it the {PRIMARY.upper()}
+estimate from the decision log with its 95 % CI (&#10007;: the interval misses the truth).
+Coverage of the truth by the intervals: {cov}.</p>
+<table><tr><th>month</th><th>decisions</th>{head}<th>platform - legacy (95 % CI)</th>
+<th>oracle gain captured</th></tr>{''.join(rows)}</table>
+<p>Total {report.seconds.get('total', 0):.0f} s.</p></body></html>"""
+    return write_text(page, Path(path))
