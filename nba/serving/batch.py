@@ -114,18 +114,7 @@ def decide_batch(settings: Settings, customers: Path, channel: str, out: Path, *
         part = frame.iloc[start:start + chunk]
         ids = part[schemas.ENTITY_KEY].to_numpy()
         n = len(ids)
-        ts = [int(now)] * n
-        if from_file:
-            cols = {c: _column(part[c]) for c in stored}
-            cols.update(reader.transform(cols, ts))
-            found = [True] * n
-        else:
-            cols, found = {}, []
-            for s in range(0, n, ONLINE_CHUNK):
-                c, f = reader.read(ids[s:s + ONLINE_CHUNK].tolist(), ts[s:s + ONLINE_CHUNK])
-                for name, values in c.items():
-                    cols.setdefault(name, []).extend(values)
-                found.extend(f)
+        cols, found = chunk_features(reader, part, ids, stored, from_file, now)
         chan = np.full(n, ci, dtype=np.int64)
         d, env, missing, dids = engine.run_core(ids.tolist(), chan, np.full(n, now), cols, found, k)
         fm = np.zeros(n, dtype=np.int64)
@@ -162,6 +151,26 @@ def decide_batch(settings: Settings, customers: Path, channel: str, out: Path, *
         feature_source="the file" if from_file else f"the online store ({engine.catalog.feature_service})",
         out=Path(out), batch_id=batch_id, seconds=time.perf_counter() - t_loaded, load_seconds=t_loaded - t0,
         action_counts={str(a): int(c) for a, c in counts.items()}, messages=sum(o.n for o in outbox))
+
+
+def chunk_features(reader: Any, part: Any, ids: np.ndarray, stored: list[str], from_file: bool,
+                   now: float) -> tuple[dict[str, list[Any]], list[bool]]:
+    """One chunk's features at `now`: from the file's columns when it holds every stored
+    feature (the on-demand ones derived by the reader), else read online in ONLINE_CHUNK
+    slices. Returns the columns and which customers were found."""
+    n = len(ids)
+    ts = [int(now)] * n
+    if from_file:
+        cols = {c: _column(part[c]) for c in stored}
+        cols.update(reader.transform(cols, ts))
+        return cols, [True] * n
+    cols, found = {}, []
+    for s in range(0, n, ONLINE_CHUNK):
+        c, f = reader.read(ids[s:s + ONLINE_CHUNK].tolist(), ts[s:s + ONLINE_CHUNK])
+        for name, values in c.items():
+            cols.setdefault(name, []).extend(values)
+        found.extend(f)
+    return cols, found
 
 
 def engine_id() -> str:

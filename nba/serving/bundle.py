@@ -406,12 +406,12 @@ def load_engine(settings: Settings, bundle_dir: Path | None = None, *, nthread: 
         return reader
 
     versions = {name: info["version"] for name, info in manifest["models"].items()}
-    engine = DecisionEngine(settings, cat, models=lambda: load_models(settings, cat, manifest, bundle_dir,
-                                                                    nthread=nthread),
+    engine: DecisionEngine = DecisionEngine(
+        settings, cat, models=lambda: load_models(settings, cat, manifest, bundle_dir, nthread=nthread),
                           features=features, policy=lambda: policy_store(settings, cat),
                           log=DecisionLog(settings.decision_log_dir), model_versions=versions,
                           bundle=manifest.get("bento") or _bento_of(bundle_dir) or str(bundle_dir),
-                          triggering=lambda engine: load_triggering(settings, engine, bundle_dir),
+                          triggering=lambda eng: load_triggering(settings, eng, bundle_dir),
                           events=lambda: event_ingestor(settings, bundle_dir, store=engine.features.store))
     return engine
 

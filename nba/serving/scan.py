@@ -29,7 +29,7 @@ from nba.decisioning.tables import contacts, decision_tables
 from nba.decisioning.triggers import NONE, derived_features, evaluate
 from nba.errors import ConfigError
 from nba.records import SEGMENT_RECORDS, segment_tables
-from nba.serving.batch import ONLINE_CHUNK, _column, engine_id, read_customers
+from nba.serving.batch import _column, chunk_features, engine_id, read_customers
 from nba.serving.triggering import subset
 from nba.settings import Settings
 from nba.stores.decisions.sqlite import write_batch
@@ -111,18 +111,7 @@ def scan(settings: Settings, customers: Path, *, at: float | None = None, trigge
         part = frame.iloc[start:start + chunk]
         ids = part[schemas.ENTITY_KEY].to_numpy()
         n = len(ids)
-        ts = [int(now)] * n
-        if from_file:
-            cols = {c: _column(part[c]) for c in stored}
-            cols.update(reader.transform(cols, ts))
-            found = [True] * n
-        else:
-            cols, found = {}, []
-            for s in range(0, n, ONLINE_CHUNK):
-                c, f = reader.read(ids[s:s + ONLINE_CHUNK].tolist(), ts[s:s + ONLINE_CHUNK])
-                for name, values in c.items():
-                    cols.setdefault(name, []).extend(values)
-                found.extend(f)
+        cols, found = chunk_features(reader, part, ids, stored, from_file, now)
         env, missing = engine.environment(ids.tolist(), cols, found)
         for c in rederive:
             env.pop(c, None)

@@ -246,7 +246,7 @@ class ClosedLoop:
         self._load_engine()
         sim = SimulationConfig(customers=cfg.customers, seed=cfg.seed, start=cfg.loop_start,
                                months=max(cfg.months, 2), contact_rate=cfg.contact_rate)
-        bank = _Run(sim, _NullSink())
+        bank = _Run(sim, _NullSink())  # type: ignore[arg-type]  # a sink that keeps nothing: the loop reads the month itself
         bank.decider = self._decide
         months: list[MonthReport] = []
         with ThreadPoolExecutor(max_workers=1) as p1, ThreadPoolExecutor(max_workers=1) as p2:
