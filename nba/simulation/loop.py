@@ -39,7 +39,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date
@@ -154,8 +154,8 @@ def _true_values(run: Any, pick: np.ndarray) -> np.ndarray:
     return v
 
 
-def _stored_columns(run: Any, names: tuple[str, ...], f: dict[str, np.ndarray], pick: np.ndarray
-                    ) -> dict[str, Any]:
+def _stored_columns(run: Any, names: tuple[str, ...], f: dict[str, np.ndarray], pick: np.ndarray,
+                    streaming: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The feature service's stored features of the picked customers, as the snapshot tables
     would hold them (RFM scored over the month's active customers, as the simulator does)."""
     import pandas as pd
@@ -182,6 +182,10 @@ def _stored_columns(run: Any, names: tuple[str, ...], f: dict[str, np.ndarray], 
             out[name] = v.astype(object) if name == "rfm_segment" else v.astype(np.float64)
         elif name in f:
             out[name] = np.asarray(f[name][pick], dtype=np.float64)
+        elif streaming is not None and name in streaming:  # fed by events, which this bank does not send
+            kind = streaming[name]
+            out[name] = (np.array([[] for _ in pick] + [None], dtype=object)[:-1] if kind == "list" else
+                         np.full(len(pick), "", dtype=object) if kind == "string" else np.zeros(len(pick)))
         else:
             raise ConfigError(f"the loop cannot give feature '{name}': the simulator has no such column")
     return out
@@ -192,6 +196,13 @@ def _stored_columns(run: Any, names: tuple[str, ...], f: dict[str, np.ndarray], 
 
 class ClosedLoop:
     """The platform and the bank, month by month (see the module docstring)."""
+
+    def _streaming_kinds(self) -> dict[str, str]:
+        """The stored features fed by behavioural events (the realtime view): their kind."""
+        reader = self.engine.features
+        kinds = {f.name: f.kind for f in reader.fields}
+        kinds.update({n: "list" for n in reader.list_names})
+        return {n: kinds.get(n, "number") for v in reader.views if v.from_events for n in v.features}
 
     def __init__(self, settings: Settings, config: LoopConfig, *, echo: Callable[[str], None] | None = None,
                  on_month: Callable[[ClosedLoop, int], None] | None = None):
@@ -298,7 +309,7 @@ class ClosedLoop:
         m = len(pick)
         ids = (pick + 1).astype(np.int64)
         now = event_s.astype(np.float64)
-        cols = _stored_columns(run, tuple(reader.stored_names), features, pick)
+        cols = _stored_columns(run, tuple(reader.stored_names), features, pick, self._streaming_kinds())
         cols.update({n: np.asarray(v, dtype=object if isinstance(v[0], str) else np.float64) if len(v) else v
                      for n, v in reader.transform(cols, [int(t) for t in event_s]).items()})
         chan_names = [CHANNELS[c] for c in channel]
