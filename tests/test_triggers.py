@@ -19,7 +19,7 @@ from nba.errors import ConfigError
 from nba.stores.trigger_state import Fire
 from nba.stores.trigger_state.redis import RedisTriggerStore
 from nba.stores.trigger_state.sqlite import SqliteTriggerStore
-from nba.triggers import load_triggers
+from nba.triggers import DERIVED_FEATURES, load_triggers
 from tests.conftest import PROJECT_ROOT
 from tests.test_decisioning import DAY, NOW, _bank, _batch, _customer, _history
 
@@ -95,6 +95,9 @@ FLAT = [(tid, *case, fires) for tid, cases in CASES.items() for case, fires in c
 
 def _env(triggers, features, props, event_type):
     env = _customer(**features)
+    for name in DERIVED_FEATURES:  # derived from the raw streaming features, unless a case states them
+        if name not in features:
+            env.pop(name, None)
     for t in triggers.triggers:  # the properties of the event's type (what the engine puts in)
         for name in t.event_names:
             if event_type in t.on:
