@@ -316,7 +316,18 @@ def test_erasure_leaves_no_trace_and_the_next_model_never_sees_the_rows(customer
     _put(customers_server, cid, {"consent": {"sms": False}, "topics_blocked": ["risk"]})
     batch_in = tmp_path / "batch.parquet"
     pd.DataFrame({"customer_id": [cid, pool[21], pool[22]]}).to_parquet(batch_in)
-    decide_batch(settings, batch_in, "email", tmp_path / "batch_out.parquet", timestamp=float(DECISION_EPOCH))
+    decide_batch(settings, batch_in, "email", tmp_path / "batch_out.parquet", timestamp=float(DECISION_EPOCH),
+                 deliver=True)  # outbox messages for those shown an action
+    status, ingested = call(customers_server.url, "/events", [
+        {"customer_id": cid, "type": "app_login", "timestamp": DECISION_TIME},
+        {"customer_id": cid, "type": "outage", "timestamp": DECISION_TIME, "properties": {"service": "atm"}}])
+    assert status == 200 and ingested["stored"] == 2, ingested  # the event log holds the customer too
+    from nba.stores.decisions import DB_FILE
+    from nba.stores.outbox import Outbox
+
+    box = Outbox(settings.decision_log_dir / DB_FILE)
+    messages_before = sum(1 for m in box.messages(limit=10_000) if m["customer_id"] == cid)
+    box.close()
     log = read_log(settings.decision_log_dir)
     decision_ids = set(log.decisions.loc[log.decisions["customer_id"] == cid, "decision_id"])
     assert len(decision_ids) >= 2 and (log.outcomes["decision_id"].isin(decision_ids)).any()
@@ -344,6 +355,8 @@ def test_erasure_leaves_no_trace_and_the_next_model_never_sees_the_rows(customer
     assert receipt["stores"]["online_store"]["rows"] == online_before
     assert receipt["stores"]["decision_log"]["treatment"] == "pseudonymised"
     assert receipt["stores"]["offline_sources"]["rows"] > 0 and receipt["stores"]["preferences"]["rows"] == 2
+    assert receipt["stores"]["event_log"]["rows"] == 2 and receipt["stores"]["event_log"]["treatment"] == "deleted"
+    assert receipt["stores"]["outbox"]["rows"] == messages_before and receipt["stores"]["outbox"]["treatment"] == "deleted"
     assert json.loads(Path(receipt["receipt"]).read_text())["rows"] == receipt["rows"]
     # the Redis policy state through the CLI (a second run for the other stores: nothing was left in them)
     out = subprocess.run([sys.executable, "-m", "nba", "customers", "erase", str(cid), "--json"],
