@@ -347,9 +347,11 @@ class DecisionEngine:
                     cols[name] = [d if v is None else v for v in values]
 
     def environment(self, ids: Sequence[int], cols: dict[str, list[Any]], found: Sequence[bool],
-                    contexts: Sequence[Mapping[str, Any]] | None = None) -> tuple[dict[str, Any], list[int]]:
+                    contexts: Sequence[Mapping[str, Any]] | None = None, *,
+                    prefs: Sequence[Any] | None = None) -> tuple[dict[str, Any], list[int]]:
         """Features (the defaults where a customer has none) and scores of n customers: what
-        rules, triggers and the core read. Returns it and the rows without features."""
+        rules, triggers and the core read. Returns it and the rows without features. `prefs`:
+        the customers' preferences when the caller has read them (else read here)."""
         n = len(ids)
         missing = [i for i, f in enumerate(found) if not f]
         if missing and self.catalog.missing_features.mode == "reject":
@@ -358,7 +360,7 @@ class DecisionEngine:
         self._fill_defaults(cols, missing)
         from nba.preferences import consent_feature
 
-        for i, p in enumerate(self.customer_preferences(ids)):  # their own consent overrides the features
+        for i, p in enumerate(prefs if prefs is not None else self.customer_preferences(ids)):  # their consent wins
             if p is None:
                 continue
             for c, ok in p.consent.items():
@@ -381,16 +383,18 @@ class DecisionEngine:
         return d, env, missing, dids
 
     def decide_env(self, ids: Sequence[int], channel: np.ndarray, now: np.ndarray, env: Mapping[str, Any], k: int, *,
-             allow: np.ndarray | None = None, propose: np.ndarray | None = None
-             ) -> tuple[core.Decisions, list[str], Any]:
+             allow: np.ndarray | None = None, propose: np.ndarray | None = None,
+             prefs: Sequence[Any] | None = None) -> tuple[core.Decisions, list[str], Any]:
         """Contact history -> the core, on an environment. With `allow` ((n, C) bool) the core
         chooses each decision's channel among the allowed ones: `channel` is set to the chosen
         ones and the choice is returned (else None); `propose` ((n, A) bool) limits the actions
-        (a trigger's). Returns the decisions, their ids and the choice."""
+        (a trigger's); `prefs` the customers' preferences when already read. Returns the
+        decisions, their ids and the choice."""
         from nba.preferences import to_arrays
 
         n = len(ids)
-        prefs = self.customer_preferences(ids)  # the customer's own frequency limits widen the history read
+        if prefs is None:
+            prefs = self.customer_preferences(ids)  # the customer's own frequency limits widen the history read
         window_s = max([self.window_s, *(days * 86400.0 for p in prefs if p is not None
                                          for _, days in p.frequency.values())])
         try:
@@ -456,8 +460,9 @@ class DecisionEngine:
                 if r.actions is not None:
                     propose[i] = False
                     propose[i, [self._action_index[a] for a in r.actions]] = True
-        env, missing = prepared or self.environment(ids, cols, found, [r.context for r in requests])
-        d, dids, choice = self.decide_env(ids, channel, now, env, k, allow=allow, propose=propose)
+        prefs = self.customer_preferences(ids)  # read once: the consent overrides and the core's arrays
+        env, missing = prepared or self.environment(ids, cols, found, [r.context for r in requests], prefs=prefs)
+        d, dids, choice = self.decide_env(ids, channel, now, env, k, allow=allow, propose=propose, prefs=prefs)
         t_decide = time.perf_counter()
         kr = np.array([r.k or self.catalog.default_k for r in requests], dtype=np.int64)
         fm = np.zeros(n, dtype=np.int64)
