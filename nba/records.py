@@ -311,6 +311,17 @@ REJECTION = Record(
     doc="One rejected action (what cool-downs look at).",
 )
 
+POLICY_VERSION = Record(
+    "policy_versions",
+    (
+        Column(ENTITY_KEY, INT),
+        Column("v", INT, doc="bumped by every contact or rejection recorded for the customer"),
+    ),
+    key=(ENTITY_KEY,),
+    doc="A customer's contact-state version: a decision records its contacts only if the version "
+        "it read its history at is still current (check and record atomic across workers and replicas).",
+)
+
 
 # --- trigger state ---------------------------------------------------------------------------
 
@@ -383,6 +394,21 @@ EVENT = Record(
     ),
     key=("event_id",),
     doc="One row per event; a second event with the same id is a duplicate, recognised and not stored again.",
+)
+
+# An event whose triggers have not run yet: written in the transaction that appends the event,
+# deleted once its triggers have run (their decisions logged). A process killed in between
+# leaves the row, and the next delivery of the event (a broker's redelivery, a client's retry,
+# a file ingested again) or a consumer's start runs the triggers then: nothing is lost.
+TRIGGER_PENDING = Record(
+    "trigger_pending",
+    (
+        Column("event_id", TEXT),
+        Column(ENTITY_KEY, INT),
+        Column("ingested_at", TIME, doc="when the event was appended"),
+    ),
+    key=("event_id",),
+    doc="Events stored whose triggers have not run yet (the triggers' outbox).",
 )
 
 

@@ -121,7 +121,17 @@ ACTIONS = (
     "finance_course",  # relationship: personal finance course
     "mobile_app",  # information: new mobile app
     "payment_plan",  # collections
+    # the always-on actions the triggers propose (serving/triggers.yaml); the simulator gives
+    # them their own campaign, so the ten above keep their history (nba/data/simulator.py)
+    "card_upgrade",  # sales: 1-click upgrade of the credit card
+    "card_renewal",  # retention: 1-click renewal of an expiring card
+    "goodwill_discount",  # service: a discount after service outages
+    "account_lock_reminder",  # collections: reminder before the account is locked
+    "home_insurance",  # sales: a life moment, a home purchase
+    "branch_appointment",  # service: near a branch (geofence)
 )
+CAMPAIGN_ACTIONS = ACTIONS[:10]  # the bank's monthly campaign offers these
+ALWAYS_ON_ACTIONS = ACTIONS[10:]  # their own campaign (own contact budget and random streams)
 
 SIM_PROFILE = TableSchema(
     "profile",
@@ -238,6 +248,32 @@ SIM_INTERACTIONS = TableSchema(
         "outcome_timestamp": "datetime64[ns, UTC]",
         "true_p_treated": "float64",  # ground truth: P(convert | contacted) at that moment
         "true_p_control": "float64",  # ground truth: P(convert | not contacted) at that moment
+        "event_logit_shift": "float64",  # ground truth: the behavioural events' shift of both logits then
+    },
+)
+
+# Behavioural events (serving/events.yaml), flattened as POST /events and `nba events ingest`
+# accept them: these columns, then one column per property (null where not applicable).
+SIM_EVENTS = TableSchema(
+    "events",
+    {
+        ENTITY_KEY: "int64",
+        "type": "string",
+        "timestamp": "datetime64[ns, UTC]",
+        "event_id": "string",
+    },
+)
+
+# Ground truth of the events: each (type, kind) shifts an action's true logits (both arms) for
+# `window_days` from the event (simulator.EVENT_EFFECTS).
+SIM_EVENT_EFFECTS = TableSchema(
+    "event_effects",
+    {
+        "type": "string",
+        "kind": "string",  # the property value it needs ("" = any): page_view product, life_event kind
+        "action_id": "string",
+        "logit_shift": "float64",
+        "window_days": "float64",
     },
 )
 
@@ -255,7 +291,8 @@ SIM_TRUTH = TableSchema(
     },
 )
 
-SIM_ALL_TABLES = (*SIM_FEATURE_TABLES, SIM_CUSTOMERS, SIM_MONTHLY_VALUE, SIM_INTERACTIONS, SIM_TRUTH)
+SIM_ALL_TABLES = (*SIM_FEATURE_TABLES, SIM_CUSTOMERS, SIM_MONTHLY_VALUE, SIM_INTERACTIONS, SIM_TRUTH, SIM_EVENTS,
+                  SIM_EVENT_EFFECTS)
 
 
 def validate_frame(frame, schema: TableSchema, *, source: str = "") -> None:

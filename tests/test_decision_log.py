@@ -1,6 +1,7 @@
 """One definition of what a decision record holds: the column builder gives the same records for
 one customer at a time (`/decide`, SQLite rows) and for a batch (`nba decide-batch`, a Parquet
-segment), and the log reads both back alike."""
+segment), and the log reads both back alike. The log's tests run against both backends: the
+embedded SQLite file and the production profile's Postgres (a database of the test's own)."""
 
 from __future__ import annotations
 
@@ -21,12 +22,40 @@ from tests.test_decisioning import NOW, _bank, _batch, _customer
 N = 40
 
 
+class Backend:
+    """Open and read a decision log in a folder, on SQLite (dsn None) or Postgres."""
+
+    def __init__(self, dsn: str | None):
+        self.dsn = dsn
+
+    def open(self, folder: Path):
+        if self.dsn is None:
+            return DecisionLog(folder)
+        from nba.stores.decisions.postgres import PostgresDecisionLog
+
+        return PostgresDecisionLog(self.dsn, folder)
+
+    def read(self, folder: Path, **kw):
+        return read_log(folder, dsn=self.dsn, **kw)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+def backend(request):
+    if request.param == "sqlite":
+        yield Backend(None)
+        return
+    from tests.pg_env import pg_database
+
+    with pg_database("test_decision_log") as dsn:
+        yield Backend(dsn)
+
+
 def _decide(cat, env, n, P, ids, keys, channel):
     return decide(cat, env, n, channel=np.full(n, channel), now=np.full(n, NOW), history=ContactHistory.empty(),
                   scorer=MatrixScorer(np.asarray(P)), customer_ids=ids, decision_keys=keys, k=3)
 
 
-def test_one_at_a_time_and_a_batch_log_the_same_records(tmp_path: Path):
+def test_one_at_a_time_and_a_batch_log_the_same_records(tmp_path: Path, backend: Backend):
     cat = _bank(tmp_path, experiment__exploration_share=0.3)
     rng = np.random.default_rng(11)
     rows = [_customer(age=float(rng.integers(18, 90)), credit_score=float(rng.integers(400, 850)),
@@ -40,7 +69,7 @@ def test_one_at_a_time_and_a_batch_log_the_same_records(tmp_path: Path):
     versions = {"nba-churn": "2"}
     k = 2
 
-    api = DecisionLog(tmp_path / "api")  # the engine's path: one request, scalars, SQLite rows
+    api = backend.open(tmp_path / "api")  # the engine's path: one request, scalars, SQLite rows
     one_contacts = []
     for i in range(N):
         d = _decide(cat, rows[i], 1, P[i:i + 1], ids[i:i + 1], keys[i:i + 1], ch)
@@ -58,7 +87,7 @@ def test_one_at_a_time_and_a_batch_log_the_same_records(tmp_path: Path):
     assert sorted(one_contacts) == sorted(contacts(cat, d, **kw, k=k)) == \
         sorted(contacts(cat, d, **{**kw, "channel": ch}, k=k))  # one channel for all, as a batch passes it
 
-    a, b = read_log(tmp_path / "api", with_features=True), read_log(tmp_path / "batch", with_features=True)
+    a, b = backend.read(tmp_path / "api", with_features=True), read_log(tmp_path / "batch", with_features=True)
     assert len(a.decisions) == N and len(a.candidates) > N and len(a.filtered) > 0
     assert set(a.decisions["experiment_group"]) >= {"nba", "explore"}
     for name in ("decisions", "candidates", "filtered"):
@@ -75,10 +104,10 @@ def test_one_at_a_time_and_a_batch_log_the_same_records(tmp_path: Path):
     assert meta[b"nba.model_versions"] == b'{"nba-churn": "2"}' and meta[b"nba.bundle"] == b"test"
 
 
-def test_outcomes_are_idempotent_and_name_a_logged_decision(tmp_path: Path):
+def test_outcomes_are_idempotent_and_name_a_logged_decision(tmp_path: Path, backend: Backend):
     from tests.test_records import _tables
 
-    log = DecisionLog(tmp_path)
+    log = backend.open(tmp_path)
     log.append(_tables(2))
     first = log.append_outcome("d0", "a", "accepted", 5.0, 1_000.0)
     again = log.append_outcome("d0", "a", "rejected", 0.0, 2_000.0)
@@ -91,6 +120,6 @@ def test_outcomes_are_idempotent_and_name_a_logged_decision(tmp_path: Path):
         log.append_outcome("nope", "a", "accepted", 1.0, 1.0)
     assert log.count() == 2
     log.close()
-    out = read_log(tmp_path).outcomes
+    out = backend.read(tmp_path).outcomes
     assert list(out["outcome"]) == ["accepted", "ignored"]
     assert str(out["responded_at"].dtype) == "datetime64[ns, UTC]"

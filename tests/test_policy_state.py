@@ -101,3 +101,97 @@ def test_an_unreachable_redis_is_a_clear_error():
         s.ping()
     with pytest.raises(PolicyStoreError):
         s.history([1], since=0)
+
+
+# --- check and record, atomic across processes ---------------------------------------------
+
+def test_reserve_records_only_at_the_version_read(store):
+    h = store.history([5, 6], since=T - 86400)
+    assert h.versions.get(5, 0) == 0
+    mine = [Contact(5, "mortgage", "lending", "email", T, "d-mine")]
+    assert store.reserve(mine, h.versions) is True
+    assert store.history([5], since=T - 86400).contact_row.tolist() == [0]
+    # a decision that read the state before that contact loses the race and records nothing
+    late = [Contact(5, "mobile_app", "digital", "sms", T + 1, "d-late")]
+    assert store.reserve(late, h.versions) is False
+    assert store.history([5], since=T - 86400).contact_action == ["mortgage"]
+    # a rejection moves the state on too (cool-downs read it); so does a plain record
+    h2 = store.history([5, 6], since=T - 86400)
+    store.record_rejection(5, "mortgage", T + 2, "d-mine")
+    assert store.reserve(late, h2.versions) is False
+    h3 = store.history([6], since=T - 86400)
+    store.record_contacts([Contact(6, "mortgage", "lending", "web", T, "d-batch")])
+    assert store.reserve([Contact(6, "mobile_app", "digital", "web", T, "d-6")], h3.versions) is False
+    # all or nothing: one customer moved on -> neither customer's contact is recorded
+    h4 = store.history([5, 6], since=T - 86400)
+    store.record_contacts([Contact(6, "mobile_app", "digital", "web", T + 3, "d-other")])
+    both = [Contact(5, "finance_course", "wellbeing", "email", T + 4, "d-5"),
+            Contact(6, "finance_course", "wellbeing", "email", T + 4, "d-6b")]
+    assert store.reserve(both, h4.versions) is False
+    assert "finance_course" not in store.history([5, 6], since=T - 86400).contact_action
+
+
+def test_release_takes_a_reservation_back(store):
+    h = store.history([8], since=T - 86400)
+    c = [Contact(8, "mortgage", "lending", "email", T, "d-unlogged")]
+    assert store.reserve(c, h.versions)
+    store.release(c)
+    after = store.history([8], since=T - 86400)
+    assert after.contact_row.tolist() == []
+    assert after.versions[8] != h.versions.get(8, 0)  # a decision that saw the contact decides again
+
+
+def _race(kind: str, where: str, worker: int, tries: int, cap: int, atomic: bool, start, out) -> None:
+    """One worker of the race: read the history, decide 'contact' while under the cap (taking a
+    moment, as a decision does), then reserve (atomic) or just record (the old way)."""
+    import time
+
+    s = SqlitePolicyStore(where) if kind == "sqlite" else RedisPolicyStore(REDIS_URL, prefix=where)
+    won = lost = 0
+    for i in range(tries):
+        h = s.history([42], since=T - 86400)
+        if i == 0:
+            start.wait(60)  # every worker has read the empty history: the first round collides
+        if h.contact_row.size >= cap:
+            break
+        time.sleep(0.002)
+        c = [Contact(42, "mortgage", "lending", "email", T, f"w{worker}-{i}")]
+        if not atomic:
+            s.record_contacts(c)
+            won += 1
+        elif s.reserve(c, h.versions):
+            won += 1
+        else:
+            lost += 1
+    out.put((won, lost))
+    s.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+@pytest.mark.parametrize("atomic", [True, False], ids=["reserve", "unchecked"])
+def test_concurrent_processes_never_exceed_a_cap(kind, atomic, tmp_path):
+    """Eight processes race to contact one customer under a cap of 5: with `reserve` exactly 5
+    contacts land; recording without the check (the control) overshoots, so the race is real."""
+    import multiprocessing as mp
+
+    where = str(tmp_path / "state.db") if kind == "sqlite" else f"nba-test-{uuid.uuid4().hex[:8]}:policy"
+    ctx = mp.get_context("fork")  # no re-import: the race starts at once
+    out, start = ctx.Queue(), ctx.Barrier(8)
+    procs = [ctx.Process(target=_race, args=(kind, where, w, 50, 5, atomic, start, out)) for w in range(8)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+    s = SqlitePolicyStore(tmp_path / "state.db") if kind == "sqlite" else RedisPolicyStore(REDIS_URL, prefix=where)
+    try:
+        landed = s.history([42], since=T - 86400).contact_row.size
+        if atomic:
+            assert landed == 5 and sum(w for w, _ in results) == 5
+            assert sum(lost for _, lost in results) > 0  # the processes did collide
+        else:
+            assert landed > 5
+    finally:
+        if kind == "redis":
+            s.clear()
+        s.close()

@@ -117,11 +117,23 @@ def test_the_column_builders_form_has_the_declared_types_in_every_store(tmp_path
         tables.decisions.rows()
 
 
-def test_the_readers_types_are_the_declaration(tmp_path: Path):
-    log = DecisionLog(tmp_path / "log")
-    log.append(_tables(2))
-    log.close()
-    frames = read_log(tmp_path / "log")
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+def test_the_readers_types_are_the_declaration(tmp_path: Path, backend: str):
+    import contextlib
+
+    from tests.pg_env import pg_database
+
+    with pg_database("test_records") if backend == "postgres" else contextlib.nullcontext() as dsn:
+        if dsn is None:
+            log = DecisionLog(tmp_path / "log")
+        else:
+            from nba.stores.decisions.postgres import PostgresDecisionLog
+
+            log = PostgresDecisionLog(dsn, tmp_path / "log")
+        log.append(_tables(2))
+        log.close()
+        frames = read_log(tmp_path / "log", dsn=dsn)
+    assert len(frames.decisions) == 2 and len(frames.candidates) == 2
     for frame, record in ((frames.decisions, records.DECISION), (frames.candidates, records.CANDIDATE),
                           (frames.filtered, records.FILTERED), (frames.outcomes, records.OUTCOME)):
         assert {c: str(t) for c, t in frame.dtypes.items()} == record.dtypes, record.name

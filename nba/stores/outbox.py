@@ -79,6 +79,33 @@ class Settlement:
     next_attempt_at: float = 0.0  # failed: when to try again
 
 
+def status_table(rows: Sequence[tuple]) -> dict[str, dict[str, int]]:
+    """(channel, state, count, leased) rows -> per channel the count per state and `in_flight`
+    (the undelivered ones a worker holds now); both backends' `status`."""
+    out: dict[str, dict[str, int]] = {}
+    for channel, state, count, leased in rows:
+        row = out.setdefault(channel, {**{s: 0 for s in OUTBOX_STATES}, "in_flight": 0})
+        row[state] = int(count)
+        if state in ("pending", "failed"):
+            row["in_flight"] += int(leased or 0)
+    return dict(sorted(out.items()))
+
+
+def messages_query(state: str | None, channel: str | None, limit: int, *, mark: str) -> tuple[str, tuple]:
+    """The newest messages, optionally of one state and channel: the SQL (`mark`: the
+    backend's parameter marker) and its arguments; both backends' `messages`."""
+    where, args = [], []
+    if state is not None:
+        where.append(f"state = {mark}")
+        args.append(state)
+    if channel is not None:
+        where.append(f"channel = {mark}")
+        args.append(channel)
+    sql = (f"SELECT {', '.join(OUTBOX.names)} FROM {OUTBOX.name}" + (" WHERE " + " AND ".join(where) if where else "")
+           + f" ORDER BY created_at DESC LIMIT {mark}")
+    return sql, (*args, int(limit))
+
+
 class Outbox:
     """The outbox of the decision log in `path` (its `log.db`), shared by processes."""
 
@@ -130,30 +157,15 @@ class Outbox:
                 f"SELECT channel, state, count(*), sum(lease_until > ?) FROM {OUTBOX.name} GROUP BY channel, state",
                 (now,)).fetchall()
 
-        out: dict[str, dict[str, int]] = {}
-        for channel, state, count, leased in self.db.read(read):
-            row = out.setdefault(channel, {**{s: 0 for s in OUTBOX_STATES}, "in_flight": 0})
-            row[state] = int(count)
-            if state in ("pending", "failed"):
-                row["in_flight"] += int(leased or 0)
-        return dict(sorted(out.items()))
+        return status_table(self.db.read(read))
 
     def messages(self, *, state: str | None = None, channel: str | None = None, limit: int = 100
                  ) -> list[dict[str, Any]]:
         """Messages with their delivery state (the newest first), for people and tests."""
-        where, args = [], []
-        if state is not None:
-            where.append("state = ?")
-            args.append(state)
-        if channel is not None:
-            where.append("channel = ?")
-            args.append(channel)
-        sql = (f"SELECT {', '.join(OUTBOX.names)} FROM {OUTBOX.name}" + (" WHERE " + " AND ".join(where) if where
-                                                                            else "")
-               + " ORDER BY created_at DESC LIMIT ?")
+        sql, args = messages_query(state, channel, limit, mark="?")
 
         def read(conn: sqlite3.Connection) -> list[tuple]:
-            return conn.execute(sql, (*args, int(limit))).fetchall()
+            return conn.execute(sql, args).fetchall()
 
         return [dict(zip(OUTBOX.names, r, strict=True)) for r in self.db.read(read)]
 
@@ -163,6 +175,24 @@ class Outbox:
                                 "ORDER BY at, attempt", (idempotency_key,)).fetchall()
 
         return [dict(zip(RECEIPT.names, r, strict=True)) for r in self.db.read(read)]
+
+    def of_decisions(self, decision_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The messages of these decisions: key, decision, channel, state, and how many
+        receipts record a delivery (a receiver's proof; more than one after a lease expired)."""
+        ids = list(dict.fromkeys(decision_ids))
+
+        def read(conn: sqlite3.Connection) -> list[tuple]:
+            rows: list[tuple] = []
+            for start in range(0, len(ids), 500):
+                part = ids[start:start + 500]
+                rows += conn.execute(
+                    f"SELECT o.idempotency_key, o.decision_id, o.channel, o.state, (SELECT count(*) FROM "
+                    f"{RECEIPT.name} r WHERE r.idempotency_key = o.idempotency_key AND r.outcome = 'delivered') "
+                    f"FROM {OUTBOX.name} o WHERE o.decision_id IN ({','.join('?' * len(part))})", part).fetchall()
+            return rows
+
+        names = ("idempotency_key", "decision_id", "channel", "state", "delivered_receipts")
+        return [dict(zip(names, r, strict=True)) for r in self.db.read(read)]
 
     def count(self, state: str | None = None) -> int:
         sql = f"SELECT count(*) FROM {OUTBOX.name}" + (" WHERE state = ?" if state else "")
@@ -187,3 +217,4 @@ class Outbox:
             return removed
 
         return int(self.db.submit(write))
+

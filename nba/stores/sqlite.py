@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from nba.errors import NbaError
+from nba.errors import NbaError, NotWritten
 from nba.records import FLOAT, INT, JSON, TEXT, TIME, Record
 
 T = TypeVar("T")
@@ -59,6 +59,17 @@ class StoreLocked(NbaError):
     """The file's write lock was not free for LOCK_TIMEOUT_S seconds."""
 
     exit_code = 3
+
+
+class StoreWriteFailed(NotWritten):
+    """The file could not take a write: its disk is full, failing or read-only. Nothing of the
+    write was committed; the caller answers 503 and the next write tries again."""
+
+    exit_code = 3
+
+
+# what SQLite says when the file system, not the statement, refused a write
+_DISK_ERRORS = ("disk is full", "disk i/o error", "readonly database", "unable to open database")
 
 
 @dataclass
@@ -123,7 +134,11 @@ class SqliteFile:
             else:
                 item.done.wait(0.0005)
         if item.error is not None:
-            raise item.error
+            err = item.error
+            if isinstance(err, sqlite3.OperationalError | OSError) and (
+                    isinstance(err, OSError) or any(m in str(err).lower() for m in _DISK_ERRORS)):
+                raise StoreWriteFailed(f"{self.path}: the write failed ({err}); nothing of it was kept") from None
+            raise err
         return item.result
 
     def _commit(self, batch: list[_Write]) -> None:

@@ -11,6 +11,11 @@ A log is a folder (the embedded backend, `nba.stores.decisions.sqlite`):
                                    index of their ids goes to log.db (`batch_index`), so outcomes
                                    can be reported against them like any other
 
+The production profile keeps the `log.db` tables (and the outbox) in Postgres instead
+(`nba.stores.decisions.postgres`, schema by `nba stores migrate`), the batch segments in the
+folder as here; `open_decision_log(settings)` opens the profile's, `read_log(folder, dsn=...)`
+reads either.
+
 Both hold the same records (`nba.records`: DECISION, CANDIDATE, FILTERED, FEATURES), built by
 one function (`nba.decisioning.tables.decision_tables`):
 
@@ -38,7 +43,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nba.errors import NbaError
 from nba.records import CANDIDATE, DECISION, FILTERED, OUTCOME, Columns, DecisionTables, Record
@@ -73,7 +78,10 @@ class OutcomeResult:
 class DecisionLogStore(Protocol):
     """What the engine and the batch path need of a decision log backend."""
 
-    path: Path  # where it is (readiness names it)
+    @property
+    def path(self) -> Path | str:
+        """Where it is (readiness names it): a folder, or a Postgres DSN without its password."""
+        ...
 
     def append(self, tables: DecisionTables) -> int:
         """Append decisions durably, in one transaction; returns how many."""
@@ -88,6 +96,14 @@ class DecisionLogStore(Protocol):
                        responded_at: float) -> OutcomeResult: ...
 
     def count(self) -> int: ...
+
+    def select(self, decision_ids: Sequence[str], columns: Sequence[str]) -> list[tuple]:
+        """The named columns of these decisions (ids not in the log are left out)."""
+        ...
+
+    def compact(self, before: float) -> int:
+        """Drop the features of the decisions made before `before` (retention); returns how many."""
+        ...
 
     def close(self) -> None: ...
 
@@ -117,12 +133,17 @@ class LogFrames:
         return frame
 
 
-def read_log(folder: Path, *, with_features: bool = False, decision_columns: Sequence[str] | None = None) -> LogFrames:
-    """Read every decision (service and batch) and outcome of the log in `folder`."""
+def read_log(folder: Path, *, with_features: bool = False, decision_columns: Sequence[str] | None = None,
+             dsn: str | None = None) -> LogFrames:
+    """Read every decision (service and batch) and outcome of the log in `folder`; with `dsn`,
+    the row tables are read from that Postgres database (the production profile) and the
+    batch segments from `folder`. (`log_location(settings)` gives both for a profile.) A
+    decision whose features were dropped (retention, erasure) has a row of missing values in
+    `features`."""
     import pandas as pd
 
     folder = Path(folder)
-    if not folder.is_dir():
+    if dsn is None and not folder.is_dir():
         raise DecisionLogError(f"decision log {folder} does not exist: no decision has been logged there")
     every = DECISION.tabular_names
     cols = list(decision_columns) if decision_columns else list(every)
@@ -132,7 +153,14 @@ def read_log(folder: Path, *, with_features: bool = False, decision_columns: Seq
     parts: dict[str, list[pd.DataFrame]] = {"decisions": [], "candidates": [], "filtered": [], "features": []}
     outcomes = empty_frame(OUTCOME)
     db = folder / DB_FILE
-    if db.is_file():
+    if dsn is not None:
+        from nba.stores.decisions.postgres import read_rows
+
+        rows = read_rows(dsn, cols, with_features)
+        for name in ("decisions", "candidates", "filtered", *(("features",) if with_features else ())):
+            parts[name].append(rows[name])
+        outcomes = rows["outcomes"]
+    elif db.is_file():
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
         try:
             def select(record: Record, names: Sequence[str] | None = None) -> pd.DataFrame:
@@ -167,6 +195,66 @@ def read_log(folder: Path, *, with_features: bool = False, decision_columns: Seq
         features = pd.concat(parts["features"], ignore_index=True) if parts["features"] else pd.DataFrame(
             {"decision_id": pd.Series(dtype="string")})
     return LogFrames(decisions, candidates, filtered, outcomes, features)
+
+
+_CUSTOMER_DECISION_COLUMNS = ("decision_id", "channel", "decided_at", "experiment_group", "action_id", "probability",
+                              "propensity", "value", "lever", "priority", "n_candidates", "source", "catalog_version")
+
+
+def read_customer_decisions(conn: Any, customer_id: int, limit: int, *, mark: str, seq: str) -> list[dict[str, Any]]:
+    """A customer's latest service decisions, newest first, with their outcomes and filtered
+    actions, on a DB-API connection of either backend (`mark`: its parameter marker, `?` or
+    `%s`; `seq`: the column that orders rows inserted in one moment, `rowid` or `row_seq`)."""
+    cols = _CUSTOMER_DECISION_COLUMNS
+    rows = conn.execute(f"SELECT {', '.join(cols)} FROM {DECISION.name} WHERE customer_id = {mark} "
+                        f"ORDER BY decided_at DESC, {seq} DESC LIMIT {mark}", (int(customer_id), int(limit))).fetchall()
+    out = []
+    for r in rows:
+        d = dict(zip(cols, r, strict=True))
+        o = conn.execute(f"SELECT action_id, outcome, value, responded_at FROM {OUTCOME.name} "
+                         f"WHERE decision_id = {mark}", (d["decision_id"],)).fetchall()
+        d["outcomes"] = [{"action_id": a, "outcome": oc, "value": v, "responded_at": t} for a, oc, v, t in o]
+        d["filtered"] = [{"action_id": a, "stage": st, "rule": ru} for a, st, ru in conn.execute(
+            f"SELECT action_id, stage, rule FROM {FILTERED.name} WHERE decision_id = {mark}",
+            (d["decision_id"],)).fetchall()]
+        out.append(d)
+    return out
+
+
+def record_outcome(conn: Any, found: tuple | None, insert: str, decision_id: str, action_id: str, outcome: str,
+                   value: float, responded_at: float, *, mark: str) -> OutcomeResult:
+    """Record an outcome once on either backend: `found` is the decision's (customer_id,
+    channel) or None; `insert` the backend's insert-or-ignore; `mark` its parameter marker.
+    A second report of the same (decision, action) keeps the first."""
+    if found is None:
+        raise UnknownDecision(f"decision_id '{decision_id}' is not in the decision log")
+    cur = conn.execute(insert, (decision_id, action_id, outcome, float(value), float(responded_at)))
+    recorded = cur.rowcount == 1
+    kept = (outcome, value, responded_at) if recorded else conn.execute(
+        f"SELECT outcome, value, responded_at FROM {OUTCOME.name} WHERE decision_id = {mark} AND action_id = {mark}",
+        (decision_id, action_id)).fetchone()
+    return OutcomeResult(decision_id, action_id, int(found[0]), str(found[1]), recorded, kept[0],
+                         float(kept[1]), float(kept[2]))
+
+
+def log_location(settings: Any) -> tuple[Path, str | None]:
+    """Where the profile's decision log is: its folder (batch segments; the SQLite file in the
+    embedded profile) and the Postgres DSN of its row tables (None: SQLite). As
+    `read_log(folder, dsn=dsn)` takes them."""
+    return settings.decision_log_dir, settings.decision_log_dsn if settings.log_backend == "postgres" else None
+
+
+def open_decision_log(settings: Any) -> DecisionLogStore:
+    """The profile's decision log: SQLite in the log folder (embedded), Postgres (production;
+    refused at start, in one line, if the database does not answer or is not migrated)."""
+    folder, dsn = log_location(settings)
+    if dsn is None:
+        from nba.stores.decisions.sqlite import DecisionLog
+
+        return DecisionLog(folder)
+    from nba.stores.decisions.postgres import PostgresDecisionLog
+
+    return PostgresDecisionLog(dsn, folder)
 
 
 def empty_frame(record: Record, names: Sequence[str] | None = None) -> pd.DataFrame:

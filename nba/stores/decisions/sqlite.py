@@ -30,7 +30,14 @@ from nba.records import (
     DecisionTables,
     arrow_schema,
 )
-from nba.stores.decisions import BATCH_DIR, DB_FILE, DecisionLogError, OutcomeResult, UnknownDecision
+from nba.stores.decisions import (
+    BATCH_DIR,
+    DB_FILE,
+    DecisionLogError,
+    OutcomeResult,
+    read_customer_decisions,
+    record_outcome,
+)
 from nba.stores.outbox import OUTBOX_SCHEMA
 from nba.stores.sqlite import SqliteFile, create_table, insert_sql
 
@@ -40,6 +47,13 @@ _SCHEMA = ("".join(create_table(r) for r in LOG_RECORDS) + OUTBOX_SCHEMA
 _INSERT = {r.name: insert_sql(r) for r in LOG_RECORDS}
 _INSERT_OUTCOME = insert_sql(OUTCOME, conflict="IGNORE")
 _INSERT_OUTBOX = insert_sql(OUTBOX)
+
+
+def check_columns(columns: Sequence[str]) -> None:
+    """Refuse a column `select` does not know (they are written into its SQL)."""
+    unknown = [c for c in columns if c not in DECISION.tabular_names]
+    if unknown:
+        raise DecisionLogError(f"unknown decision column(s) {unknown}; expected any of {list(DECISION.tabular_names)}")
 
 
 class DecisionLog:
@@ -114,20 +128,29 @@ class DecisionLog:
             row = conn.execute(f"SELECT customer_id, channel FROM {DECISION.name} WHERE decision_id = ?",
                                (decision_id,)).fetchone() or conn.execute(
                 f"SELECT customer_id, channel FROM {BATCH_INDEX.name} WHERE decision_id = ?", (decision_id,)).fetchone()
-            if row is None:
-                raise UnknownDecision(f"decision_id '{decision_id}' is not in the decision log")
-            cur = conn.execute(_INSERT_OUTCOME, (decision_id, action_id, outcome, float(value), float(responded_at)))
-            recorded = cur.rowcount == 1
-            kept = (outcome, value, responded_at) if recorded else conn.execute(
-                f"SELECT outcome, value, responded_at FROM {OUTCOME.name} WHERE decision_id = ? AND action_id = ?",
-                (decision_id, action_id)).fetchone()
-            return OutcomeResult(decision_id, action_id, int(row[0]), str(row[1]), recorded, kept[0],
-                                 float(kept[1]), float(kept[2]))
+            return record_outcome(conn, row, _INSERT_OUTCOME, decision_id, action_id, outcome, value, responded_at,
+                                  mark="?")
 
         return self.db.submit(write)
 
     def count(self) -> int:
         return int(self.db.read(lambda conn: conn.execute(f"SELECT count(*) FROM {DECISION.name}").fetchone()[0]))
+
+    def select(self, decision_ids: Sequence[str], columns: Sequence[str]) -> list[tuple]:
+        """The named columns of these service decisions (ids not in the log are left out), for a
+        summary of a known set (a replayed day's triggered decisions) without reading the log."""
+        check_columns(columns)
+        ids = list(dict.fromkeys(decision_ids))
+
+        def read(conn: sqlite3.Connection) -> list[tuple]:
+            rows: list[tuple] = []
+            for start in range(0, len(ids), 500):
+                part = ids[start:start + 500]
+                rows += conn.execute(f"SELECT {', '.join(columns)} FROM {DECISION.name} WHERE decision_id IN "
+                                     f"({','.join('?' * len(part))})", part).fetchall()
+            return rows
+
+        return list(self.db.read(read))
 
     def has_customer(self, customer_id: int) -> bool:
         """Whether any decision (service or batch) of the customer is in the log."""
@@ -140,26 +163,7 @@ class DecisionLog:
         """The customer's latest service decisions, newest first: the shown action with its
         numbers, the outcome reported for it (or None) and the actions filtered with the stage
         and the rule. (Batch decisions: `customer_batch_decisions`.)"""
-        cid = int(customer_id)
-        cols = ("decision_id", "channel", "decided_at", "experiment_group", "action_id", "probability", "propensity",
-                "value", "lever", "priority", "n_candidates", "source", "catalog_version")
-
-        def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            rows = conn.execute(f"SELECT {', '.join(cols)} FROM {DECISION.name} WHERE customer_id = ? "
-                                "ORDER BY decided_at DESC, rowid DESC LIMIT ?", (cid, int(limit))).fetchall()
-            out = []
-            for r in rows:
-                d = dict(zip(cols, r, strict=True))
-                o = conn.execute(f"SELECT action_id, outcome, value, responded_at FROM {OUTCOME.name} "
-                                 "WHERE decision_id = ?", (d["decision_id"],)).fetchall()
-                d["outcomes"] = [{"action_id": a, "outcome": oc, "value": v, "responded_at": t} for a, oc, v, t in o]
-                d["filtered"] = [{"action_id": a, "stage": st, "rule": ru} for a, st, ru in conn.execute(
-                    f"SELECT action_id, stage, rule FROM {FILTERED.name} WHERE decision_id = ?",
-                    (d["decision_id"],)).fetchall()]
-                out.append(d)
-            return out
-
-        return self.db.read(read)
+        return self.db.read(lambda conn: read_customer_decisions(conn, customer_id, limit, mark="?", seq="rowid"))
 
     def erase_customer(self, customer_id: int) -> int:
         """Pseudonymise the customer's decisions, irreversibly; returns the rows changed.
@@ -207,6 +211,64 @@ class DecisionLog:
         # the write-ahead log still holds the old pages until a checkpoint copies and truncates it
         self.db.read(lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
         return n
+
+
+    def compact(self, before: float) -> int:
+        """Drop the features of the decisions made before `before` (epoch seconds), keeping the
+        decisions and their outcomes, in `log.db` and the batch segments; returns the decisions
+        compacted. The freed pages are overwritten (secure_delete) and the write-ahead log
+        truncated, so the values are gone from the file, not only from the table."""
+        def write(conn: sqlite3.Connection) -> int:
+            conn.execute("PRAGMA secure_delete=ON")
+            return conn.execute(f"UPDATE {DECISION.name} SET features = '{{}}' WHERE decided_at < ? "
+                                "AND features != '{}'", (float(before),)).rowcount
+
+        n = int(self.db.submit(write)) + compact_segments(self.folder, before)
+        self.db.read(lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
+        return n
+
+
+def compact_segments(folder: Path, before: float) -> int:
+    """Blank, in each batch segment's `features` table, the values of the decisions made before
+    `before` (epoch seconds): their rows stay, all values missing, as a service decision's
+    features read after compaction (and as erasure leaves them). Each file is replaced
+    atomically. Returns the decisions compacted."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    root = Path(folder) / BATCH_DIR
+    if not root.is_dir():
+        return 0
+    cutoff = pa.scalar(int(before * 1e6), pa.timestamp("us", tz="UTC"))
+    n = 0
+    for seg in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        dec = pq.read_table(seg / f"{DECISION.name}.parquet", columns=["decision_id", "decided_at"])
+        old = pc.filter(dec.column("decision_id"), pc.less(dec.column("decided_at").cast(cutoff.type), cutoff))
+        if not len(old):
+            continue
+        path = seg / "features.parquet"
+        feats = pq.read_table(path)
+        hit = pc.is_in(feats.column("decision_id").cast(pa.string()), value_set=old.cast(pa.string()))
+        cols = {name: feats.column(name) for name in feats.column_names}
+        blank = [name for name in feats.column_names if name != "decision_id"]
+        # only the rows not blank yet count (compacting twice drops nothing more)
+        blank_now = pa.array(np.zeros(len(feats), dtype=bool)) if not blank else pc.is_null(cols[blank[0]])
+        for name in blank[1:]:
+            blank_now = pc.and_(blank_now, pc.is_null(cols[name]))
+        k = int(pc.sum(pc.and_(hit, pc.invert(blank_now))).as_py() or 0)
+        if not k:
+            continue
+        for name in blank:
+            cols[name] = pc.if_else(hit, pa.scalar(None, cols[name].type), cols[name])
+        tmp = path.with_suffix(".parquet.tmp")
+        pq.write_table(pa.Table.from_arrays(list(cols.values()), schema=feats.schema), tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        n += k
+    return n
 
 
 def _features_json(values: Mapping[str, Any], n: int) -> list[str]:

@@ -9,17 +9,19 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nba.records import EVENT
+from nba.records import EVENT, TRIGGER_PENDING
 from nba.schemas import ENTITY_KEY
-from nba.stores.events import AppendResult, EventLogError, LoggedEvent
+from nba.stores.events import AppendResult, EventLogError, LoggedEvent, pending_event
 from nba.stores.sqlite import SqliteFile, create_table, insert_sql
 
 if TYPE_CHECKING:
     import pandas as pd
 
 _SCHEMA = create_table(EVENT) + (f"CREATE INDEX IF NOT EXISTS {EVENT.name}_by_customer "
-                                 f"ON {EVENT.name} ({ENTITY_KEY}, timestamp);\n")
+                                 f"ON {EVENT.name} ({ENTITY_KEY}, timestamp);\n") + create_table(TRIGGER_PENDING)
 _INSERT = insert_sql(EVENT)
+_PENDING = insert_sql(TRIGGER_PENDING)
+_EVENT_COLS = f"e.event_id, e.{ENTITY_KEY}, e.type, e.timestamp, e.properties"
 _CHUNK = 500  # ids per IN (...) (SQLite's limit of bound parameters is far above)
 
 
@@ -37,8 +39,12 @@ class EventLog:
     def close(self) -> None:
         self.db.close()
 
-    def append(self, events: Sequence[Mapping[str, Any]], ingested_at: float) -> AppendResult:
+    def append(self, events: Sequence[Mapping[str, Any]], ingested_at: float, *,
+               pending: bool = False, triggered: Sequence[str] = ()) -> AppendResult:
+        done = list(dict.fromkeys(triggered))
         if not events:
+            if done:
+                self.triggered(done)
             return AppendResult((), ())
         rows = [(e["event_id"], int(e["customer_id"]), e["type"], float(e["timestamp"]),
                  int(bool(e.get("known_customer", True))), float(ingested_at),
@@ -63,9 +69,35 @@ class EventLog:
                 new.append(r[0])
                 fresh.append(r)
             conn.executemany(_INSERT, fresh)
+            if pending:
+                conn.executemany(_PENDING, [(r[0], r[1], r[5]) for r in fresh])
+            _delete_pending(conn, done)
             return AppendResult(tuple(new), tuple(dup))
 
         return self.db.submit(write)
+
+    def pending(self, event_ids: Sequence[str] | None = None, *, before: float | None = None,
+                limit: int = 10_000) -> list[dict[str, Any]]:
+        join = (f"SELECT {_EVENT_COLS} FROM {TRIGGER_PENDING.name} p JOIN {EVENT.name} e "
+                "ON e.event_id = p.event_id")
+
+        def read(conn: sqlite3.Connection) -> list[tuple]:
+            if event_ids is None:
+                return conn.execute(f"{join} WHERE p.ingested_at < ? ORDER BY e.timestamp, e.event_id LIMIT ?",
+                                    (float("inf") if before is None else float(before), int(limit))).fetchall()
+            rows: list[tuple] = []
+            for part in _chunks(list(dict.fromkeys(event_ids))):
+                rows += conn.execute(f"{join} WHERE p.event_id IN ({','.join('?' * len(part))})", part).fetchall()
+            return sorted(rows, key=lambda r: (r[3], r[0]))
+
+        return [pending_event(r) for r in self.db.read(read)]
+
+    def triggered(self, event_ids: Sequence[str]) -> int:
+        ids = list(dict.fromkeys(event_ids))
+        if not ids:
+            return 0
+
+        return int(self.db.submit(lambda conn: _delete_pending(conn, ids)))
 
     def history(self, customer_ids: Sequence[int], since: float | None = None) -> dict[int, list[LoggedEvent]]:
         wanted = sorted({int(c) for c in customer_ids})
@@ -94,8 +126,11 @@ class EventLog:
             f"SELECT count(*) FROM {EVENT.name} WHERE known_customer = 0").fetchone()[0]))
 
     def erase_customer(self, customer_id: int) -> int:
-        return int(self.db.submit(lambda c: c.execute(
-            f"DELETE FROM {EVENT.name} WHERE {ENTITY_KEY} = ?", (int(customer_id),)).rowcount))
+        def write(conn: sqlite3.Connection) -> int:
+            conn.execute(f"DELETE FROM {TRIGGER_PENDING.name} WHERE {ENTITY_KEY} = ?", (int(customer_id),))
+            return int(conn.execute(f"DELETE FROM {EVENT.name} WHERE {ENTITY_KEY} = ?", (int(customer_id),)).rowcount)
+
+        return int(self.db.submit(write))
 
     def customers(self) -> list[int]:
         return [r[0] for r in self.db.read(lambda c: c.execute(
@@ -112,6 +147,11 @@ class EventLog:
             conn.close()
 
 
+def _delete_pending(conn: sqlite3.Connection, event_ids: Sequence[str]) -> int:
+    return sum(conn.execute(f"DELETE FROM {TRIGGER_PENDING.name} WHERE event_id IN ({','.join('?' * len(part))})",
+                            part).rowcount for part in _chunks(event_ids))
+
+
 def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
     for i in range(0, len(items), _CHUNK):
         yield items[i:i + _CHUNK]
@@ -121,17 +161,23 @@ def read_events(path: Path, *, types: Sequence[str] | None = None) -> pd.DataFra
     """The event log as a frame: the record's tabular columns typed by the declaration (times
     as UTC timestamps), then one column per property (flattened, as contract 1 lays a file out;
     a `timestamp` property stays epoch seconds). `types` keeps only those event types."""
-    import pandas as pd
 
     path = Path(path)
     if not path.is_file():
         raise EventLogError(f"event log {path} does not exist: no event has been ingested there")
     log = EventLog.__new__(EventLog)
     log.path = path
+    return events_frame(log.rows(), types)
+
+
+def events_frame(rows: Iterator[tuple[Any, ...]], types: Sequence[str] | None = None) -> pd.DataFrame:
+    """The frame of `read_events` from a backend's `rows()`."""
+    import pandas as pd
+
     wanted = set(types) if types else None
     base: list[tuple[Any, ...]] = []
     props: list[Mapping[str, Any]] = []
-    for r in log.rows():
+    for r in rows:
         if wanted is not None and r[2] not in wanted:
             continue
         base.append(r[:-1])

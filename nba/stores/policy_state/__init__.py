@@ -11,7 +11,15 @@ One small interface (`PolicyStore`), two durable implementations, one module eac
 `open_policy_store(settings, catalog)` opens the one the settings name.
 
 Writes are idempotent on (decision id, action id): recording the same contact or rejection
-twice (a retried request, a duplicate outcome) counts once. The decisioning core never sees
+twice (a retried request, a duplicate outcome) counts once.
+
+Caps hold exactly across the workers of a service and across replicas: each customer's state
+has a version, bumped by every contact or rejection recorded. `history` returns the versions it
+read (read before the rows, so a write in between makes the read look older, never newer), and
+`reserve` records a decision's contacts only if every one of its customers' versions is still
+the one read, atomically (a transaction under SQLite's write lock; one Lua script in Redis). A
+decision that loses the race is decided again on the new history; `release` takes a reserved
+decision's contacts back when its log write fails. The decisioning core never sees
 a store: the engine reads a `RawHistory` for the customers of a call and turns it into the
 core's index arrays with `to_history`.
 """
@@ -19,7 +27,7 @@ core's index arrays with `to_history`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple, Protocol
 
 import numpy as np
@@ -59,12 +67,22 @@ class RawHistory:
     reject_row: np.ndarray
     reject_action: list[str]
     reject_ts: np.ndarray
+    versions: dict[int, int] = field(default_factory=dict)  # customer id -> state version, as read
 
 
 class PolicyStore(Protocol):
     def history(self, customer_ids: Sequence[int] | np.ndarray, since: float) -> RawHistory: ...
 
     def record_contacts(self, contacts: Sequence[Contact] | Sequence[tuple]) -> None: ...
+
+    def reserve(self, contacts: Sequence[Contact] | Sequence[tuple], versions: dict[int, int]) -> bool:
+        """Record the contacts only if each of their customers' state is still at `versions`
+        (as `history` read it); False, recording nothing, if any has moved on."""
+        ...
+
+    def release(self, contacts: Sequence[Contact] | Sequence[tuple]) -> None:
+        """Take back contacts `reserve` recorded (their decision could not be logged)."""
+        ...
 
     def record_rejection(self, customer_id: int, action_id: str, ts: float, decision_id: str) -> None: ...
 
@@ -104,12 +122,13 @@ def empty_raw() -> RawHistory:
     return RawHistory(i, [], [], [], f, i, [], f)
 
 
-def rows_to_raw(ids: np.ndarray, contacts: list[tuple], rejects: list[tuple]) -> RawHistory:
+def rows_to_raw(ids: np.ndarray, contacts: list[tuple], rejects: list[tuple],
+                versions: dict[int, int] | None = None) -> RawHistory:
     """Map (customer_id, ...) rows onto the call's rows; a customer asked for twice gets both."""
     import pandas as pd
 
     if not contacts and not rejects:
-        return empty_raw()
+        return _with_versions(empty_raw(), versions)
     index = pd.Index(ids) if ids.size > 64 else None
     if index is None and len(set(ids.tolist())) == ids.size:
         where = {int(c): i for i, c in enumerate(ids.tolist())}
@@ -148,7 +167,16 @@ def rows_to_raw(ids: np.ndarray, contacts: list[tuple], rejects: list[tuple]) ->
         reject = (r_row, [r_act[i] for i in keep], np.asarray(r_ts, dtype=np.float64)[keep])
     else:
         reject = (np.zeros(0, np.int64), [], np.zeros(0))
-    return RawHistory(*contact, *reject)
+    return RawHistory(*contact, *reject, versions=dict(versions or {}))
+
+
+def _with_versions(raw: RawHistory, versions: dict[int, int] | None) -> RawHistory:
+    return raw if not versions else replace(raw, versions=dict(versions))
+
+
+def contact_customers(contacts: Sequence[Contact] | Sequence[tuple]) -> list[int]:
+    """The distinct customers of some contacts, in first-seen order."""
+    return list(dict.fromkeys(int(c[0]) for c in contacts))
 
 
 def open_policy_store(settings: Settings, catalog: Catalog) -> PolicyStore:

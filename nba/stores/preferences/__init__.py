@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from nba.errors import NbaError
 
@@ -42,3 +42,15 @@ class PreferenceStore(Protocol):
     def erase_customer(self, customer_id: int) -> int: ...
 
     def close(self) -> None: ...
+
+
+def open_preference_store(settings: Any) -> PreferenceStore:
+    """The profile's preference store: a SQLite file (embedded) or the logs' Postgres database
+    (production; refused at start, in one line, if it does not answer or is not migrated)."""
+    if settings.log_backend == "postgres":
+        from nba.stores.preferences.postgres import PostgresPreferenceStore
+
+        return PostgresPreferenceStore(settings.decision_log_dsn)
+    from nba.stores.preferences.sqlite import SqlitePreferenceStore
+
+    return SqlitePreferenceStore(settings.preferences_path)

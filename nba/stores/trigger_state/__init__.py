@@ -42,9 +42,13 @@ class TriggerStore(Protocol):
     def last_fired(self, customer_ids: Sequence[int] | np.ndarray, trigger_ids: Sequence[str]) -> np.ndarray:
         """(n, T) epoch seconds of each trigger's last firing per customer; NaN: never."""
 
+    def fired_by(self, customer_ids: Sequence[int] | np.ndarray, trigger_ids: Sequence[str]) -> np.ndarray:
+        """(n, T) the event id of each trigger's last firing per customer; None: never, or a scan."""
+
     def claim(self, fires: Sequence[Fire]) -> list[bool]:
         """Record each firing unless its trigger fired for the customer within the window
-        before it; True where recorded (the decision may start)."""
+        before it, for another event; True where recorded (the decision may start). The same
+        event claiming again (its triggers run again after a restart) is recorded again."""
 
     def erase_customer(self, customer_id: int) -> int: ...
 

@@ -13,10 +13,11 @@ from nba.stores.sqlite import SqliteFile, create_table
 from nba.stores.trigger_state import Fire, TriggerStoreError
 
 _CHUNK = 2_000
-# a firing replaces the last one only outside its window; `changes()` says whether it did
+# a firing replaces the last one only outside its window, or when it is the same event's (its
+# triggers run again after a restart); `changes()` says whether it did
 _CLAIM = (f"INSERT INTO {TRIGGER_FIRE.name} (trigger_id, customer_id, fired_at, event_id) VALUES (?, ?, ?, ?) "
           "ON CONFLICT (trigger_id, customer_id) DO UPDATE SET fired_at = excluded.fired_at, "
-          "event_id = excluded.event_id WHERE excluded.fired_at - fired_at >= ?")
+          "event_id = excluded.event_id WHERE excluded.fired_at - fired_at >= ? OR event_id = excluded.event_id")
 
 
 class SqliteTriggerStore:
@@ -72,6 +73,32 @@ class SqliteTriggerStore:
         keep = pos >= 0
         cols = np.fromiter((tcol[x] for x in t), dtype=np.int64, count=len(t))
         out[pos[keep], cols[keep]] = np.asarray(f, dtype=np.float64)[keep]
+        return out
+
+    def fired_by(self, customer_ids: Sequence[int] | np.ndarray, trigger_ids: Sequence[str]) -> np.ndarray:
+        ids = np.asarray(customer_ids, dtype=np.int64)
+        out = np.full((ids.size, len(trigger_ids)), None, dtype=object)
+        if not ids.size or not trigger_ids:
+            return out
+        tcol = {t: j for j, t in enumerate(trigger_ids)}
+        uniq = sorted(set(ids.tolist()))
+
+        def read(conn: sqlite3.Connection) -> list[tuple]:
+            rows: list[tuple] = []
+            for start in range(0, len(uniq), _CHUNK):
+                part = uniq[start:start + _CHUNK]
+                rows += conn.execute(f"SELECT trigger_id, customer_id, event_id FROM {TRIGGER_FIRE.name} WHERE "
+                                     f"trigger_id IN ({','.join('?' * len(trigger_ids))}) AND customer_id IN "
+                                     f"({','.join('?' * len(part))})", (*trigger_ids, *part)).fetchall()
+            return rows
+
+        try:
+            found = {(c, t): e for t, c, e in self.db.read(read)}
+        except sqlite3.DatabaseError as exc:
+            raise TriggerStoreError(f"trigger store {self.path}: {exc}") from None
+        for i, cid in enumerate(ids.tolist()):
+            for t, j in tcol.items():
+                out[i, j] = found.get((cid, t))
         return out
 
     def claim(self, fires: Sequence[Fire]) -> list[bool]:
