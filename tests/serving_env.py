@@ -53,12 +53,10 @@ def make_home(root: Path, *, policies: dict[str, Any] | None = None, strip_uplif
 
 def build_served_bank(feature_env: Settings, root: Path) -> Settings:
     """Champions trained on the shared 4,000-customer bank, its online store materialised in a
-    private copy of the feature repository, and the bundle built."""
+    private copy of the feature repository, and the bundle built. The champions are trained once
+    per session (`_champions`); each bank gets its own copy of that MLflow store, relocated."""
     from nba.features import store
     from nba.serving.bundle import build
-    from nba.training import propensity, tracking
-    from nba.training.churn import train_churn
-    from nba.training.clv import train_clv
 
     home = make_home(root)
     work = root / "var"
@@ -67,12 +65,59 @@ def build_served_bank(feature_env: Settings, root: Path) -> Settings:
     shutil.copytree(feature_env.work / "feature_repo", work / "feature_repo")
     settings = Settings(home=home, work_dir=work, mlflow_dir=root / "mlflow", data_dir=feature_env.data_dir)
     store.materialize(settings)
-    trained = [*propensity.train_propensity(settings), train_churn(settings), train_clv(settings, "sim")]
-    client = tracking.configure(settings)
-    for m in trained:  # the test bank's champions (promotion gates have their own tests)
-        client.set_registered_model_alias(m.name, "champion", m.version)
+    copy_mlflow_store(_champions(feature_env), settings.mlflow_dir)
     build(settings)
     return settings
+
+
+_CHAMPIONS: dict[Path, Path] = {}  # the session's feature_env work folder -> its trained MLflow store
+
+
+def _champions(feature_env: Settings) -> Path:
+    """An MLflow store (a folder of its own, never served from) with the test bank's champions:
+    every propensity model, churn and CLV trained on the shared bank and aliased @champion
+    (promotion gates have their own tests). Trained once: the same training every served bank
+    repeated took about a minute each, nine times a suite."""
+    from nba.training import propensity, tracking
+    from nba.training.churn import train_churn
+    from nba.training.clv import train_clv
+
+    key = feature_env.work.resolve()
+    if key not in _CHAMPIONS:
+        root = feature_env.work.parent / "champions"
+        work = root / "var"
+        work.mkdir(parents=True)
+        for name in ("sim", "feature_repo"):
+            (work / name).symlink_to(feature_env.work / name, target_is_directory=True)
+        settings = Settings(home=make_home(root), work_dir=work, mlflow_dir=root / "mlflow",
+                            data_dir=feature_env.data_dir)
+        trained = [*propensity.train_propensity(settings), train_churn(settings), train_clv(settings, "sim")]
+        client = tracking.configure(settings)
+        for m in trained:
+            client.set_registered_model_alias(m.name, "champion", m.version)
+        _CHAMPIONS[key] = settings.mlflow_dir
+    return _CHAMPIONS[key]
+
+
+def copy_mlflow_store(source: Path, target: Path) -> None:
+    """Copy an embedded MLflow store (its SQLite database and artifacts) and point every path
+    the database holds (artifact locations, model sources) at the copy: a run, a model or an
+    artifact written through the copy stays in it."""
+    import sqlite3
+
+    shutil.copytree(source, target)
+    old, new = str(source.resolve()), str(target.resolve())
+    conn = sqlite3.connect(target / "mlflow.db")
+    try:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            for _, col, kind, *_ in conn.execute(f'PRAGMA table_info("{table}")').fetchall():
+                if any(t in str(kind).upper() for t in ("CHAR", "TEXT", "CLOB")):
+                    conn.execute(f'UPDATE "{table}" SET "{col}" = replace("{col}", ?, ?) WHERE instr("{col}", ?) > 0',
+                                 (old, new, old))
+        conn.commit()
+    finally:
+        conn.close()
 
 
 @dataclass
@@ -91,19 +136,26 @@ class Server:
 
 def start_server(settings: Settings, log: Path, *, workers: int = 2, extra_env: dict[str, str] | None = None,
                  ready: bool = True) -> Server:
-    from nba.serving.run import start, wait_ready
+    """`nba serve` on a free port. A free port is only free until someone binds it: BentoML's
+    process manager picks its own control port the same way, so two servers started together
+    can collide ("Address already in use"); that start is retried on fresh ports, twice."""
+    from nba.serving.run import start, stop, wait_ready
 
-    port = free_port()
-    proc = start(settings, port=port, workers=workers, log_file=log, extra_env=extra_env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc, timeout=180, accept_unready=not ready)
-    except Exception:
-        from nba.serving.run import stop
-
-        stop(proc)
-        raise AssertionError(f"server did not start; its log:\n{log.read_text()[-5000:]}") from None
-    return Server(settings, url, port, proc, log)
+    for attempt in range(3):
+        port = free_port()
+        offset = log.stat().st_size if log.exists() else 0  # the log is appended to
+        proc = start(settings, port=port, workers=workers, log_file=log, extra_env=extra_env)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(url, proc, timeout=180, accept_unready=not ready)
+        except Exception:
+            stop(proc)
+            text = log.read_bytes()[offset:].decode(errors="replace") if log.exists() else ""
+            if "Address already in use" in text and attempt < 2:
+                continue
+            raise AssertionError(f"server did not start; its log:\n{text[-5000:]}") from None
+        return Server(settings, url, port, proc, log)
+    raise AssertionError("unreachable")
 
 
 def call(url: str, path: str, body: Any = None, *, raw: bytes | None = None, method: str | None = None

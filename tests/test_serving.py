@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import shutil
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 
 from nba import records
 from nba.decisioning import experiment
+from nba.schemas import ACTIONS
 from nba.settings import Settings
 from nba.stores.decisions import read_log
 from nba.stores.policy_state.redis import RedisPolicyStore
@@ -62,7 +64,7 @@ def test_health_readiness_and_the_openapi_page(server):
     status, ready = call(server.url, "/readyz")
     assert status == 200 and ready["ready"] is True
     assert set(ready["checks"]) == {"models", "feature_store", "policy_store", "decision_log", "event_log"}
-    assert "12 models loaded" in ready["checks"]["models"]["detail"]
+    assert f"{len(ACTIONS) + 2} models loaded" in ready["checks"]["models"]["detail"]  # propensity per action, churn, CLV
     assert "serving_v2 (67 features)" in ready["checks"]["feature_store"]["detail"]
     status, spec = call(server.url, "/docs.json")
     assert status == 200 and {"/decide", "/decide_batch", "/respond"} <= set(spec["paths"])
@@ -78,7 +80,7 @@ def test_a_decision_follows_the_contract_and_is_logged(server, served, customers
     assert d["experiment_group"] in ("nba", "explore")
     assert len(d["decision_id"]) == 32
     assert d["versions"]["catalog"].startswith("bank-1+") and d["versions"]["bundle"].startswith("nba_decision:")
-    assert len(d["versions"]["models"]) == 12 and set(d["versions"]["models"].values()) == {"1"}
+    assert len(d["versions"]["models"]) == len(ACTIONS) + 2 and set(d["versions"]["models"].values()) == {"1"}
     assert 1 <= len(d["actions"]) <= 3 or d["actions"] == []
     pri = [a["priority"] for a in d["actions"]]
     if d["experiment_group"] == "nba":
@@ -115,6 +117,9 @@ BAD = [
     ("/decide", b'{"customer_id": 5, "channel": "web", "context": {"agee": 40}}', 400, "context key 'agee'"),
     ("/decide", b'{"customer_id": 5, "channel": "web", "context": {"age": "old"}}', 400, "context.age"),
     ("/decide", b'{"customer_id": 5, "channel": "web", "timestamp": "yesterday"}', 400, "timestamp"),
+    ("/decide", b'{"customer_id": 5, "channel": "web", "actions": ["yacht"]}', 400,
+     "actions: 'yacht' is not an action of the catalog"),
+    ("/decide", b'{"customer_id": 5, "channel": "web", "actions": []}', 400, "actions"),
     ("/decide_batch", b'{"requests": []}', 400, "too_short"),
     ("/respond", b'{"decision_id": "0123", "action_id": "mortgage", "outcome": "accepted"}', 404,
      "decision_id '0123' is not in the decision log"),
@@ -402,6 +407,7 @@ def test_the_fast_paths_equal_feast_and_the_models_own_predictions(served, custo
     from nba.features.store import online_features
     from nba.serving.bundle import load_models, read_manifest
     from nba.serving.models import SMALL
+    from nba.training.models import ActionBoundClassifier
     from nba.training.tracking import configure
 
     ids = [*customers[:20].tolist(), 987_654_321, int(customers[0])]
@@ -425,12 +431,15 @@ def test_the_fast_paths_equal_feast_and_the_models_own_predictions(served, custo
     import mlflow
 
     big = {k: np.tile(v, 20) for k, v in env.items()}  # 400 customers: XGBoost's own predictor
+    kinds: Counter[str] = Counter()
     for j, action in enumerate(cat.action_ids):
         bento = manifest["models"][cat.actions[j].model]["bento_model"]
         import bentoml
 
         own = mlflow.sklearn.load_model(bentoml.models.get(bento).path_of("mlflow_model"))
-        inputs = [c for c in own.model.feature_names_in_ if c != "action_id"]
+        kinds[type(own).__name__] += 1  # its own model, or the pooled one bound to a thin action
+        fitted = own.model if isinstance(own, ActionBoundClassifier) else own
+        inputs = [c for c in fitted.feature_names_in_ if c != "action_id"]
         expected = own.predict_proba(frame[inputs])[:, 1]
         rows = np.arange(20)
         few = models.propensity(env, 20, rows, np.full(20, j))
@@ -441,6 +450,7 @@ def test_the_fast_paths_equal_feast_and_the_models_own_predictions(served, custo
         assert np.allclose(few, expected, rtol=1e-5, atol=1e-7), action
         assert np.allclose(one, expected, rtol=1e-5, atol=1e-7), action
         assert np.allclose(many, np.tile(expected, 20), rtol=1e-5, atol=1e-7), action
+    assert kinds["CalibratedXGBClassifier"] >= 8 and sum(kinds.values()) == len(cat.action_ids), kinds
     for name, model in models.score_models.items():
         own = mlflow.sklearn.load_model(bentoml.models.get(manifest["models"][model.name]["bento_model"])
                                         .path_of("mlflow_model"))
@@ -537,9 +547,9 @@ def test_a_crash_loses_no_acknowledged_decision_or_outcome(served, customers, tm
     assert set(responded) <= rejections  # each answered rejection starts its cool-down
 
 
-def _by_customer(log_dir: Path) -> dict[int, dict[str, Any]]:
+def _by_customer(log_dir: Path, dsn: str | None = None) -> dict[int, dict[str, Any]]:
     """Per customer (one decision each): its features, candidates and filtered actions."""
-    log = read_log(log_dir, with_features=True)
+    log = read_log(log_dir, with_features=True, dsn=dsn)
     dec = log.decisions.set_index("decision_id")["customer_id"]
     out: dict[int, dict[str, Any]] = {}
     for did, cid in dec.items():
@@ -555,10 +565,11 @@ def _by_customer(log_dir: Path) -> dict[int, dict[str, Any]]:
 def test_the_production_profile_serves_from_redis_and_a_postgres_registry(served, customers, tmp_path):
     """NBA_PROFILE=production end to end: `apply` registers the Feast repository in a Postgres
     registry (a database of its own), `materialize` loads the Redis online store, and the
-    decision service started under the profile reads its features from Redis and keeps its
-    contact state in Redis. It decides as the embedded profile does for the same customers at
-    the same moment: the same features, the same candidates with the same P, V, L and
-    priority, the same filtered actions with the same stage and rule."""
+    decision service started under the profile reads its features from Redis, keeps its
+    contact state in Redis and its decision log in Postgres (refusing to start, in one line,
+    before `nba stores migrate`). It decides as the embedded profile does for the same
+    customers at the same moment: the same features, the same candidates with the same P, V,
+    L and priority, the same filtered actions with the same stage and rule."""
     import psycopg
 
     from nba.features import store
@@ -591,6 +602,14 @@ def test_the_production_profile_serves_from_redis_and_a_postgres_registry(served
         assert from_redis.read([*ids, 987_654_321], DECISION_EPOCH) == \
             OnlineFeatureReader(served, "serving_v1").read([*ids, 987_654_321], DECISION_EPOCH)
 
+        from nba.errors import NbaError
+        from nba.serving.bundle import load_engine as load_prod
+
+        with pytest.raises(NbaError, match=r"^decision log: the Postgres schema at postgresql://.* is not migrated"):
+            load_prod(prod, served.bundle_dir)  # the service refuses at start, naming what to run
+        from nba.stores.postgres import migrate
+
+        assert [m.version for m in migrate(prod.postgres_dsn)] == [1, 2]
         srv = start_server(prod, tmp_path / "production.log", workers=1)
         status, ready = call(srv.url, "/readyz")
         assert status == 200 and ready["checks"]["policy_store"]["detail"] == "RedisPolicyStore"
@@ -608,7 +627,8 @@ def test_the_production_profile_serves_from_redis_and_a_postgres_registry(served
         engine = load_engine(embedded, served.bundle_dir)
         for cid in ids:
             engine.decide([DecisionRequest(cid, "email", {}, float(DECISION_EPOCH), 3)])
-        a, b = _by_customer(prod.decision_log_dir), _by_customer(embedded.decision_log_dir)
+        assert not (prod.decision_log_dir / "log.db").exists()  # the production log is in Postgres
+        a, b = _by_customer(prod.decision_log_dir, prod.postgres_dsn), _by_customer(embedded.decision_log_dir)
         assert set(a) == set(b) == set(ids)
         assert sum(len(a[c]["candidates"]) for c in ids) > 0 and sum(len(a[c]["filtered"]) for c in ids) > 0
         for cid in ids:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -58,6 +58,10 @@ def serve_cmd(
     serve(settings(), host=host, port=port, workers=workers, echo=echo, activation=activation)
 
 
+# numpy: vectorised chunks in this process; spark: the same core per Spark partition (mapInPandas)
+BatchEngine = Literal["numpy", "spark"]  # nba.serving.batch.ENGINES
+
+
 def decide_batch_cmd(
     customers: Annotated[Path, typer.Option(help="Parquet (or CSV) with customer_id; feature columns of the "
                                                  "feature service are used when present, else read online.")],
@@ -66,13 +70,21 @@ def decide_batch_cmd(
     k: Annotated[int | None, typer.Option(help="Actions to rank per customer [default: the policies' k].",
                                           min=1)] = None,
     timestamp: Annotated[str | None, typer.Option(help="Moment of the decisions [default: now].")] = None,
-    chunk: Annotated[int, typer.Option(help="Customers per vectorised pass.", min=1)] = 100_000,
+    chunk: Annotated[int, typer.Option(help="Customers per vectorised pass (numpy engine).", min=1)] = 100_000,
+    engine: Annotated[BatchEngine, typer.Option(help="numpy: vectorised in this process; spark: the same core per "
+                                                     "partition on NBA_SPARK_MASTER (local[2] by default); --out is "
+                                                     "then a folder of Parquet parts.")] = "numpy",
 ) -> None:
     """Outbound decisions for a file of customers: the same core, models and log records as
     /decide, vectorised; the shown actions count as contacts for the contact policies."""
-    from nba.serving.batch import decide_batch
-
     at = parse_time(timestamp, "--timestamp")
-    summary = decide_batch(settings(), customers, channel, out, k=k,
-                           timestamp=at.timestamp() if at else None, chunk=chunk, progress=True)
+    ts = at.timestamp() if at else None
+    if engine == "spark":
+        from nba.serving.spark_batch import decide_batch_spark
+
+        summary = decide_batch_spark(settings(), customers, channel, out, k=k, timestamp=ts)
+    else:
+        from nba.serving.batch import decide_batch
+
+        summary = decide_batch(settings(), customers, channel, out, k=k, timestamp=ts, chunk=chunk, progress=True)
     echo(summary.describe())

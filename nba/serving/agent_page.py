@@ -4,7 +4,9 @@ carries `nba/**/*.py`, so it lives in a module).
 It reads the customer 360 (`GET /customers/{id}`), asks `/decide` for the agent's channel
 (that decision is logged and counts as a contact: the agent is about to present it), shows
 the top action with its reason in words, and records the customer's answer through
-`/respond`: accepted, rejected, or not now (ignored).
+`/respond`: accepted, rejected, or not now (ignored). On a service with API keys it asks
+for the agent's key once (kept in the tab's session storage, sent as X-API-Key); the key
+needs `customers` and the agent's channels, and `respond`.
 """
 
 PAGE = """<!doctype html>
@@ -81,9 +83,15 @@ function words(a) {
   return Math.round(a.propensity * 100) + "% likely to accept, worth " + a.value.toFixed(2)
     + " EUR if accepted" + boost + " (priority " + a.priority.toFixed(2) + ")";
 }
-async function api(path, body) {
-  const resp = await fetch(path, body === undefined ? {} : {method: "POST", headers: {"Content-Type": "application/json"},
-                                                            body: JSON.stringify(body)});
+async function api(path, body, retried) {
+  const headers = body === undefined ? {} : {"Content-Type": "application/json"};
+  const key = sessionStorage.getItem("nba_api_key");  // a keyed service: the agent's key, asked once
+  if (key) headers["X-API-Key"] = key;
+  const resp = await fetch(path, body === undefined ? {headers} : {method: "POST", headers, body: JSON.stringify(body)});
+  if (resp.status === 401 && !retried) {
+    const given = window.prompt("This service needs your API key");
+    if (given) { sessionStorage.setItem("nba_api_key", given.trim()); return api(path, body, true); }
+  }
   const data = await resp.json();
   if (!resp.ok) throw new Error(data.error || JSON.stringify(data));
   return data;

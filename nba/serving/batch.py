@@ -33,6 +33,7 @@ from nba.settings import Settings
 from nba.stores.decisions.sqlite import write_batch
 
 ONLINE_CHUNK = 5_000  # customers per online-store read
+ENGINES = ("numpy", "spark")  # `nba decide-batch --engine`: this process, or Spark (nba.serving.spark_batch)
 
 
 @dataclass(frozen=True)
@@ -83,11 +84,13 @@ def read_customers(path: Path) -> Any:
 
 def decide_batch(settings: Settings, customers: Path, channel: str, out: Path, *, k: int | None = None,
                  timestamp: float | None = None, chunk: int = 100_000, progress: bool = False,
-                 engine: Any = None, deliver: bool = False, source: str = "batch") -> BatchSummary:
+                 engine: Any = None, deliver: bool = False, source: str = "batch",
+                 decision_prefix: str | None = None) -> BatchSummary:
     """Decide for every customer of the file; write the ranked decisions and the log. With
     `deliver` (an outbound channel), every decision that shows an action gets an outbox
     message, appended with the run's index of decisions in one transaction once its segment
-    is written (the delivery worker sends them)."""
+    is written (the delivery worker sends them). The decision ids are the run's prefix (16
+    hex digits, random unless given) and the customer's row number in the file."""
     import pandas as pd
     import pyarrow as pa
 
@@ -95,6 +98,7 @@ def decide_batch(settings: Settings, customers: Path, channel: str, out: Path, *
     frame = read_customers(customers)  # a bad file fails before the models load
     engine = engine or load_engine(settings, nthread=2)
     engine.check(DecisionRequest(0, channel, {}, timestamp, k))
+    prefix = run_prefix(decision_prefix)
     reader = engine.features
     from nba.serving.models import SMALL  # the serve-time scorer (its runtime is heavy)
 
@@ -105,31 +109,22 @@ def decide_batch(settings: Settings, customers: Path, channel: str, out: Path, *
     now = float(timestamp if timestamp is not None else time.time())
     k = k or engine.catalog.default_k
     ci = engine.catalog.channel_names.index(channel)
-    batch_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}-{channel}-{engine_id()}"
+    batch_id = new_batch_id(now, channel)
     parts: dict[str, list[Any]] = {"decisions": [], "candidates": [], "filtered": [], "features": [], "ranked": []}
     contacts_all: list[Any] = []
     outbox: list[Any] = []
     bar = console.progress(len(frame), "decisions", "customer", enabled=progress)
     for start in range(0, len(frame), chunk):
         part = frame.iloc[start:start + chunk]
-        ids = part[schemas.ENTITY_KEY].to_numpy()
-        n = len(ids)
-        cols, found = chunk_features(reader, part, ids, stored, from_file, now)
-        chan = np.full(n, ci, dtype=np.int64)
-        d, env, missing, dids = engine.run_core(ids.tolist(), chan, np.full(n, now), cols, found, k)
-        fm = np.zeros(n, dtype=np.int64)
-        fm[missing] = 1
-        tables = decision_tables(engine.catalog, d, decision_ids=dids, customer_ids=ids, channel=chan, now=now,
-                                 features_missing=fm, k=k, source=source, env=env,
-                                 model_versions=engine.model_versions, deliver=deliver)
-        if tables.outbox is not None:
-            outbox.append(tables.outbox)
-        for name, t in segment_tables(tables, {"nba.bundle": engine.bundle}).items():
+        res = decide_chunk(engine, part, stored=stored, from_file=from_file, now=now, channel_index=ci, k=k,
+                           source=source, deliver=deliver, decision_ids=row_decision_ids(prefix, start, len(part)))
+        if res.outbox is not None:
+            outbox.append(res.outbox)
+        for name, t in res.segments.items():
             parts[name].append(t)
-        parts["ranked"].append(_ranked(engine, d, ids, dids, k))
-        contacts_all.append(contacts(engine.catalog, d, decision_ids=dids, customer_ids=ids, channel=ci, now=now,
-                                     k=k))
-        bar.update(n)
+        parts["ranked"].append(res.ranked)
+        contacts_all.append(res.contacts)
+        bar.update(len(part))
     bar.close()
     # a chunk's dictionaries are its own; the first chunk's schema metadata holds for the run
     joined = {name: pa.concat_tables(ts) if name != "ranked" else pd.concat(ts, ignore_index=True)
@@ -141,16 +136,80 @@ def decide_batch(settings: Settings, customers: Path, channel: str, out: Path, *
     engine.policy.record_contacts([c for cs in contacts_all for c in cs])
     ranked = joined["ranked"]
     write_parquet(ranked, Path(out))
+    return summarise(dec, customers=len(frame), out=Path(out), batch_id=batch_id, seconds=time.perf_counter() - t_loaded,
+                     load_seconds=t_loaded - t0, messages=sum(o.n for o in outbox),
+                     feature_source="the file" if from_file else f"the online store ({engine.catalog.feature_service})")
+
+
+def summarise(dec: Any, *, customers: int, out: Path, batch_id: str, seconds: float, load_seconds: float,
+              feature_source: str, messages: int = 0) -> BatchSummary:
+    """The summary of a run from its decisions table (an Arrow table of the DECISION record)."""
+    import pandas as pd
+
     groups = dec.column("experiment_group").to_numpy(zero_copy_only=False)
     actions = dec.column("action_id").to_numpy(zero_copy_only=False)
     counts = pd.Series(actions).value_counts().to_dict()
     return BatchSummary(
-        customers=len(frame), decisions_with_action=int((actions != NO_ACTION).sum()),
+        customers=customers, decisions_with_action=int((actions != NO_ACTION).sum()),
         holdout=int((groups == "holdout").sum()), explore=int((groups == "explore").sum()),
         features_missing=int(dec.column("features_missing").to_numpy().sum()),
-        feature_source="the file" if from_file else f"the online store ({engine.catalog.feature_service})",
-        out=Path(out), batch_id=batch_id, seconds=time.perf_counter() - t_loaded, load_seconds=t_loaded - t0,
-        action_counts={str(a): int(c) for a, c in counts.items()}, messages=sum(o.n for o in outbox))
+        feature_source=feature_source, out=out, batch_id=batch_id, seconds=seconds, load_seconds=load_seconds,
+        action_counts={str(a): int(c) for a, c in counts.items()}, messages=messages)
+
+
+@dataclass
+class ChunkResult:
+    """One chunk's decisions: the log segment's four tables, the ranked output, the contacts
+    to record and the outbox messages (None: nothing to deliver)."""
+
+    segments: dict[str, Any]
+    ranked: Any
+    contacts: list[tuple]
+    outbox: Any
+
+
+def decide_chunk(engine: Any, part: Any, *, stored: list[str], from_file: bool, now: float, channel_index: int,
+                 k: int, source: str, deliver: bool, decision_ids: list[str]) -> ChunkResult:
+    """Features -> the engine's core -> the log's tables for one chunk of customers: what the
+    embedded loop and each Spark partition (`nba.serving.spark_batch`) run alike."""
+    ids = part[schemas.ENTITY_KEY].to_numpy()
+    n = len(ids)
+    cols, found = chunk_features(engine.features, part, ids, stored, from_file, now)
+    chan = np.full(n, channel_index, dtype=np.int64)
+    d, env, missing, dids = engine.run_core(ids.tolist(), chan, np.full(n, now), cols, found, k,
+                                            decision_ids=decision_ids)
+    fm = np.zeros(n, dtype=np.int64)
+    fm[missing] = 1
+    tables = decision_tables(engine.catalog, d, decision_ids=dids, customer_ids=ids, channel=chan, now=now,
+                             features_missing=fm, k=k, source=source, env=env,
+                             model_versions=engine.model_versions, deliver=deliver)
+    return ChunkResult(segments=segment_tables(tables, {"nba.bundle": engine.bundle}),
+                       ranked=_ranked(engine, d, ids, dids, k),
+                       contacts=contacts(engine.catalog, d, decision_ids=dids, customer_ids=ids, channel=channel_index,
+                                         now=now, k=k),
+                       outbox=tables.outbox)
+
+
+def run_prefix(given: str | None = None) -> str:
+    """The first 16 hex digits of a run's decision ids: random (64 bits), or the given ones (a
+    run replayed with its own ids, or two engines compared on the same ids)."""
+    if given is None:
+        import os
+
+        return os.urandom(8).hex()
+    if len(given) != 16 or any(c not in "0123456789abcdef" for c in given):
+        raise DataFileError(f"decision prefix {given!r}: expected 16 lower-case hex digits")
+    return given
+
+
+def row_decision_ids(prefix: str, start: int, n: int) -> list[str]:
+    """The decision ids of rows start .. start + n - 1 of a run: ascending, so the log's
+    index appends them in key order (as `nba.serving.engine.new_decision_ids`)."""
+    return [f"{prefix}{i:016x}" for i in range(start, start + n)]
+
+
+def new_batch_id(now: float, channel: str) -> str:
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}-{channel}-{engine_id()}"
 
 
 def chunk_features(reader: Any, part: Any, ids: np.ndarray, stored: list[str], from_file: bool,

@@ -129,7 +129,11 @@ def needed_models(cat: catalog_mod.Catalog) -> dict[str, str]:
     return {role: name for role, name in cat.models.items() if not role.startswith("uplift:") or cat.uses_uplift}
 
 
-def resolve_champions(settings: Settings, needed: dict[str, str]) -> list[ResolvedModel]:
+def resolve_champions(settings: Settings, needed: dict[str, str], cold: frozenset[str] = frozenset()
+                      ) -> list[ResolvedModel]:
+    """The @champion version of every needed model. A model whose roles are all in `cold`
+    (the propensity of a `cold_start` action) may have none yet: it is left out, and the
+    action is served cold."""
     from mlflow.exceptions import MlflowException
 
     client = tracking.configure(settings)
@@ -141,6 +145,8 @@ def resolve_champions(settings: Settings, needed: dict[str, str]) -> list[Resolv
         try:
             mv = client.get_model_version_by_alias(name, "champion")
         except MlflowException:
+            if set(roles) <= cold:
+                continue
             raise BundleError(f"{name} ({', '.join(roles)}) has no @champion: promote a version first "
                               f"(nba promote {name})") from None
         out.append(ResolvedModel(name, str(mv.version), str(mv.run_id or ""), tuple(sorted(roles))))
@@ -227,6 +233,59 @@ def convert_models(settings: Settings, models: list[ResolvedModel], folder: Path
     return out
 
 
+def cold_actions(cat: catalog_mod.Catalog, models: list[ResolvedModel]) -> list[str]:
+    """The catalog's actions without a served propensity model (cold start)."""
+    served = {r for m in models for r in m.roles}
+    return [a.id for a in cat.actions if f"propensity:{a.id}" not in served]
+
+
+def cold_start_state(settings: Settings, cat: catalog_mod.Catalog, cold: list[str]) -> dict[str, Any] | None:
+    """What the engine needs to score the cold actions: evaluation/gates.yaml's `cold_start`
+    settings and every catalog action's shown decisions with an outcome (trials) and accepted
+    ones (successes) in the decision log, from which the engine pools the priors and updates
+    the posteriors (`nba.decisioning.coldstart.posteriors`). None without a cold action."""
+    if not cold:
+        return None
+    from nba.config import gates_path, load_gates
+    from nba.records import NO_ACTION
+    from nba.stores.decisions import read_log
+
+    cfg = load_gates(gates_path(settings.home)).cold_start
+    if cfg is None:
+        raise BundleError(f"action(s) {cold} have no @champion model, and {gates_path(settings.home)} has no "
+                          "cold_start section to serve them cold; train and promote their models, or add it")
+    counts = {a: {"successes": 0, "trials": 0} for a in cat.action_ids}
+    if settings.decision_log_dir.exists():
+        frames = read_log(settings.decision_log_dir, decision_columns=["decision_id", "action_id"])
+        o = frames.outcomes
+        if len(o):
+            o = o[o["action_id"].astype(str) != NO_ACTION]
+            by = o.assign(acc=(o["outcome"].astype(str) == "accepted").astype("int64")).groupby(
+                o["action_id"].astype(str))["acc"].agg(["sum", "count"])
+            for a, row in by.iterrows():
+                if a in counts:
+                    counts[str(a)] = {"successes": int(row["sum"]), "trials": int(row["count"])}
+    return {"mature_positives": cfg.mature_positives, "prior_strength": cfg.prior_strength,
+            "thompson_draws": cfg.thompson_draws, "cold": list(cold), "counts": counts,
+            "counted_from": "decision log outcomes (trials: reported outcomes of shown actions; successes: accepted)"}
+
+
+def cold_start_of(cat: catalog_mod.Catalog, state: dict[str, Any] | None) -> Any:
+    """The core's `ColdStart` from a bundle's `cold_start` entry (None: no cold action)."""
+    if not state or not state.get("cold"):
+        return None
+    import numpy as np
+
+    from nba.decisioning.coldstart import posteriors
+
+    counts = state["counts"]
+    s = np.array([counts.get(a, {}).get("successes", 0) for a in cat.action_ids], dtype=np.float64)
+    n = np.array([counts.get(a, {}).get("trials", 0) for a in cat.action_ids], dtype=np.float64)
+    cold = np.array([a in state["cold"] for a in cat.action_ids], dtype=bool)
+    return posteriors(s, n, cold, [a.issue for a in cat.actions], [a.group for a in cat.actions],
+                      float(state["prior_strength"]), int(state["thompson_draws"]))
+
+
 def write_bundle(settings: Settings, cat: catalog_mod.Catalog, fields: list[dict[str, str]],
                  models: list[ResolvedModel], target: Path | None = None,
                  progress: Callable[[str], None] | None = None) -> Path:
@@ -257,6 +316,9 @@ def write_bundle(settings: Settings, cat: catalog_mod.Catalog, fields: list[dict
                                 "roles": list(m.roles), **({"onnx": onnx_files[m.name]} if m.name in onnx_files
                                                            else {})} for m in models},
         }
+        cold = cold_start_state(settings, cat, cold_actions(cat, models))
+        if cold is not None:
+            manifest["cold_start"] = cold
         write_text(json.dumps(manifest, indent=2) + "\n", tmp / MANIFEST)
         if target.exists():
             shutil.rmtree(target)
@@ -308,12 +370,13 @@ def build_bento(settings: Settings, bundle_dir: Path, models: list[ResolvedModel
 
 def build(settings: Settings, progress: Callable[[str], None] | None = None) -> BuildResult:
     """`nba bundle build`: compile, resolve, import, write the bundle, build the Bento."""
+    tracking.require_server(settings)  # a tracking server that does not answer: one line, first
     cat, fields, needed = compile_for_build(settings)
     if (settings.home / "serving" / "triggers.yaml").is_file():  # a bad trigger fails the build, not the service
         from nba.triggers import load_triggers
 
         load_triggers(settings.home, cat)
-    models = resolve_champions(settings, needed)
+    models = resolve_champions(settings, needed, frozenset(f"propensity:{a.id}" for a in cat.actions if a.cold_start))
     import_models(settings, models, progress)
     bundle_dir = write_bundle(settings, cat, fields, models)
     tag = build_bento(settings, bundle_dir, models)
@@ -359,7 +422,7 @@ def load_models(settings: Settings, cat: catalog_mod.Catalog, manifest: dict[str
                 scores[who] = fast[name]
             elif kind == "uplift":
                 uplift[who] = loaded[name]
-    models = ModelSet(cat.action_ids, prop, scores, uplift)
+    models = ModelSet(cat.action_ids, prop, scores, uplift, cold_start=cold_start_of(cat, manifest.get("cold_start")))
     unknown = sorted(models.inputs - set(cat.feature_names))
     if unknown:
         raise ModelLoadError(f"the models read feature(s) {unknown} that feature service {cat.feature_service} "
@@ -389,7 +452,7 @@ def load_engine(settings: Settings, bundle_dir: Path | None = None, *, nthread: 
     feature store) are retried on use; readiness says why."""
     from nba.serving.engine import DecisionEngine
     from nba.serving.ingest import event_ingestor
-    from nba.stores.decisions.sqlite import DecisionLog
+    from nba.stores.decisions import open_decision_log
     from nba.stores.policy_state import open_policy_store as policy_store
 
     bundle_dir = Path(bundle_dir or settings.bundle_dir)
@@ -409,7 +472,7 @@ def load_engine(settings: Settings, bundle_dir: Path | None = None, *, nthread: 
     engine: DecisionEngine = DecisionEngine(
         settings, cat, models=lambda: load_models(settings, cat, manifest, bundle_dir, nthread=nthread),
                           features=features, policy=lambda: policy_store(settings, cat),
-                          log=DecisionLog(settings.decision_log_dir), model_versions=versions,
+                          log=open_decision_log(settings), model_versions=versions,
                           bundle=manifest.get("bento") or _bento_of(bundle_dir) or str(bundle_dir),
                           triggering=lambda eng: load_triggering(settings, eng, bundle_dir),
                           events=lambda: event_ingestor(settings, bundle_dir, store=engine.features.store))

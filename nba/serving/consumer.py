@@ -1,5 +1,6 @@
 """The stream consumer (production profile): events from a NATS JetStream stream, fed to the same
-ingest function as `POST /events` (`nba.serving.ingest.EventIngestor`).
+ingest-and-trigger function as `POST /events` (`DecisionEngine.ingest`: stored, pushed, then the
+triggers start decisions and outbox messages).
 
 Why NATS JetStream (RabbitMQ runs here too): a stream is a replayable, durable log of the
 events, which is what an event source is (a new consumer, or a rebuilt event log, can read it
@@ -16,6 +17,13 @@ recognises the ids it already holds (a duplicate is not stored or counted again;
 customer's features are pushed again from the log, the same values). A message that is not an
 event (bad JSON, an unknown type...) is terminated (never redelivered) and logged with the
 reason; when the online store is down the batch is not acknowledged (redelivered later).
+The triggers run on the events new to the log, as for `POST /events`, and the batch is
+acknowledged after them. A consumer killed after a batch's append but before its triggers
+finished leaves those events stored and pending (`nba.records.TRIGGER_PENDING`): the
+redelivery finds them duplicates still pending and runs their triggers then, idempotently (an
+event's decision made before the kill is found by its derived id and not made again); `nba
+events consume` also runs, when it starts, the triggers of events left pending longer than
+`--recover-after` (a `POST /events` whose client never retried).
 """
 
 from __future__ import annotations
@@ -53,6 +61,8 @@ class ConsumeStats:
     rejected: int = 0  # messages that are not valid events (terminated)
     batches: int = 0
     unavailable: int = 0  # batches left unacknowledged because a store was down
+    decisions: int = 0  # decisions the triggers started (`DecisionEngine.ingest`; 0 without triggers)
+    messages: int = 0  # of them, those that wrote an outbox message
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -178,14 +188,21 @@ async def _handle(ingest: Callable[[Any], Any], msgs: list[Any], stats: ConsumeS
                 logger.warning("event not ingested (%s): left for redelivery", exc)
                 stats.unavailable += 1
                 continue
-            stats.stored += len(r.stored)
-            stats.duplicates += len(r.duplicates)
+            _count(stats, r)
             await m.ack()
         return
     except NbaError as exc:  # a store is down: nothing acknowledged, redelivered after ack_wait
         logger.warning("batch of %d not ingested (%s): left for redelivery", len(good), exc)
         stats.unavailable += 1
         return
+    _count(stats, result)
+    await asyncio.gather(*(m.ack() for m, _ in good))
+
+
+def _count(stats: ConsumeStats, result: Any) -> None:
     stats.stored += len(result.stored)
     stats.duplicates += len(result.duplicates)
-    await asyncio.gather(*(m.ack() for m, _ in good))
+    for fired in getattr(result, "triggers", ()):
+        if fired.get("decision") is not None:
+            stats.decisions += 1
+            stats.messages += int(bool(fired["decision"].get("outbox")))

@@ -5,18 +5,18 @@
                                          as of now or of `at`
     GET    /customers/{id}/preferences   the preferences and their audit
     PUT    /customers/{id}/preferences   replace them (body: the preferences, and `updated_by`)
-    DELETE /customers/{id}               erasure (`nba.erasure`); admin only: the header
-                                         `Authorization: Bearer <NBA_ADMIN_TOKEN>`, else 403
-                                         (no key system exists yet: one shared admin token)
+    DELETE /customers/{id}               erasure (`nba.erasure`); admin only
+
     GET    /agent/, /agent/{id}          the call-centre agent's page (one self-contained HTML)
 
-The engine is the one of this worker's service instance (`bentoml.get_current_service()`).
+Who may call which route (the `customers` and `admin` scopes, the keys, the rate limits and
+the body limits) is checked before any of these runs, by the service's gate
+(`nba.serving.gate`). The engine is the one of this worker's service instance (`bentoml.get_current_service()`).
 Errors answer `{"error": ..., "field": ...}` with the engine's status (400, 404, 503).
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import sqlite3
 from typing import Any
@@ -50,7 +50,7 @@ def _answer(exc: Exception) -> Response:
     if isinstance(exc, RequestError):
         return JSONResponse({"error": str(exc), "field": exc.field}, status_code=exc.status)
     if isinstance(exc, NbaError):
-        return JSONResponse({"error": str(exc)}, status_code=503)
+        return JSONResponse({"error": str(exc), "field": None}, status_code=503)
     raise exc
 
 
@@ -58,10 +58,11 @@ def _customer_id(request: Request) -> int:
     from nba.serving.engine import RequestError
 
     raw = request.path_params["customer_id"]
-    if not raw.isdigit():
+    whole = raw[:-2] if raw.endswith(".0") else raw  # 3.0 is an integer in JSON (and its schemas)
+    if not (whole.isascii() and whole.isdigit() and len(whole) <= 19 and int(whole) < 2**63):
         raise RequestError(f"customer_id '{raw}' is not a customer id: expected a whole number >= 0",
                            field="customer_id")
-    return int(raw)
+    return int(whole)
 
 
 def _at(request: Request) -> float | None:
@@ -77,6 +78,11 @@ def _at(request: Request) -> float | None:
         ts = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
         raise RequestError(f"at = {raw!r}: expected an ISO 8601 time such as 2025-12-01T09:00:00Z", field="at") from None
+    from nba.events import FIRST_YEAR, LAST_YEAR
+
+    if not FIRST_YEAR <= ts.year <= LAST_YEAR:
+        raise RequestError(f"at = {raw!r}: the year {ts.year} is out of range; expected {FIRST_YEAR} to {LAST_YEAR}",
+                           field="at")
     return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp()
 
 
@@ -98,38 +104,40 @@ async def customer(request: Request) -> Response:
 async def _erase(request: Request, engine: Any, cid: int) -> Response:
     from nba.erasure import erase_customer
 
-    token = engine.settings.admin_token
-    given = request.headers.get("authorization", "")
-    if not token:
-        return JSONResponse({"error": "erasure over HTTP is disabled: no admin token is set (NBA_ADMIN_TOKEN); use "
-                                      "`nba customers erase ID`", "field": "authorization"}, status_code=403)
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-        return JSONResponse({"error": "erasure needs the admin token: Authorization: Bearer <NBA_ADMIN_TOKEN>",
-                             "field": "authorization"}, status_code=403)
     try:
         receipt = await run_in_threadpool(erase_customer, engine.settings, cid, by="api:admin")
     except (OSError, sqlite3.Error) as exc:  # a store could not be rewritten: say which, retry is safe
         return JSONResponse({"error": f"erasure of customer {cid} did not complete ({type(exc).__name__}: {exc}); "
-                                      "it is safe to run again"}, status_code=503)
+                                      "it is safe to run again", "field": None}, status_code=503)
     return JSONResponse(receipt)
 
 
 async def preferences(request: Request) -> Response:
     from nba.serving.customers import put_preferences
-    from nba.serving.engine import RequestError, iso
+    from nba.serving.engine import RequestError, Unavailable, iso
 
     try:
         cid = _customer_id(request)
         engine = _engine()
         if request.method == "GET":
+            from nba.errors import NbaError
+            from nba.serving.customers import _known
+
             stored = engine.preferences.get([cid]).get(cid)
+            try:
+                known = await run_in_threadpool(_known, engine, cid, False)
+            except NbaError as exc:
+                raise Unavailable(str(exc)) from None
+            if not known:  # as PUT says, and as the 360 says (an erased customer is unknown)
+                raise RequestError(f"customer {cid} is unknown: not in the online store and not in the decision log",
+                                   field="customer_id", status=404)
             return JSONResponse({"customer_id": cid,
                                  "preferences": None if stored is None else json.loads(stored.preferences),
                                  "audit": [{**a, "changed_at": iso(a["changed_at"])}
                                            for a in engine.preferences.audit(cid)]})
         try:
             payload = json.loads(await request.body())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise RequestError(f"the body is not JSON: {exc}", field="body") from None
         by = "api"
         if isinstance(payload, dict) and "updated_by" in payload:

@@ -1,8 +1,10 @@
 """The decision engine: everything a decision needs, loaded once, around the pure core.
 
     request -> validate -> online features (Feast) -> scores (churn_risk, clv) -> contact history
-            -> the customer's preferences -> nba.decisioning.core.decide -> decision log + outbox
-            (durable, one transaction) -> contact-policy state -> response
+            -> the customer's preferences -> nba.decisioning.core.decide -> contacts reserved in
+            the contact-policy state (checked and recorded atomically; decided again if another
+            worker or replica moved the customer's state) -> decision log + outbox (durable, one
+            transaction; the reservation is taken back if it fails) -> response
 
 A preview (`decide(..., preview=True)`, what `GET /customers/{id}` shows per channel) runs the
 same path but logs nothing and counts no contact: it becomes a contact once a channel asks
@@ -20,6 +22,7 @@ engine tries again (at most once a second) until they are up.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -27,7 +30,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,13 +39,17 @@ from nba.catalog import Catalog
 from nba.decisioning import core
 from nba.decisioning.experiment import decision_keys
 from nba.decisioning.tables import contacts, decision_tables
-from nba.errors import NbaError
+from nba.errors import NbaError, NotWritten
 from nba.records import DecisionTables
 from nba.settings import Settings
 from nba.stores.decisions import DecisionLogStore, UnknownDecision
 from nba.stores.policy_state import PolicyStore, to_history
 
+if TYPE_CHECKING:
+    from nba.serving.ingest import IngestResult
+
 RETRY_S = 1.0
+RESERVE_ATTEMPTS = 8  # decisions of one call lost to concurrent contacts before it answers 503
 
 
 class RequestError(NbaError):
@@ -161,9 +168,9 @@ class DecisionEngine:
         self._policy = _Lazy("the contact-policy store", policy if callable(policy) else (lambda: policy))
         if preferences is None:
             def preferences() -> Any:
-                from nba.stores.preferences.sqlite import SqlitePreferenceStore
+                from nba.stores.preferences import open_preference_store
 
-                return SqlitePreferenceStore(settings.preferences_path)
+                return open_preference_store(settings)
         self._preferences = _Lazy("the preference store",
                                   preferences if callable(preferences) else (lambda: preferences))
         self._events = None if events is None else _Lazy(
@@ -176,6 +183,9 @@ class DecisionEngine:
         self._action_index = {a: i for i, a in enumerate(catalog.action_ids)}
         self._numbers: set[str] | None = None
         self._triggering = _Lazy("the trigger set", lambda: (triggering or _no_triggers)(self))
+        self.has_triggers = triggering is not None and events is not None
+        self._ran: list[str] = []  # events whose triggers ran, marked triggered with the next append
+        self._ran_lock = threading.Lock()
 
     # --- components ----------------------------------------------------------------------
 
@@ -373,23 +383,26 @@ class DecisionEngine:
         return env, missing
 
     def run_core(self, ids: Sequence[int], channel: np.ndarray, now: np.ndarray, cols: dict[str, list[Any]],
-                 found: Sequence[bool], k: int, contexts: Sequence[Mapping[str, Any]] | None = None
+                 found: Sequence[bool], k: int, contexts: Sequence[Mapping[str, Any]] | None = None, *,
+                 decision_ids: Sequence[str] | None = None
                  ) -> tuple[core.Decisions, dict[str, Any], list[int], list[str]]:
         """Features -> scores -> contact history -> the core, for n customers. Returns the
         decisions, the environment they were made on, the rows without features (filled with
-        the defaults) and the new decision ids."""
+        the defaults) and the decision ids (new ones unless a batch gives its own)."""
         env, missing = self.environment(ids, cols, found, contexts)
-        d, dids, _ = self.decide_env(ids, channel, now, env, k)
+        d, dids, _ = self.decide_env(ids, channel, now, env, k, decision_ids=decision_ids)
         return d, env, missing, dids
 
     def decide_env(self, ids: Sequence[int], channel: np.ndarray, now: np.ndarray, env: Mapping[str, Any], k: int, *,
              allow: np.ndarray | None = None, propose: np.ndarray | None = None,
-             prefs: Sequence[Any] | None = None) -> tuple[core.Decisions, list[str], Any]:
+             prefs: Sequence[Any] | None = None, decision_ids: Sequence[str] | None = None,
+             versions_out: dict[int, int] | None = None) -> tuple[core.Decisions, list[str], Any]:
         """Contact history -> the core, on an environment. With `allow` ((n, C) bool) the core
         chooses each decision's channel among the allowed ones: `channel` is set to the chosen
         ones and the choice is returned (else None); `propose` ((n, A) bool) limits the actions
-        (a trigger's); `prefs` the customers' preferences when already read. Returns the
-        decisions, their ids and the choice."""
+        (a trigger's); `prefs` the customers' preferences when already read; `versions_out`
+        receives the contact-state versions the history was read at (for `policy.reserve`).
+        Returns the decisions, their ids and the choice."""
         from nba.preferences import to_arrays
 
         n = len(ids)
@@ -401,7 +414,11 @@ class DecisionEngine:
             raw = self.policy.history(ids, float(np.min(now)) - window_s)
         except NbaError as exc:
             raise Unavailable(str(exc)) from None
-        dids = new_decision_ids(n)
+        if versions_out is not None:
+            versions_out.update(raw.versions)
+        dids = new_decision_ids(n) if decision_ids is None else list(decision_ids)
+        if len(dids) != n:
+            raise ValueError(f"{len(dids)} decision ids for {n} customers")
         common: dict[str, Any] = dict(now=now, history=to_history(self.catalog, raw), scorer=self.models,
                                       customer_ids=np.asarray(ids, dtype=np.int64),
                                       decision_keys=decision_keys(dids), k=k, propose=propose,
@@ -435,8 +452,9 @@ class DecisionEngine:
     def decide_read(self, requests: Sequence[DecisionRequest], now: np.ndarray, cols: dict[str, list[Any]],
                     found: Sequence[bool], *, source: str = "api", t0: float | None = None,
                     prepared: tuple[dict[str, Any], list[int]] | None = None,
-                    preview: bool = False) -> list[dict[str, Any]]:
-        """`decide` once the features are read (a trigger has read them to evaluate its condition)."""
+                    preview: bool = False, decision_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """`decide` once the features are read (a trigger has read them to evaluate its
+        condition); `decision_ids` the decisions' ids when the caller derives them (a trigger's)."""
         t0 = time.perf_counter() if t0 is None else t0
         n = len(requests)
         ids = [int(r.customer_id) for r in requests]
@@ -462,16 +480,36 @@ class DecisionEngine:
                     propose[i, [self._action_index[a] for a in r.actions]] = True
         prefs = self.customer_preferences(ids)  # read once: the consent overrides and the core's arrays
         env, missing = prepared or self.environment(ids, cols, found, [r.context for r in requests], prefs=prefs)
-        d, dids, choice = self.decide_env(ids, channel, now, env, k, allow=allow, propose=propose, prefs=prefs)
-        t_decide = time.perf_counter()
         kr = np.array([r.k or self.catalog.default_k for r in requests], dtype=np.int64)
         fm = np.zeros(n, dtype=np.int64)
         fm[missing] = 1
         cust = np.asarray(ids, dtype=np.int64)
         deliver = np.array([bool(r.deliver) for r in requests], dtype=bool)
-        tables = decision_tables(self.catalog, d, decision_ids=dids, customer_ids=cust,
-                                 channel=channel, now=now, features_missing=fm, k=kr, source=source, env=env,
-                                 model_versions=self.model_versions, deliver=deliver)
+        asked = channel.copy()
+        # Check and record are one atomic step (`policy.reserve`): a decision whose customers'
+        # contact state moved on while it was decided (another worker or replica contacted
+        # them) is decided again on the new history, so no cap is exceeded under concurrency.
+        for _attempt in range(RESERVE_ATTEMPTS):
+            versions: dict[int, int] = {}
+            channel[:] = asked
+            d, dids, choice = self.decide_env(ids, channel, now, env, k, allow=allow, propose=propose, prefs=prefs,
+                                              versions_out=versions, decision_ids=decision_ids)
+            t_decide = time.perf_counter()
+            tables = decision_tables(self.catalog, d, decision_ids=dids, customer_ids=cust,
+                                     channel=channel, now=now, features_missing=fm, k=kr, source=source, env=env,
+                                     model_versions=self.model_versions, deliver=deliver)
+            if preview:
+                break
+            shown = contacts(self.catalog, d, decision_ids=dids, customer_ids=cust, channel=channel, now=now, k=kr)
+            try:
+                if self.policy.reserve(shown, versions):
+                    break
+            except NbaError as exc:
+                raise Unavailable(str(exc)) from None
+        else:
+            raise Unavailable(f"the contact state of customer(s) {sorted(set(ids))[:5]} kept changing under "
+                              f"{RESERVE_ATTEMPTS} concurrent decisions: retry")
+        t_policy = time.perf_counter()
         responses = self._responses(d, tables, kr)
         if choice is not None:
             from nba.decisioning.channels import channel_reason
@@ -488,18 +526,18 @@ class DecisionEngine:
             for resp in responses:
                 resp["decision_id"] = None
                 resp["preview"] = True
-            t_log = t_end = time.perf_counter()
         else:
-            self.log.append(tables)
-            t_log = time.perf_counter()
             try:
-                self.policy.record_contacts(contacts(self.catalog, d, decision_ids=dids, customer_ids=cust,
-                                                     channel=channel, now=now, k=kr))
-            except NbaError as exc:
-                raise Unavailable(str(exc)) from None
-            t_end = time.perf_counter()
+                self.log.append(tables)
+            except NotWritten:
+                with contextlib.suppress(Exception):  # not logged: not a contact (the error says why)
+                    self.policy.release(shown)
+                raise
+            # any other failure (a commit cut short) may have logged it: the contact stays counted,
+            # so a cap errs on the safe side
+        t_end = time.perf_counter()
         timing = {"features_ms": round((t_features - t0) * 1e3, 3), "decide_ms": round((t_decide - t_features) * 1e3, 3),
-                  "log_ms": round((t_log - t_decide) * 1e3, 3), "policy_ms": round((t_end - t_log) * 1e3, 3),
+                  "policy_ms": round((t_policy - t_decide) * 1e3, 3), "log_ms": round((t_end - t_policy) * 1e3, 3),
                   "total_ms": round((t_end - t0) * 1e3, 3)}
         for resp in responses:
             resp["timing"] = timing
@@ -526,6 +564,7 @@ class DecisionEngine:
         frows = filt.values["decision_id"].codes
         bounds = frows.searchsorted(np.arange(dec.n + 1)).tolist()
         fa, fs, fr = filt.pylist("action_id"), filt.pylist("stage"), filt.pylist("rule")
+        cold = getattr(self.models, "cold_start", None)
         out = []
         for i in range(dec.n):
             group = cols["experiment_group"][i]
@@ -543,6 +582,10 @@ class DecisionEngine:
                     reason = f"P {p:.4f} x V {v:.2f} x (1 + L {lev:g}) = {pri:.4f}; rank {rank} of {n_cand} candidates"
                 else:
                     reason = f"priority {pri:.4f} = {cat.priority.text}; rank {rank} of {n_cand} candidates"
+                if cold is not None and cold.cold[j]:
+                    reason += (f" (cold start: no model yet, P is the mean of its Beta({cold.alpha[j]:.1f}, "
+                               f"{cold.beta[j]:.1f}) posterior pooled over {a.issue} / {a.group}; Thompson sampling "
+                               "explores it)")
                 actions.append({"rank": rank, "action_id": a.id, "name": a.name, "issue": a.issue, "group": a.group,
                                 "propensity": p, "value": v, "lever": lev, "priority": pri,
                                 "uplift": None if math.isnan(u) else u, "reason": reason})
@@ -560,21 +603,76 @@ class DecisionEngine:
 
     # --- events ------------------------------------------------------------------------
 
+    def ingest(self, payload: Any, *, now: float | None = None) -> IngestResult:
+        """The one ingest-and-trigger path of every event source (`POST /events`, `nba events
+        ingest FILE`, `nba events consume`): validate, append durably, push the streaming
+        features, then run the triggers on the events new to the log (`on_events`); their
+        decisions and outbox messages are logged like any other. Returns the ingestion's
+        `IngestResult` with `triggers` set. Raises `nba.events.EventError` (naming the field)
+        before anything is stored if an event is bad, an `NbaError` when a store is down."""
+        if not self.has_triggers:
+            result: IngestResult = self.events.ingest(payload, now=now)
+            return result
+        # The new events are appended pending; their triggers run; they are marked triggered in
+        # the next append's transaction (no commit of its own on the hot path). Killed in
+        # between, an event stays pending: its next delivery, or `recover_triggers` at a
+        # consumer's start, runs its triggers again, idempotently (`Triggering.on_events`).
+        with self._ran_lock:
+            ran, self._ran = self._ran, []
+        try:
+            result = self.events.ingest(payload, now=now, pending=True, triggered=ran)
+        except BaseException:
+            with self._ran_lock:
+                self._ran[:0] = ran
+            raise
+        todo = [*result.stored, *result.untriggered]
+        if todo:
+            result.triggers = self.triggering.on_events(todo, again=[e["event_id"] for e in result.untriggered])
+            with self._ran_lock:
+                self._ran += [e["event_id"] for e in todo]
+        return result
+
+    def flush_triggered(self) -> int:
+        """Mark the events whose triggers have run since the last append (at a clean stop)."""
+        with self._ran_lock:
+            ran, self._ran = self._ran, []
+        return self.events.log.triggered(ran) if ran else 0
+
+    def recover_triggers(self, *, older_than_s: float = 60.0, now: float | None = None,
+                         limit: int = 10_000) -> tuple[int, list[dict[str, Any]]]:
+        """Run the triggers of the events left pending (stored, then the process was killed
+        before their triggers ran or were marked) more than `older_than_s` ago; idempotent (an
+        event's decision made before the kill is not made again). What `nba events consume`
+        does when it starts. Returns how many events were pending, and what fired on them."""
+        if not self.has_triggers:
+            return 0, []
+        self.flush_triggered()
+        cutoff = (time.time() if now is None else now) - older_than_s
+        out: list[dict[str, Any]] = []
+        n = 0
+        while True:
+            left = self.events.log.pending(before=cutoff, limit=limit)
+            if not left:
+                return n, out
+            n += len(left)
+            out += self.triggering.on_events(left, again=[e["event_id"] for e in left])
+            self.events.log.triggered([e["event_id"] for e in left])
+
     def ingest_events(self, payload: Any, *, now: float | None = None) -> dict[str, Any]:
-        """Validate, append durably, push the streaming features, then run the triggers on the
-        events new to the log (`on_events`). Returns the counts, the duplicates, the unknown
-        customers, the features updated and what the triggers did."""
+        """`ingest` as the service answers it: the counts, the duplicates, the unknown
+        customers, the features updated and what the triggers did; a bad event is a
+        `RequestError` (400), a store that is down `Unavailable` (503)."""
         from nba.events import EventError
 
-        ingestor = self.events
         try:
-            result = ingestor.ingest(payload, now=now)
+            result = self.ingest(payload, now=now)
         except EventError as exc:
             raise RequestError(str(exc), field=exc.field) from None
+        except (RequestError, Unavailable):
+            raise
         except NbaError as exc:  # the event log or the online store is down
             raise Unavailable(str(exc)) from None
-        out = result.response()
-        out["triggers"] = self.on_events(result.stored) if result.stored else []
+        out: dict[str, Any] = result.response()
         return out
 
     def respond(self, decision_id: str, action_id: str, outcome: str, value: float = 0.0,

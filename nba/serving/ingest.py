@@ -8,7 +8,9 @@ consumer share.
 The append is durable before anything is pushed, and the features are derived from the log
 (not incremented), so a call repeated after a crash (a broker's redelivery) stores nothing
 twice and pushes the same values again. Triggers run after this, in the engine
-(`DecisionEngine.ingest_events` -> `on_events`), on the events new to the log only.
+(`DecisionEngine.ingest` -> `on_events`, the one path of `POST /events`, `nba events ingest`
+and `nba events consume`), on the events new to the log, and on those stored before whose
+triggers never ran (pending in the log: the process was killed between the append and them).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,12 +67,19 @@ class IngestResult:
     features_updated: list[str]
     customers_pushed: int
     timing: dict[str, float] = field(default_factory=dict)
+    # what the triggers did on the stored events (`DecisionEngine.ingest`; empty without them):
+    # one entry per event some trigger fired on, with the decision it started
+    triggers: list[dict[str, Any]] = field(default_factory=list)
+    # duplicates whose triggers had not run (a process killed between the append and them): as
+    # stored, for the engine to run them now (`ingest(..., pending=True)` only)
+    untriggered: list[dict[str, Any]] = field(default_factory=list)
 
     def response(self) -> dict[str, Any]:
         return {"received": self.received, "stored": len(self.stored), "duplicates": self.duplicates,
                 "unknown_customers": self.unknown_customers, "features_updated": self.features_updated,
                 "customers_updated": self.customers_pushed,
-                "event_ids": [e["event_id"] for e in self.stored], "timing": self.timing}
+                "event_ids": [e["event_id"] for e in self.stored], "timing": self.timing,
+                "triggers": self.triggers}
 
 
 class EventIngestor:
@@ -81,10 +90,15 @@ class EventIngestor:
         self.log = log
         self.pusher = pusher
 
-    def ingest(self, payload: Any, *, now: float | None = None) -> IngestResult:
+    def ingest(self, payload: Any, *, now: float | None = None, pending: bool = False,
+               triggered: Sequence[str] = ()) -> IngestResult:
         """One event or a list (JSON-shaped). Raises `nba.events.EventError` (naming the field)
         before anything is stored if any event is bad; `FeatureStoreError` if the online store
-        is down (the events are stored by then: a retry stores nothing twice)."""
+        is down (the events are stored by then: a retry stores nothing twice). `pending`: the
+        caller runs the triggers on the new events and then marks them `triggered` in the log
+        (an event stored without that, the caller killed, is returned in `untriggered` when it
+        comes again); `triggered`: events whose triggers have run since, marked in the append's
+        transaction."""
         t0 = time.perf_counter()
         now = time.time() if now is None else now
         events = validate_events(payload, self.types, now)
@@ -93,7 +107,8 @@ class EventIngestor:
         for e in events:
             e["known_customer"] = known[e["customer_id"]]
         t_valid = time.perf_counter()
-        res = self.log.append(events, now)
+        res = self.log.append(events, now, pending=pending, triggered=triggered)
+        untriggered = self.log.pending(res.duplicates) if pending and res.duplicates else []
         t_log = time.perf_counter()
         new_ids = set(res.new)
         stored = []
@@ -120,7 +135,8 @@ class EventIngestor:
                         sum(1 for e in events if not e["known_customer"]), len(unknown))
         timing = {"validate_ms": round((t_valid - t0) * 1e3, 3), "log_ms": round((t_log - t_valid) * 1e3, 3),
                   "push_ms": round((t_push - t_log) * 1e3, 3)}
-        return IngestResult(len(events), stored, list(res.duplicates), unknown, updated, len(rows), timing)
+        return IngestResult(len(events), stored, list(res.duplicates), unknown, updated, len(rows), timing,
+                            untriggered=untriggered)
 
     def set_holding(self, customer_id: int, feature: str, when: float) -> bool:
         """An accepted product is held at once: its flag in the profile is set (and the product
@@ -139,11 +155,11 @@ def event_ingestor(settings: Settings, bundle_dir: Path | None = None, *, store:
     from the bundle (else the project's serving/events.yaml)."""
     from nba.events import events_path, load_event_types
     from nba.features.store import get_store
-    from nba.stores.events.sqlite import EventLog
+    from nba.stores.events import open_event_log
 
     packed = Path(bundle_dir) / "events.yaml" if bundle_dir is not None else None
     types = load_event_types(packed if packed is not None and packed.is_file() else events_path(settings.home))
-    return EventIngestor(types, EventLog(settings.event_log_path), streaming.FeaturePusher(store or get_store(settings)))
+    return EventIngestor(types, open_event_log(settings), streaming.FeaturePusher(store or get_store(settings)))
 
 
 # --- files ----------------------------------------------------------------------------------

@@ -340,21 +340,33 @@ class ModelSet:
     """
 
     def __init__(self, action_ids: Sequence[str], propensity: Mapping[str, FastModel],
-                 scores: Mapping[str, FastModel], uplift: Mapping[str, Any] | None = None):
+                 scores: Mapping[str, FastModel], uplift: Mapping[str, Any] | None = None,
+                 cold_start: Any = None):
+        """`cold_start` (`nba.decisioning.coldstart.ColdStart`): the actions without a model
+        (cold start) and their posteriors; their P is the posterior mean, and the core explores
+        them by Thompson sampling."""
         self.action_ids = tuple(action_ids)
         self.propensity_models = dict(propensity)
         self.score_models = dict(scores)
         self.uplift_models = dict(uplift or {})
-        missing = [a for a in self.action_ids if a not in self.propensity_models]
+        self.cold_start = cold_start if cold_start is not None and bool(np.any(cold_start.cold)) else None
+        cold = (np.asarray(self.cold_start.cold, dtype=bool) if self.cold_start is not None
+                else np.zeros(len(self.action_ids), dtype=bool))
+        if cold.shape != (len(self.action_ids),):
+            raise ModelLoadError(f"the cold-start state covers {cold.size} actions, the catalog {len(self.action_ids)}")
+        self._cold = cold
+        missing = [a for j, a in enumerate(self.action_ids) if a not in self.propensity_models and not cold[j]]
         if missing:
             raise ModelLoadError(f"no propensity model for action(s) {missing}")
         # groups of actions scored by one booster call: pooled models share a fingerprint
         groups: dict[str, list[int]] = {}
         for j, a in enumerate(self.action_ids):
+            if cold[j]:
+                continue
             groups.setdefault(self.propensity_models[a].fingerprint, []).append(j)
         self.groups = [(self.propensity_models[self.action_ids[js[0]]], np.array(js, dtype=np.int64))
                        for js in groups.values()]
-        self._group_of = np.zeros(len(self.action_ids), dtype=np.int64)  # action -> its group
+        self._group_of = np.full(len(self.action_ids), -1, dtype=np.int64)  # action -> its group (-1: cold)
         for gi, (_, js) in enumerate(self.groups):
             self._group_of[js] = gi
         # pooled models: the one-hot column of each action's id in the shared encoding
@@ -380,8 +392,12 @@ class ModelSet:
     def propensity(self, env: Mapping[str, Any], n: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         out = np.full(rows.size, np.nan)
         base: dict[int, np.ndarray] = {}  # by identity: hashing 57 columns per lookup cost more than the lookup
+        if self.cold_start is not None:
+            hot = ~self._cold[cols]
+            out[~hot] = self.cold_start.mean[cols[~hot]]
+        single = len(self.groups) == 1 and self.cold_start is None
         for gi, (model, _) in enumerate(self.groups):
-            at = np.flatnonzero(self._group_of[cols] == gi) if len(self.groups) > 1 else np.arange(rows.size)
+            at = np.arange(rows.size) if single else np.flatnonzero(self._group_of[cols] == gi)
             if at.size == 0:
                 continue
             if id(model.columns) not in base:

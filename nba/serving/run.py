@@ -57,6 +57,18 @@ def server_env(settings: Settings, workers: int | None = None, extra: dict[str, 
         env["NBA_BUNDLE_DIR"] = str(settings.path(settings.serve_bundle))
     if settings.data_dir is not None:
         env["NBA_DATA_DIR"] = str(settings.path(settings.data_dir))
+    # the gate's settings (nba.serving.gate), when these settings carry them
+    if settings.api_keys:
+        env["NBA_API_KEYS"] = settings.api_keys
+    if settings.api_keys_file is not None:
+        env["NBA_API_KEYS_FILE"] = str(settings.path(settings.api_keys_file))
+    if settings.admin_token:
+        env["NBA_ADMIN_TOKEN"] = settings.admin_token
+    env.update({"NBA_RATE_LIMIT": repr(settings.rate_limit), "NBA_RATE_BURST": str(settings.rate_burst),
+                "NBA_MAX_BODY_BYTES": str(settings.max_body_bytes),
+                "NBA_MAX_BATCH_BODY_BYTES": str(settings.max_batch_body_bytes)})
+    if settings.rate_limit_store:
+        env["NBA_RATE_LIMIT_STORE"] = settings.rate_limit_store
     env.update(extra or {})
     return env
 
@@ -64,7 +76,12 @@ def server_env(settings: Settings, workers: int | None = None, extra: dict[str, 
 def start(settings: Settings, *, host: str = "127.0.0.1", port: int = 3000, workers: int | None = None,
           log_file: Path | None = None, target: str | None = None, extra_env: dict[str, str] | None = None
           ) -> subprocess.Popen:
-    """Start `bentoml serve` for the built Bento (or `target`) in the background."""
+    """Start `bentoml serve` for the built Bento (or `target`) in the background. A
+    non-loopback `host` without API keys is refused here, before anything starts."""
+    from nba.serving.auth import check_bind
+
+    check_bind(settings.model_copy(update={"api_keys": (extra_env or {}).get("NBA_API_KEYS", settings.api_keys)}),
+               host)
     target = target or bento_tag(settings)
     cmd = [sys.executable, "-m", "bentoml", "serve", target, "--host", host, "--port", str(port)]
     out = open(log_file, "ab") if log_file else None  # noqa: SIM115 - handed to the child; None: the console

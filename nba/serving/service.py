@@ -31,15 +31,19 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import bentoml
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, BeforeValidator, Field, StrictFloat, StrictInt, StrictStr, create_model
 from starlette.responses import JSONResponse, Response
 
 from nba import records
 from nba.records import model_fields
+from nba.serving.gate import Gate
 from nba.settings import Settings, disable_telemetry
+
+if TYPE_CHECKING:
+    from nba.serving.engine import DecisionRequest
 
 disable_telemetry()  # this module is an entry point (bentoml serve): no library phones home
 
@@ -88,13 +92,40 @@ Decision = create_model(
 )
 
 
+MAX_CUSTOMER_ID = 2**63 - 1  # customer ids are int64 in the feature store and the log
+
+
+def _integral(v: Any) -> Any:
+    """3.0 is an integer in JSON (and in its schemas): accepted as 3; "3", true and 3.5 are not."""
+    return int(v) if isinstance(v, float) and v.is_integer() and abs(v) < 2**63 else v
+
+
+Whole = Annotated[int, BeforeValidator(_integral), Field(strict=True)]
+# a context value: a number or a string, as the feature is (true is not a number, "3" not a number)
+ContextValue = StrictFloat | StrictInt | StrictStr
+
+
 class DecideRequest(BaseModel):
-    customer_id: Annotated[int, Field(strict=True, ge=0)]
+    customer_id: Annotated[Whole, Field(ge=0, le=MAX_CUSTOMER_ID)]
     channel: str
     channels: list[str] | None = None
-    context: dict[str, float | int | str] = Field(default_factory=dict)
-    timestamp: datetime | None = None
-    k: Annotated[int, Field(strict=True)] | None = None
+    context: dict[str, ContextValue] = Field(default_factory=dict)
+    timestamp: Annotated[datetime | None, Field(strict=True)] = None
+    k: Whole | None = None
+    actions: Annotated[list[str] | None, Field(min_length=1)] = None
+
+
+class RespondRequest(BaseModel):
+    """The body of /respond (the parameters of `DecisionService.respond`; its OpenAPI schema)."""
+
+    decision_id: str
+    action_id: str
+    outcome: str
+    value: Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False,
+                                  description="value realised (0 unless accepted)")] = 0.0
+    timestamp: Annotated[datetime | None, Field(strict=True)] = None
+    opt_out: Annotated[bool, Field(strict=True, description="the customer withdrew the consent of the decision's "
+                                                            "channel")] = False
 
 
 Outcome = create_model(
@@ -115,18 +146,37 @@ def _error(exc: Exception) -> Response:
     if isinstance(exc, RequestError):
         return JSONResponse({"error": str(exc), "field": exc.field}, status_code=exc.status)
     if isinstance(exc, Unavailable):
-        return JSONResponse({"error": str(exc)}, status_code=503)
+        return JSONResponse({"error": str(exc), "field": None}, status_code=503)
     if isinstance(exc, NbaError):
-        return JSONResponse({"error": str(exc)}, status_code=503)
+        return JSONResponse({"error": str(exc), "field": None}, status_code=503)
     raise exc
 
 
-def _epoch(ts: datetime | None) -> float | None:
+def _epoch(ts: datetime | None, where: str = "timestamp") -> float | None:
+    """Epoch seconds of a request's time; a year outside 1970-2199 is a 400 naming the field."""
     if ts is None:
         return None
     from datetime import UTC
 
+    from nba.events import FIRST_YEAR, LAST_YEAR
+    from nba.serving.engine import RequestError
+
+    if not FIRST_YEAR <= ts.year <= LAST_YEAR:
+        raise RequestError(f"{where} = {ts.isoformat()}: the year {ts.year} is out of range; expected {FIRST_YEAR} "
+                           f"to {LAST_YEAR}", field=where)
+
     return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp()
+
+
+def _decision_request(customer_id: int, channel: str, context: dict[str, Any], timestamp: datetime | None,
+                      k: int | None, channels: list[str] | None, actions: list[str] | None,
+                      where: str = "timestamp") -> DecisionRequest:
+    """The engine's request from the fields of /decide (or one of /decide_batch's requests)."""
+    from nba.serving.engine import DecisionRequest
+
+    return DecisionRequest(customer_id, channel, context, _epoch(timestamp, where), k,
+                           channels=tuple(channels) if channels else None,
+                           actions=tuple(actions) if actions is not None else None)
 
 
 class ReadinessMiddleware:
@@ -244,29 +294,67 @@ class DecisionService:
         """The engine over the bundle, warmed. A component that does not load (a model, the
         feature store) is retried on use and `/readyz` says why; a bundle that cannot be read
         at all stops the worker with the reason in its log."""
+        from nba.serving.auth import load_keyring
         from nba.serving.bundle import load_engine
+        from nba.stores.ratelimit import rate_limiter
 
         settings = Settings()
         self.engine = load_engine(settings, bundle_location(settings))
         self.engine.warm()
+        catalog = self.engine.catalog
+        # the gate's (nba.serving.gate): keys checked against the catalog's channels, at start
+        self.keyring_settings = settings
+        self.keyring = load_keyring(settings, catalog.channel_names)
+        kind = settings.rate_limit_store or ("redis" if settings.profile == "production" else "memory")
+        self.limiter = rate_limiter(kind, redis_url=settings.redis_url, prefix=settings.redis_prefix)
+        self.outbound_channels = tuple(c.name for c in catalog.channels if c.direction == "outbound")
+        self._openapi: bytes | None = None
+
+    def openapi_json(self) -> bytes:
+        """The exact OpenAPI document of this bundle (`nba.serving.openapi`), built once."""
+        if self._openapi is None:
+            from nba.preferences import ISSUES, catalog_issues
+            from nba.serving.bundle import read_manifest
+            from nba.serving.openapi import build_spec
+
+            settings, cat = self.keyring_settings, self.engine.catalog
+            manifest = read_manifest(bundle_location(settings))
+            kinds = {f["name"]: f["kind"] for f in manifest["features"]}
+            models: dict[str, Any] = {"DecideRequest": DecideRequest, "RespondRequest": RespondRequest,
+                                      "Decision": Decision, "Outcome": Outcome}
+            spec = build_spec(
+                models, title="nba_decision", version=f"{cat.version} ({self.engine.bundle})", channels=cat.channel_names,
+                outbound=self.outbound_channels, actions=cat.action_ids, max_k=cat.max_k,
+                features={n: kinds.get(n, "number") for n in cat.feature_names},
+                issues_and_groups=tuple(dict.fromkeys((*ISSUES, *catalog_issues(cat), *cat.groups))),
+                keyed=self.keyring.keyed, admin_token=bool(settings.admin_token), metrics=settings.serve_metrics,
+                event_types=self._event_types(), max_body=settings.max_body_bytes, max_batch_body=settings.max_batch_body_bytes)
+            self._openapi = json.dumps(spec).encode()
+        return self._openapi
+
+    def _event_types(self) -> Any:
+        from nba.events import event_types
+
+        return event_types(self.keyring_settings.home)
 
     @bentoml.api(route="/decide")
-    async def decide(self, customer_id: Annotated[int, Field(strict=True, ge=0, description="the customer")],
+    async def decide(self, customer_id: Annotated[Whole, Field(ge=0, le=MAX_CUSTOMER_ID, description="the customer")],
                channel: Annotated[str, Field(description="email | sms | push | call_centre | web | agent, or best: "
                                                          "the engine chooses among the outbound channels")],
-               context: Annotated[dict[str, float | int | str], Field(
+               context: Annotated[dict[str, ContextValue], Field(
                    description="request-time values overriding features of the same name")] = {},  # noqa: B006
-               timestamp: Annotated[datetime | None, Field(description="the moment (ISO 8601); default now")] = None,
-               k: Annotated[int | None, Field(strict=True, description="how many actions to rank")] = None,
+               timestamp: Annotated[datetime | None, Field(strict=True, description="the moment (ISO 8601); "
+                                                                                     "default now")] = None,
+               k: Annotated[Whole | None, Field(description="how many actions to rank")] = None,
                channels: Annotated[list[str] | None, Field(
                    description="the channels the engine may choose among (the chosen one is the decision's)")] = None,
+               actions: Annotated[list[str] | None, Field(
+                   min_length=1, description="the actions the decision may propose; default any")] = None,
                ) -> Decision:  # type: ignore[valid-type]
         """The next best action(s) for one customer in one channel, with the reasons."""
-        from nba.serving.engine import DecisionRequest
-
         try:
-            out = self.engine.decide([DecisionRequest(customer_id, channel, context, _epoch(timestamp), k,
-                                                      channels=tuple(channels) if channels else None)])[0]
+            out = self.engine.decide([_decision_request(customer_id, channel, context, timestamp, k, channels,
+                                                        actions)])[0]
         except Exception as exc:
             return _error(exc)  # type: ignore[return-value]
         return Response(json.dumps(out), media_type="application/json")  # type: ignore[return-value]
@@ -275,11 +363,10 @@ class DecisionService:
     def decide_batch(self, requests: Annotated[list[DecideRequest], Field(min_length=1, max_length=1000)]
                      ) -> list[Decision]:  # type: ignore[valid-type]
         """Decisions for up to 1,000 customers in one call (one vectorised pass of the core)."""
-        from nba.serving.engine import DecisionRequest
-
-        reqs = [DecisionRequest(r.customer_id, r.channel, r.context, _epoch(r.timestamp), r.k,
-                                channels=tuple(r.channels) if r.channels else None) for r in requests]
         try:
+            reqs = [_decision_request(r.customer_id, r.channel, r.context, r.timestamp, r.k, r.channels, r.actions,
+                                      f"requests[{i}].timestamp")
+                    for i, r in enumerate(requests)]
             out = self.engine.decide(reqs)
         except Exception as exc:
             return _error(exc)  # type: ignore[return-value]
@@ -288,8 +375,9 @@ class DecisionService:
     @bentoml.api(route="/respond")
     async def respond(self, decision_id: str, action_id: str,
                 outcome: Annotated[str, Field(description="accepted | rejected | ignored")],
-                value: Annotated[float, Field(ge=0, description="value realised (0 unless accepted)")] = 0.0,
-                timestamp: datetime | None = None,
+                value: Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False,
+                                              description="value realised (0 unless accepted)")] = 0.0,
+                timestamp: Annotated[datetime | None, Field(strict=True)] = None,
                 opt_out: Annotated[bool, Field(strict=True, description="the customer withdrew the consent of the "
                                                                         "decision's channel")] = False,
                 ) -> Outcome:  # type: ignore[valid-type]
@@ -302,6 +390,7 @@ class DecisionService:
         return Response(json.dumps(out), media_type="application/json")  # type: ignore[return-value]
 
 
+DecisionService.add_asgi_middleware(Gate)  # type: ignore[attr-defined]  # first: outermost of ours
 DecisionService.add_asgi_middleware(ReadinessMiddleware)  # type: ignore[attr-defined]
 DecisionService.add_asgi_middleware(EventsMiddleware)  # type: ignore[attr-defined]
 
