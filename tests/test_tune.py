@@ -45,11 +45,13 @@ def _home(tmp_path: Path, edit: dict[str, dict] | None = None) -> Path:
     return home
 
 
+SMALL_TUNING = {"metric": "log_loss", "direction": "minimize", "search_space": SMALL_SPACE}
+
+
 @pytest.fixture
 def small(train_env: Settings, tmp_path: Path) -> Settings:
     """The training environment with cheap search spaces for propensity and churn."""
-    edit = {m: {"tuning": {"metric": "log_loss", "direction": "minimize", "search_space": SMALL_SPACE}}
-            for m in ("propensity", "churn")}
+    edit = {m: {"tuning": SMALL_TUNING} for m in ("propensity", "churn")}
     return train_env.model_copy(update={"home": _home(tmp_path, edit)})
 
 
@@ -169,18 +171,42 @@ def test_tune_propensity_one_action_logs_prunes_writes_and_resumes(small: Settin
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_tune_propensity_without_action_tunes_the_pooled_model(small: Settings):
-    """The shipped strategy is pooled: one model for every action, so one tuning problem."""
+def test_tune_propensity_without_action_tunes_one_model_per_action(small: Settings):
+    """The shipped strategy is per action: without `action`, the objective is the validation-
+    weighted mean over one model per action that has enough positives, steps strided by action."""
+    from nba.schemas import ACTIONS
+    from nba.training.problems import ACTION_STRIDE
+
+    assert load_model_config(small.home, "propensity").options["strategy"] == "per_action"
     result = tune(small, "propensity", trials=2)
     assert result.study_name == "propensity" and result.n_complete == 2
     tracking.configure(small)
     params = mlflow.get_run(result.parent_run_id).data.params
-    assert params["frame.tuning_models"] == "pooled"
-    assert params["frame.strategy"] == "pooled"
+    assert params["frame.strategy"] == "per_action"
+    tuned = params["frame.tuning_models"].split(",")
+    assert len(tuned) >= 8 and set(tuned) <= {f"propensity-{a}" for a in ACTIONS}
+    assert f"propensity-{ACTION}" in tuned  # the action with the most contacts has its own model
     steps = _child_runs(small, result, "propensity")
     history = MlflowClient().get_metric_history(steps["run_id"].iloc[0], "valid_log_loss")
-    assert len(history) > 1  # intermediate values every few boosting rounds, for the pruner
+    assert max(m.step for m in history) >= (len(tuned) - 1) * ACTION_STRIDE  # every model reported
     assert yaml.safe_load(result.best_params_path.read_text())["action"] == "all"
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_tune_propensity_pooled_tunes_one_model(train_env: Settings, tmp_path: Path):
+    """With `options.strategy: pooled`, one model for every action, so one tuning problem."""
+    options = {**load_model_config(PROJECT_ROOT, "propensity").options, "strategy": "pooled"}
+    edit = {"propensity": {"tuning": SMALL_TUNING, "options": options}}
+    pooled = train_env.model_copy(update={"home": _home(tmp_path, edit)})
+    result = tune(pooled, "propensity", trials=2)
+    assert result.n_complete == 2
+    tracking.configure(pooled)
+    params = mlflow.get_run(result.parent_run_id).data.params
+    assert params["frame.tuning_models"] == "pooled" and params["frame.strategy"] == "pooled"
+    steps = _child_runs(pooled, result, "propensity")
+    history = MlflowClient().get_metric_history(steps["run_id"].iloc[0], "valid_log_loss")
+    assert len(history) > 1  # intermediate values every few boosting rounds, for the pruner
 
 
 @pytest.mark.slow

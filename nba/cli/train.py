@@ -108,17 +108,37 @@ def tune_cmd(
     timeout: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
     action: Annotated[str | None, typer.Option(help="Action to tune (propensity, uplift).")] = None,
     study: Annotated[str | None, typer.Option(help="Study name (resumes an existing study).")] = None,
+    storage: Annotated[str | None, typer.Option(
+        help="Optuna storage URL, e.g. postgresql+psycopg://user@host/db [default: NBA_OPTUNA_STORAGE; SQLite "
+             "in the work folder (local), the Postgres DSN (production)].")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes sharing the study (--trials in total).",
+                                         min=1)] = 1,
+    until: Annotated[int | None, typer.Option(
+        help="Run as one worker of a shared study: trials until the study holds this many finished ones "
+             "(start one per machine).", min=1)] = None,
+    parent_run: Annotated[str | None, typer.Option(hidden=True, help="MLflow run of the `--workers` call.")] = None,
+    worker_index: Annotated[int, typer.Option(hidden=True, help="This worker's index (seeds its sampler).")] = 0,
 ) -> None:
     """Tune a model with Optuna; the best parameters are used by the next `nba train`.
 
     The search space is in training/<model>.yaml; studies live in the Optuna storage setting
     (SQLite in the work folder by default) and resume when run again with the same --study.
+    With --workers N, N processes share the study; a killed worker's trial is retried.
     """
     from nba.training.tune import tune
 
-    result = tune(settings(), model, trials, timeout, action=action, study_name=study, progress=True)
+    result = tune(settings(), model, trials, timeout, action=action, study_name=study,
+                  progress=parent_run is None, storage=storage, workers=workers, until=until,
+                  parent_run_id=parent_run, worker=worker_index)
+    if parent_run is not None:  # a worker of `--workers`: the caller reports the study
+        echo(f"worker {worker_index}: {result.n_trials} trial(s) of study {result.study_name}")
+        return
     echo(f"study {result.study_name} ({result.storage}): {result.n_complete} complete, "
          f"{result.n_pruned} pruned; best {result.best_value:.5f}")
+    if result.workers > 1:
+        echo(f"{result.workers} workers; {result.n_retried} trial(s) retried after a worker died")
+        for line in result.failed_workers:
+            echo(f"  died: {line}")
     echo(f"best parameters -> {result.best_params_path}")
     for k, v in result.best_params.items():
         echo(f"  {k}: {v}")

@@ -18,6 +18,7 @@ FAMILY = "churn"
 
 
 def train_churn(settings: Settings, register: bool = True) -> TrainedModel:
+    tracking.require_server(settings)  # a tracking server that does not answer: before any frame is read
     cfg = load_model_config(settings.home, FAMILY, settings.work)
     frame = churn_frame(settings, cfg)
     return train_and_register(settings, cfg, frame, family=FAMILY, name=tracking.registered_name(FAMILY),

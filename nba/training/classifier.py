@@ -41,7 +41,10 @@ class TrainedModel:
 
 
 def fit_classifier(cfg: ModelConfig, train: pd.DataFrame, features: list[str],
-                   params: dict[str, Any] | None = None) -> CalibratedXGBClassifier:
+                   params: dict[str, Any] | None = None,
+                   sample_weight: np.ndarray | None = None) -> CalibratedXGBClassifier:
+    """`sample_weight`: one per training row (trees and calibrator), e.g. the propensity
+    models' inverse logging probabilities (`nba.training.propensity.row_weights`)."""
     opts = cfg.options
     model = CalibratedXGBClassifier(
         params=params if params is not None else cfg.params,
@@ -49,7 +52,7 @@ def fit_classifier(cfg: ModelConfig, train: pd.DataFrame, features: list[str],
         calibration_fraction=cfg.split.calibration_fraction,
         min_positives=int(opts.get("min_positives", 1)),
     )
-    return model.fit(train[features], train["label"].to_numpy())
+    return model.fit(train[features], train["label"].to_numpy(), sample_weight=sample_weight)
 
 
 def evaluate_classifier(model: Any, holdout: pd.DataFrame, features: list[str],

@@ -146,12 +146,14 @@ def propensity_frame(settings: Settings, cfg: ModelConfig, actions: list[str] | 
     """Contacts (treated interactions) with label = converted within the window.
 
     Propensity is P(accept | offered), so only customers who were offered the action count.
+    `assignment_probability` (the logging policy's probability of the contact, never a
+    feature) is carried for the inverse-probability weights (`propensity.row_weights`).
     """
     unknown = sorted(set(actions or []) - set(schemas.ACTIONS))
     if unknown:
         raise ConfigError(f"unknown action(s) {unknown}; expected any of {', '.join(schemas.ACTIONS)}")
     cols = ["interaction_id", schemas.ENTITY_KEY, schemas.EVENT_TS, "action_id", "treated", "converted",
-            "outcome_timestamp", "true_p_treated", "true_p_control"]
+            "outcome_timestamp", "assignment_probability", "true_p_treated", "true_p_control"]
     inter = _read_sim(settings, "interactions", cols)
     inter = inter[inter["treated"] == 1]
     if actions:
@@ -163,6 +165,35 @@ def propensity_frame(settings: Settings, cfg: ModelConfig, actions: list[str] | 
                                 cfg.label.window_days, sim_data_end(settings), "propensity")
     return _finish(settings, cfg, entities, "propensity", cfg.label.description,
                    {"censored_rows": censored, "actions": ",".join(actions or schemas.ACTIONS)})
+
+
+def truth_frame(settings: Settings, cfg: ModelConfig, actions: list[str] | None = None) -> pd.DataFrame:
+    """The population a propensity model is judged on against the simulator's truth: every
+    (customer, action) pair ELIGIBLE at the last snapshot, with the features the model reads
+    at the first moment of that month a decision can be made (the snapshot + 1 hour: the
+    simulator's events start then) and the true probabilities (`truth` table).
+
+    This is who the arbitration scores, so it is the right population for P(accept | shown):
+    the hold-out contacts over-represent the customers the legacy campaign chose, and it chose
+    on the true probability, i.e. on traits the features see only in part. The last snapshot
+    lies in every time-based hold-out the propensity config allows (`split.holdout_days` >= 30),
+    so no training row comes from it.
+    """
+    cols = [schemas.ENTITY_KEY, schemas.EVENT_TS, "action_id", "true_p_treated", "true_p_control", "eligible"]
+    truth = _read_sim(settings, "truth", cols)
+    truth = truth.loc[truth["eligible"] == 1]
+    if actions:
+        truth = truth.loc[truth["action_id"].isin(actions)]
+    if truth.empty:
+        raise ModelDataError(f"the simulator's truth table has no eligible row for {actions or 'any action'}")
+    entities = pd.DataFrame({schemas.ENTITY_KEY: truth[schemas.ENTITY_KEY].unique()})
+    entities[schemas.EVENT_TS] = truth[schemas.EVENT_TS].iloc[0] + pd.Timedelta(hours=1)
+    feats = store.training_frame(settings, cfg.feature_service, entities)
+    feats = feats.drop(columns=[c for c in (schemas.EVENT_TS, schemas.REQUEST_TS, schemas.CREATED_TS)
+                                if c in feats.columns])
+    out = truth.drop(columns=["eligible"]).merge(feats, on=schemas.ENTITY_KEY, how="inner")
+    out["action_id"] = out["action_id"].astype(str)
+    return out.reset_index(drop=True)
 
 
 def churn_frame(settings: Settings, cfg: ModelConfig) -> LabelledFrame:

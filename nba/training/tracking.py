@@ -1,9 +1,13 @@
 """MLflow plumbing: the tracking store, runs that record their provenance, registration.
 
 Embedded default: a SQLite backend at `<mlflow_dir>/mlflow.db` with artifacts under
-`<mlflow_dir>/artifacts/`. Every run is tagged with the git commit and the feature service
-it read; a run that raises is ended FAILED with the reason as a tag, and nothing is
-registered from it.
+`<mlflow_dir>/artifacts/`. Production (or `NBA_MLFLOW_TRACKING_URI`): an MLflow tracking
+server (`mlflow server` on Postgres, serving the artifacts itself; `nba.training.tracking_server`),
+shared by every training machine, the tuning workers and the bundle build. A server that does
+not answer is one line naming it and what to do, when the command starts
+(`TrackingUnavailable`), not a minute of MLflow's HTTP retries later. Every run is tagged with
+the git commit and the feature service it read; a run that raises is ended FAILED with the
+reason as a tag, and nothing is registered from it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nba import console
+from nba.errors import NbaError
 from nba.settings import Settings
 
 if TYPE_CHECKING:
@@ -32,37 +37,103 @@ def registered_name(family: str, action: str | None = None) -> str:
     return f"nba-{family}-{action}" if action else f"nba-{family}"
 
 
+DEFAULT_SERVER = "http://127.0.0.1:5000"  # the production profile's tracking server unless NBA_MLFLOW_TRACKING_URI
+PROBE_TIMEOUT_S = 5.0
+
+
+class TrackingUnavailable(NbaError):
+    """The MLflow tracking server does not answer (or is not an MLflow server)."""
+
+    exit_code = 3
+
+
 def tracking_uri(settings: Settings) -> str:
+    """The setting, else the production profile's tracking server, else the embedded SQLite store."""
+    if settings.mlflow_tracking_uri:
+        return settings.mlflow_tracking_uri
     if settings.profile == "production":
-        pg = settings.postgres_dsn
-        return pg.replace("postgresql://", "postgresql+psycopg://", 1) if pg.startswith("postgresql://") else pg
+        return DEFAULT_SERVER
     return f"sqlite:///{(settings.mlflow_path / 'mlflow.db').resolve()}"
 
 
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+_answered: set[str] = set()  # servers that answered in this process (checked once each)
+
+
+def check_server(uri: str, command: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """One GET of the server's `/health`; `TrackingUnavailable` naming the address and what to
+    do (`command`: how to start it) otherwise."""
+    import urllib.error
+    import urllib.request
+
+    if uri in _answered:
+        return
+    todo = f"start it with `{command}` or set NBA_MLFLOW_TRACKING_URI to a running one"
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:  # noqa: S310
+            body = resp.read(64).decode(errors="replace").strip()
+    except urllib.error.HTTPError as exc:
+        raise TrackingUnavailable(f"MLflow tracking server {uri} answers HTTP {exc.code} on /health: it is not an "
+                                  f"MLflow tracking server; {todo}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingUnavailable(f"MLflow tracking server {uri} does not answer ({reason}); {todo}") from None
+    if body != "OK":
+        raise TrackingUnavailable(f"MLflow tracking server {uri} answers {body[:40]!r} on /health, not OK: it is not "
+                                  f"an MLflow tracking server; {todo}")
+    _answered.add(uri)
+
+
+def require_server(settings: Settings) -> None:
+    """Where the tracking store is a server, check that it answers (a command calls this first,
+    before reading any frame); nothing otherwise (no folder is made)."""
+    uri = tracking_uri(settings)
+    if is_server(uri):
+        from nba.training.tracking_server import command_for
+
+        check_server(uri, command_for(settings, uri))
+
+
 def configure(settings: Settings) -> MlflowClient:
-    """Point MLflow at the profile's store (creating the local folder) and return a client."""
+    """Point MLflow at the profile's store (creating the local folder, or checking that the
+    server answers) and return a client."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
     console.quiet_mlflow()
-    settings.mlflow_path.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri(settings)
+    if is_server(uri):
+        require_server(settings)
+    else:
+        settings.mlflow_path.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def experiment_id(settings: Settings, family: str) -> str:
-    """The experiment of a model family, its artifacts under `<mlflow_dir>/artifacts/<family>`."""
+    """The experiment of a model family: its artifacts under `<mlflow_dir>/artifacts/<family>`
+    (embedded), or where the tracking server keeps them (`mlflow-artifacts:/`, served by it)."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     client = configure(settings)
     name = EXPERIMENT_PREFIX + family
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    location = (settings.mlflow_path / "artifacts" / family).resolve().as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    location = None if is_server(tracking_uri(settings)) else \
+        (settings.mlflow_path / "artifacts" / family).resolve().as_uri()
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except MlflowException:  # created meanwhile by another process (tuning workers)
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def git_commit(home: Path) -> str:

@@ -597,6 +597,7 @@ def train_uplift(settings: Settings, source: str = "hillstrom", actions: list[st
     model_params(cfg, source)
     if source == "hillstrom":
         _outcome(cfg)
+    tracking.require_server(settings)  # a tracking server that does not answer: before any frame is read
     data = load_data(settings, cfg, source, actions)
     todo = list(data)
     if actions is None and source == "sim":
