@@ -149,11 +149,12 @@ def bandit():
     contacts) and exploration (20 %: a uniform eligible action, contacted with probability 1/2);
     an arm is (action, contacted), and the mixture's probability of each is rebuilt exactly."""
     from nba.data.simulator import SimulationConfig, simulate
-    from nba.schemas import ACTIONS
+    from nba.schemas import CAMPAIGN_ACTIONS as ACTIONS
 
-    cfg = SimulationConfig(customers=20_000, seed=SEED, months=2)
+    # the campaign's log (its ten actions), without behavioural events: the truth table is its truth
+    cfg = SimulationConfig(customers=20_000, seed=SEED, months=2, event_months=0)
     sim = simulate(cfg)
-    truth, inter = sim.truth, sim.interactions
+    truth, inter = sim.truth, sim.interactions[sim.interactions["action_id"].isin(ACTIONS)]
     last = inter[inter["event_timestamp"] >= truth["event_timestamp"].iloc[0]].reset_index(drop=True)
     wide = {c: truth.pivot(index="customer_id", columns="action_id", values=c)[list(ACTIONS)].loc[last["customer_id"]]
             .to_numpy() for c in ("true_p_treated", "true_p_control", "eligible")}

@@ -17,6 +17,10 @@ import pytest
 from nba.data.simulator import (
     ACTION_TRUTH,
     ELIGIBILITY,
+    EVENT_EFFECTS,
+    EVENT_PROPERTIES,
+    EVENT_TYPES,
+    EVENT_VOCAB,
     PRODUCT_OF,
     Z_NAMES,
     SimulationConfig,
@@ -34,6 +38,8 @@ from nba.errors import ConfigError
 from nba.io import sha256_file
 from nba.schemas import (
     ACTIONS,
+    ALWAYS_ON_ACTIONS,
+    CAMPAIGN_ACTIONS,
     CHANNELS,
     ENTITY_KEY,
     EVENT_TS,
@@ -96,7 +102,11 @@ def test_every_table_validates_against_its_schema(sim: SimulationResult) -> None
     for schema in SIM_ALL_TABLES:
         frame = getattr(sim, schema.name)
         validate_frame(frame, schema, source="test")
-        assert list(frame.columns) == schema.names
+        names = list(frame.columns)
+        if schema.name == "events":  # then one column per property
+            assert names == [*schema.names, *EVENT_PROPERTIES]
+        else:
+            assert names == schema.names
         assert len(frame) > 0, schema.name
 
 
@@ -254,7 +264,8 @@ def test_explore_uplift_matches_the_true_uplift(sim: SimulationResult) -> None:
 
 
 def test_assignment_probability_of_explore_rows_is_half_over_the_eligible(contacts: pd.DataFrame) -> None:
-    n_eligible = eligibility_matrix(contacts).sum(axis=1)
+    contacts = contacts[contacts["action_id"].isin(CAMPAIGN_ACTIONS)]  # the campaign chooses among its ten
+    n_eligible = eligibility_matrix(contacts, CAMPAIGN_ACTIONS).sum(axis=1)
     explore = (contacts["policy"] == "explore").to_numpy()
     prob = contacts["assignment_probability"].to_numpy()
     np.testing.assert_allclose(prob[explore], 0.5 / n_eligible[explore], rtol=1e-12)
@@ -289,8 +300,13 @@ def test_truth_table_matches_the_last_months_interactions(sim: SimulationResult,
     inter = sim.interactions[sim.interactions[EVENT_TS] >= last]
     joined = inter.merge(truth, on=[ENTITY_KEY, "action_id"], suffixes=("", "_truth"), validate="many_to_one")
     assert len(joined) == len(inter) > 0
-    assert (joined["true_p_treated"] == joined["true_p_treated_truth"]).all()
-    assert (joined["true_p_control"] == joined["true_p_control_truth"]).all()
+    calm = joined["event_logit_shift"] == 0  # inside an event's window the truth is shifted
+    assert calm.mean() > 0.8
+    assert (joined.loc[calm, "true_p_treated"] == joined.loc[calm, "true_p_treated_truth"]).all()
+    assert (joined.loc[calm, "true_p_control"] == joined.loc[calm, "true_p_control_truth"]).all()
+    for arm in ("true_p_treated", "true_p_control"):
+        shifted = _logit(joined.loc[~calm, f"{arm}_truth"].to_numpy()) + joined.loc[~calm, "event_logit_shift"]
+        np.testing.assert_allclose(joined.loc[~calm, arm], 1 / (1 + np.exp(-shifted)), rtol=1e-9)
     assert (joined["eligible"] == 1).all()
 
     # `eligible` is the rules applied to the last snapshot
@@ -395,7 +411,9 @@ def test_conversions_change_holdings_from_the_next_snapshot(sim: SimulationResul
 
 
 def test_contacts_feed_last_contact_and_contacts_90d(sim: SimulationResult, features: pd.DataFrame) -> None:
-    treated = sim.interactions[sim.interactions["treated"] == 1][[ENTITY_KEY, EVENT_TS]]
+    # the always-on actions' campaign is a cell of its own: its contacts are not counted here
+    inter = sim.interactions[sim.interactions["action_id"].isin(CAMPAIGN_ACTIONS)]
+    treated = inter[inter["treated"] == 1][[ENTITY_KEY, EVENT_TS]]
     signup = sim.customers.set_index(ENTITY_KEY)["signup_timestamp"]
     epoch = pd.Timestamp("1970-01-01", tz="UTC")
     sample = features.sample(n=5_000, random_state=SEED)[[ENTITY_KEY, EVENT_TS, "contacts_90d",
@@ -455,3 +473,200 @@ def test_tiny_bank_runs() -> None:
     assert len(result.customers) == 1
     for schema in SIM_ALL_TABLES:
         validate_frame(getattr(result, schema.name), schema)
+
+
+# --- behavioural events and the always-on actions ---------------------------------------
+
+EVENTFUL = SimulationConfig(customers=SIM_CUSTOMERS, seed=SEED, event_months=12, always_on_rate=0.3)
+# main's tables before the events and the always-on actions (commit 3dac78f; 3,000 customers, seed 7,
+# 4 months): sha256 of pandas' row hashes, the campaign actions' rows of interactions and truth,
+# their columns then, floats rounded to 8 decimals: the last bits of numpy's exp/log depend on the
+# CPU's SIMD paths (exact digests taken on one machine failed on another; old and new code agree
+# bit for bit on each machine).
+MAIN_DIGESTS = {
+    "profile": "032a67fc7c4e63ab", "rfm": "51691f0111b82563", "engagement": "2d0b07e1a966e2ef",
+    "risk": "e391b18482d7d0b8", "consent": "2caaed9e90f7f2f4", "customers": "aee669242e8a007c",
+    "monthly_value": "e0509a2b37211426", "interactions": "298a538e2f190fe0", "truth": "f6928f434a99f73e",
+}
+OUTCOME_COLUMNS = ["outcome", "converted", "value", "true_p_treated", "true_p_control"]
+
+
+def _digest(frame: pd.DataFrame) -> str:
+    import hashlib
+
+    frame = frame.reset_index(drop=True)
+    frame = frame.assign(**{c: frame[c].round(8) for c in frame.columns if frame[c].dtype.kind == "f"})
+    rows = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    return hashlib.sha256(rows.tobytes()).hexdigest()[:16]
+
+
+def _campaign_rows(result: SimulationResult, name: str) -> pd.DataFrame:
+    frame = getattr(result, name)
+    if name not in ("interactions", "truth"):
+        return frame
+    columns = [c for c in frame.columns if c != "event_logit_shift"]
+    return frame.loc[frame["action_id"].isin(CAMPAIGN_ACTIONS), columns]
+
+
+@pytest.fixture(scope="module")
+def eventful() -> SimulationResult:
+    """A year of events, and the always-on campaign for 30 % of the customers a month."""
+    return simulate(EVENTFUL)
+
+
+def _expected_shift(result: SimulationResult) -> np.ndarray:
+    """Each interaction's shift recomputed from events.parquet and the event_effects table alone."""
+    inter = result.interactions.reset_index(drop=True)
+    ev = result.events
+    out = np.zeros(len(inter))
+    t_inter = inter[EVENT_TS].astype("int64").to_numpy()
+    for eff in result.event_effects.itertuples(index=False):
+        sel = ev["type"] == eff.type
+        if eff.kind:
+            sel &= ev["kind" if eff.type == "life_event" else "product"] == eff.kind
+        mine = ev.loc[sel, [ENTITY_KEY, "timestamp"]]
+        rows = np.flatnonzero(inter["action_id"].to_numpy() == eff.action_id)
+        if not len(rows) or not len(mine):
+            continue
+        last = {}
+        for cid, ts in zip(mine[ENTITY_KEY].to_numpy(), mine["timestamp"].astype("int64").to_numpy(), strict=True):
+            last.setdefault(int(cid), []).append(int(ts))
+        for r in rows:
+            times = last.get(int(inter.at[r, ENTITY_KEY]))
+            if times and any(0 <= t_inter[r] - ts < eff.window_days * 86_400 * 1e9 for ts in times):
+                out[r] += eff.logit_shift
+    return out
+
+
+def test_campaign_history_is_mains_without_events_and_only_outcomes_in_windows_move(eventful) -> None:
+    quiet = simulate(SimulationConfig(customers=3_000, seed=SEED, months=4, event_months=0))
+    for name, digest in MAIN_DIGESTS.items():
+        assert _digest(_campaign_rows(quiet, name)) == digest, name  # main's tables (floats to 8 decimals)
+    assert len(quiet.events) == 0 and set(quiet.interactions["event_logit_shift"]) == {0.0}
+    # with the default month of events only the outcomes of contacts inside an event window differ
+    loud = simulate(SimulationConfig(customers=3_000, seed=SEED, months=4))
+    for name in MAIN_DIGESTS:
+        if name != "interactions":
+            assert _digest(_campaign_rows(loud, name)) == MAIN_DIGESTS[name], name
+    a, b = _campaign_rows(quiet, "interactions"), _campaign_rows(loud, "interactions")
+    moved = loud.interactions.loc[b.index, "event_logit_shift"].to_numpy() != 0
+    assert 0 < moved.sum() < 0.1 * len(b)
+    pd.testing.assert_frame_equal(a.drop(columns=OUTCOME_COLUMNS), b.drop(columns=OUTCOME_COLUMNS))
+    pd.testing.assert_frame_equal(a[~moved], b[~moved])
+    assert (b.loc[moved, "true_p_treated"].to_numpy() != a.loc[moved, "true_p_treated"].to_numpy()).all()
+
+
+def test_every_event_passes_the_events_validation(tmp_path: Path) -> None:
+    from nba.events import load_event_types, validate_events
+    from nba.serving.ingest import read_event_file
+
+    types = load_event_types(Path(__file__).parents[1] / "serving" / "events.yaml")
+    manifest = simulate_to_dir(SMALL_CUSTOMERS, SEED, tmp_path, months=3, progress=False)
+    path = tmp_path / "events.parquet"
+    frame = pd.read_parquet(path)
+    assert list(frame.columns[:4]) == [ENTITY_KEY, "type", "timestamp", "event_id"]
+    assert set(frame["type"]) == set(EVENT_TYPES) == set(types.types) - {"consent_changed"}
+    total, chunks = read_event_file(path, types, 2_000)
+    now = pd.Timestamp("2030-01-01", tz="UTC").timestamp()
+    stored = [e for chunk in chunks for e in validate_events(chunk, types, now)]  # raises on the first bad one
+    assert total == len(stored) == manifest["rows"]["events"] == len(frame) > 5_000
+    assert [e["event_id"] for e in stored] == frame["event_id"].tolist() and frame["event_id"].is_unique
+    # the month's events only, in time order, each before the customer left
+    month = pd.Timestamp("2025-03-01", tz="UTC")
+    assert frame["timestamp"].is_monotonic_increasing and (frame["timestamp"] >= month).all()
+    churn = pd.read_parquet(tmp_path / "customers.parquet").set_index(ENTITY_KEY)["churn_timestamp"]
+    left = churn.reindex(frame[ENTITY_KEY]).to_numpy()
+    assert not (pd.notna(left) & (frame["timestamp"].to_numpy() >= left)).any()
+    # where a property does not apply it is null
+    for name, _kind in EVENT_PROPERTIES.items():
+        owners = {t for t, spec in types.types.items() if name in spec.properties}
+        assert frame.loc[~frame["type"].isin(owners), name].isna().all(), name
+
+
+def test_the_event_declarations_cover_what_the_simulator_writes() -> None:
+    from nba.events import load_event_types
+
+    types = load_event_types(Path(__file__).parents[1] / "serving" / "events.yaml")
+    for name in EVENT_PROPERTIES:
+        assert any(name in t.properties for t in types.types.values()), name
+    for column, values in EVENT_VOCAB.items():
+        enums = {v for t in types.types.values() if column in t.properties
+                 and isinstance(t.properties[column].type, list) for v in t.properties[column].type}
+        assert not enums or set(values) <= enums, column
+    for eff in EVENT_EFFECTS:
+        assert eff.type in EVENT_TYPES and eff.action in ACTIONS and eff.window_days > 0
+        if eff.kind:
+            assert eff.kind in EVENT_VOCAB["kind" if eff.type == "life_event" else "product"]
+    assert set(EVENT_TYPES) <= {e.type for e in EVENT_EFFECTS}  # every type moves some action
+
+
+def test_events_are_deterministic_per_seed(tmp_path: Path) -> None:
+    a = simulate_to_dir(2_000, SEED, tmp_path / "a", months=2, progress=False)
+    b = simulate_to_dir(2_000, SEED, tmp_path / "b", months=2, progress=False)
+    c = simulate_to_dir(2_000, SEED + 1, tmp_path / "c", months=2, progress=False)
+    assert a["sha256"]["events"] == b["sha256"]["events"] and a["sha256"] == b["sha256"]
+    assert a["sha256"]["events"] != c["sha256"]["events"]
+    assert a["sha256"]["event_effects"] == c["sha256"]["event_effects"]  # the truth table is fixed
+
+
+def test_the_interactions_carry_the_shift_of_the_customers_own_events(eventful: SimulationResult) -> None:
+    got = eventful.interactions["event_logit_shift"].to_numpy()
+    assert (got != 0).mean() > 0.02
+    np.testing.assert_allclose(got, _expected_shift(eventful), atol=1e-12)
+    # the effects table is EVENT_EFFECTS
+    eff = eventful.event_effects
+    assert len(eff) == len(EVENT_EFFECTS)
+    home = eff[(eff["type"] == "life_event") & (eff["kind"] == "home_purchase")].set_index("action_id")
+    assert home.loc["mortgage", "window_days"] == 30 and home.loc["mortgage", "logit_shift"] > 0
+    assert home.loc["home_insurance", "logit_shift"] > 0
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    return np.log(p) - np.log1p(-p)
+
+
+def test_acceptance_inside_event_windows_follows_the_shifted_truth(eventful: SimulationResult) -> None:
+    inter = eventful.interactions
+    shift = inter["event_logit_shift"].to_numpy()
+    treated = inter["treated"].to_numpy() == 1
+    p = np.where(treated, inter["true_p_treated"], inter["true_p_control"])
+    base = 1 / (1 + np.exp(-(_logit(p) - shift)))
+    y = inter["converted"].to_numpy()
+    for sign in (1, -1):
+        rows = np.sign(shift) == sign
+        assert rows.sum() >= MIN_ROWS
+        se = np.sqrt((p[rows] * (1 - p[rows])).sum()) / rows.sum()
+        assert abs(y[rows].mean() - p[rows].mean()) < Z * se  # the bank answers with the shifted truth
+        assert sign * (y[rows].mean() - base[rows].mean()) > Z * se  # ... not with the truth without events
+    # a home purchase: mortgage and home insurance are accepted more inside the 30 days after it
+    ev = eventful.events
+    bought = ev.loc[(ev["type"] == "life_event") & (ev["kind"] == "home_purchase"), [ENTITY_KEY, "timestamp"]]
+    rows = inter[inter["action_id"].isin(["mortgage", "home_insurance"]) & treated].merge(bought, on=ENTITY_KEY)
+    inside = (rows[EVENT_TS] >= rows["timestamp"]) & (rows[EVENT_TS] < rows["timestamp"] + 30 * DAY)
+    hit = rows[inside].drop_duplicates("interaction_id")
+    assert len(hit) >= 20
+    p_in = hit["true_p_treated"].to_numpy()
+    p_base = 1 / (1 + np.exp(-(_logit(p_in) - hit["event_logit_shift"].to_numpy())))
+    assert (hit["event_logit_shift"] >= 1.5).all()  # the purchase's effect (+2.0 mortgage, +1.5 insurance)
+    assert p_in.mean() > 2 * p_base.mean()
+    se = np.sqrt((p_in * (1 - p_in)).sum()) / len(hit)
+    assert abs(hit["converted"].mean() - p_in.mean()) < Z * se
+
+
+def test_the_always_on_actions_have_their_own_campaign(eventful: SimulationResult) -> None:
+    inter = eventful.interactions
+    new = inter["action_id"].isin(ALWAYS_ON_ACTIONS).to_numpy()
+    assert set(inter.loc[new, "action_id"]) == set(ALWAYS_ON_ACTIONS)
+    # appended after the campaign's rows, always contacted, on the rules of the always-on actions
+    assert inter.loc[new, "interaction_id"].min() > inter.loc[~new, "interaction_id"].max()
+    assert (inter.loc[new, "treated"] == 1).all()
+    month = inter[EVENT_TS].dt.tz_convert(None).dt.to_period("M").dt.to_timestamp().dt.tz_localize("UTC")
+    snap = eventful.profile.merge(eventful.risk, on=[ENTITY_KEY, EVENT_TS]).merge(
+        eventful.consent, on=[ENTITY_KEY, EVENT_TS])
+    rows = inter[new].assign(snapshot=month[new]).merge(snap.rename(columns={EVENT_TS: "snapshot"}),
+                                                          on=[ENTITY_KEY, "snapshot"], how="left")
+    elig = eligibility_matrix(rows, ALWAYS_ON_ACTIONS)
+    local = pd.Index(list(ALWAYS_ON_ACTIONS)).get_indexer(rows["action_id"].astype(str))
+    assert elig[np.arange(len(rows)), local].all()
+    per_action = inter[new].groupby("action_id")["converted"].agg(["size", "sum"])
+    assert (per_action["sum"] >= 30).all(), per_action  # enough to train and gate their models

@@ -25,6 +25,10 @@ def loop_cmd(
     html_out: Annotated[Path | None, typer.Option("--html", help="Write the report (table and plot) as HTML here.")]
     = None,
     retrain: Annotated[bool, typer.Option(help="Retrain, gate and rebuild the bundle after each month.")] = True,
+    new_action: Annotated[str | None, typer.Option(help="Withhold this action of the catalog, then add it with no "
+                                                        "history and no model (cold start) at --new-action-month.")]
+    = None,
+    new_action_month: Annotated[int, typer.Option(help="The month the withheld action joins.", min=2)] = 3,
 ) -> None:
     """Simulate the bank's legacy history, train and promote the first models, build the bundle,
     then each month: decide through the engine, answer from the truth through /respond's path,
@@ -33,7 +37,8 @@ def loop_cmd(
 
     base = settings()
     s = base.model_copy(update={"work_dir": work, "mlflow_dir": work / "mlflow", "data_dir": None})
-    cfg = LoopConfig(customers=customers, months=months, seed=seed, history_months=history_months, retrain=retrain)
+    cfg = LoopConfig(customers=customers, months=months, seed=seed, history_months=history_months, retrain=retrain,
+                     new_action=new_action, new_action_month=new_action_month)
     loop = ClosedLoop(s, cfg, echo=echo)
     echo(f"==> The bank's history: {customers:,} customers, {history_months} months under the legacy policy; "
          "first models and bundle")

@@ -70,15 +70,16 @@ it; churn_timestamp is NaT for customers still with the bank at the end.
 
 Actions and the truth
 ---------------------
-For the ten `ACTIONS` the truth is P(convert | contacted) = sigmoid(TREATED_COEF[k] . z)
+For the sixteen `ACTIONS` the truth is P(convert | contacted) = sigmoid(TREATED_COEF[k] . z)
 and P(convert | not contacted) = sigmoid(CONTROL_COEF[k] . z), z = (1, the six latents,
 (age - 50) / 17, on_sick_leave) at the snapshot (`Z_NAMES`, `ACTION_TRUTH`), so the uplift
 is heterogeneous and negative for some customers (e.g. mortgage offers to stressed
 customers, a "sleeping dog"). The truth does not depend on the channel. `ELIGIBILITY`
 holds the bank's rules per action, on the snapshot columns.
 
-Interactions: each month each active customer gets an outbound decision with probability
-`contact_rate`, if any action is eligible and any channel usable. With probability
+Interactions: each month each active customer gets an outbound decision of the bank's
+campaign (its ten `CAMPAIGN_ACTIONS`) with probability `contact_rate`, if any of them is
+eligible and any channel usable. With probability
 1 - `explore_share` the legacy (targeted, biased) policy draws an eligible action from the
 softmax of logit(true_p_treated) / `legacy_temperature` (the same as picking the highest
 true score plus Gumbel noise) and contacts (treated = 1); assignment_probability is that
@@ -95,18 +96,72 @@ has_mobile_app, payment_plan -> collections closed and three months on plan, str
 -0.3; annual_fee_waiver -> no card fee for 12 months; loyalty_points_alert -> loyalty
 +0.3; sick_leave_support -> stress -0.4; finance_course -> stress -0.2.
 
+Always-on actions
+-----------------
+The six `ALWAYS_ON_ACTIONS` the triggers propose (card_upgrade, card_renewal,
+goodwill_discount, account_lock_reminder, home_insurance, branch_appointment) have a campaign
+of their own: each month `always_on_rate` (15 %) of the active customers, drawn from its own
+random streams (`always_on_contact`, `_policy`, `_outcome`), get the legacy softmax over their
+eligible always-on actions (or, `explore_share` of them, a uniform one: assignment_probability
+1 / n_eligible), always contacted (no randomised control), at a time before they leave. Their
+rows follow all the campaign's rows in interactions. A card_renewal conversion moves the card's
+expiry three years on; otherwise this campaign changes nothing the other reads (contact counts,
+consent, holdings, latents), so with `event_months=0` every table of the ten campaign actions
+is bit for bit the bank without them (tests/test_simulator.py holds their digests).
+
+Behavioural events
+------------------
+In the last `event_months` months (default 1; 0 = none) each active customer produces the
+event types of serving/events.yaml (all but consent_changed), with its property names and
+values, from the `events` stream; a month is drawn at its start, timestamps uniform in it:
+page_view per product (Poisson, about 0.8 a month, more for the digital, by relevance: no card
+-> credit_card, card holders -> card_upgrade, the wealthy -> mortgage, home_insurance, travellers
+-> travel_insurance), card_search (0.12 x e^(.5 digital), more without a card; query or null),
+application_started (0.02 x e^(.5 digital); application_id "app-N"), half completed within
+five days if in the month (application_completed, same id and product), app_login (app holders,
+e^(.3 + .7 digital); device), geofence_entered (app holders, 0.25 e^(.3 loyalty); a branch of
+the customer's region, distance_m 10-800 m: beyond 500 m is outside the trade zone),
+payment_missed (the previous month's missed payment; days_late 1-30, 31-60, 61-90 by the run of
+missed months; amount), payment_made (arrears paid: missed two months ago, not last month),
+outage (six incidents a month, each hitting 5-30 % of one region; service, minutes), life_event
+(at most one a month: marriage, birth, home_purchase, new_job, by age and wealth), product_expiry
+(card holders, a month before the card's expiry date, uniform over three years from the start;
+in the first event month also the cards expiring within it; expires_at), service_contact and
+complaint (more when stressed; complaints triple after an outage, reason "outage").
+Events after a customer churned are not written.
+
+Effects: `EVENT_EFFECTS` (table event_effects: type, kind = the product or life event it needs
+or "" for any, action_id, logit_shift, window_days) shift an action's true logits, contacted
+and not contacted alike, for the window after the event; e.g. a home purchase +2.0 on the
+mortgage and +1.5 on home_insurance for 30 days, a missed payment +1.0 on
+account_lock_reminder for 30 and -1.0 on the mortgage for 60, a product_expiry +2.0 on
+card_renewal for 60, a completed application -3.0 on its product for 30. Each effect counts
+once however many of its events fall in the window; the effects add up. Every contact's
+outcome (both campaigns) is drawn from the shifted truth at its time, recorded in
+interactions (true_p_treated / true_p_control, and event_logit_shift = the sum of the shifts),
+so acceptance inside a window really is higher. The campaigns choose on the unshifted truth
+(they do not watch events), so outside the windows and in the choice of who is contacted with
+what, the events change nothing: with the default single month of events only that month's
+outcomes inside windows differ from a bank without events.
+
+events: one row per event in time order: customer_id, type, timestamp, event_id
+("sim<seed>-<n>"), then one column per property (`EVENT_PROPERTIES`), null where the type has
+no such property: the flattened shape `POST /events` and `nba events ingest` accept (every row
+validates against serving/events.yaml).
+
 truth: one row per action and customer active at the last snapshot (ordered by action,
 then customer), the true probabilities at that snapshot whether or not the action is
 eligible (`eligible` says which): the same values the last month's interactions record.
 
 Output
 ------
+The tables of `nba.schemas.SIM_ALL_TABLES`: the five snapshot tables, customers, monthly_value,
+interactions, truth, events and event_effects.
 `simulate` returns every table in memory; `simulate_to_dir` (what `nba data simulate`
 runs) appends each month's snapshot rows to the Parquet files as row groups while the next
 month is simulated (two worker threads score RFM and encode Parquet), so memory holds a
-few months rather than the whole history: 1,000,000 customers x 12 months take about
-70 s of CPU (about 40 s on an idle two-core machine) and 2.7 GiB peak RSS
-(benchmarks/bench_simulator.py).
+few months rather than the whole history: 1,000,000 customers x 12 months with a month of events: see benchmarks/bench_simulator.py
+and the simulator section of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -128,6 +183,8 @@ from nba.errors import ConfigError
 from nba.io import atomic_path, sha256_file, write_parquet, write_text
 from nba.schemas import (
     ACTIONS,
+    ALWAYS_ON_ACTIONS,
+    CAMPAIGN_ACTIONS,
     CHANNELS,
     ENTITY_KEY,
     EVENT_TS,
@@ -135,6 +192,8 @@ from nba.schemas import (
     SIM_CONSENT,
     SIM_CUSTOMERS,
     SIM_ENGAGEMENT,
+    SIM_EVENT_EFFECTS,
+    SIM_EVENTS,
     SIM_INTERACTIONS,
     SIM_MONTHLY_VALUE,
     SIM_PROFILE,
@@ -152,6 +211,7 @@ SIMULATOR_VERSION = "1"
 COMPONENTS = (
     "population", "latent_walk", "purchases", "engagement", "risk", "holdings",
     "consent", "churn", "contact", "policy", "outcome",
+    "events", "always_on_contact", "always_on_policy", "always_on_outcome",
 )
 
 LATENTS = ("digital", "wealth", "price_sensitivity", "stress", "travel", "loyalty")
@@ -224,6 +284,25 @@ ACTION_TRUTH: dict[str, ActionTruth] = {
     "payment_plan": ActionTruth(
         {"intercept": -1.3, "stress": 0.5, "loyalty": 0.3},
         {"intercept": -2.6, "stress": 0.3}, 200.0),
+    # the always-on actions (their own campaign, see "Always-on actions" in the docstring)
+    "card_upgrade": ActionTruth(
+        {"intercept": -2.4, "wealth": 0.7, "loyalty": 0.5, "digital": 0.3},
+        {"intercept": -4.5, "wealth": 0.4}, 80.0),
+    "card_renewal": ActionTruth(
+        {"intercept": -1.2, "loyalty": 0.8, "digital": 0.3, "age": 0.2},
+        {"intercept": -2.2, "loyalty": 0.6}, 90.0),
+    "goodwill_discount": ActionTruth(
+        {"intercept": -1.5, "price_sensitivity": 0.5, "loyalty": 0.5, "digital": 0.3},
+        {"intercept": -3.5, "price_sensitivity": 0.2}, 20.0),
+    "account_lock_reminder": ActionTruth(
+        {"intercept": -1.4, "digital": 0.9, "loyalty": 0.5, "stress": -0.4},
+        {"intercept": -2.4, "digital": 0.4, "stress": -0.6}, 50.0),
+    "home_insurance": ActionTruth(
+        {"intercept": -3.0, "wealth": 0.7, "age": 0.3, "stress": -0.3},
+        {"intercept": -4.4, "wealth": 0.4}, 120.0),
+    "branch_appointment": ActionTruth(
+        {"intercept": -2.2, "age": 0.6, "digital": -0.4, "loyalty": 0.4},
+        {"intercept": -4.0, "age": 0.3}, 25.0),
 }
 
 
@@ -327,12 +406,30 @@ ELIGIBILITY: dict[str, EligibilityRule] = {
     "payment_plan": EligibilityRule(
         "a missed payment in 90 days or open collections", ("missed_payments_90d", "collections_open"),
         lambda f: (f["missed_payments_90d"] >= 1) | (f["collections_open"] == 1)),
+    "card_upgrade": EligibilityRule(
+        "card holder, credit_score >= 650, no open collections",
+        ("has_credit_card", "credit_score", "collections_open"),
+        lambda f: (f["has_credit_card"] == 1) & (f["credit_score"] >= 650) & (f["collections_open"] == 0)),
+    "card_renewal": EligibilityRule(
+        "card holder, no open collections", ("has_credit_card", "collections_open"),
+        lambda f: (f["has_credit_card"] == 1) & (f["collections_open"] == 0)),
+    "goodwill_discount": EligibilityRule(
+        "a customer for 3 months or more", ("tenure_months",), lambda f: f["tenure_months"] >= 3),
+    "account_lock_reminder": EligibilityRule(
+        "a missed payment in 90 days, open collections, or 10 days or more overdrawn in 90 days",
+        ("missed_payments_90d", "collections_open", "overdraft_days_90d"),
+        lambda f: (f["missed_payments_90d"] >= 1) | (f["collections_open"] == 1) | (f["overdraft_days_90d"] >= 10)),
+    "home_insurance": EligibilityRule(
+        "aged 21 to 80, no open collections", ("age", "collections_open"),
+        lambda f: (f["age"] >= 21) & (f["age"] <= 80) & (f["collections_open"] == 0)),
+    "branch_appointment": EligibilityRule(
+        "has the mobile app (the geofence is the app's)", ("has_mobile_app",), lambda f: f["has_mobile_app"] == 1),
 }
 
 
-def eligibility_matrix(features: Mapping[str, Any]) -> np.ndarray:
-    """Boolean (rows, ACTIONS) matrix: may the bank offer each action to each row?"""
-    return np.column_stack([ELIGIBILITY[a](features) for a in ACTIONS])
+def eligibility_matrix(features: Mapping[str, Any], actions: tuple[str, ...] = ACTIONS) -> np.ndarray:
+    """Boolean (rows, actions) matrix: may the bank offer each action to each row?"""
+    return np.column_stack([ELIGIBILITY[a](features) for a in actions])
 
 
 def usable_channels(features: Mapping[str, Any]) -> np.ndarray:
@@ -346,6 +443,97 @@ def usable_channels(features: Mapping[str, Any]) -> np.ndarray:
             ok = ok & (np.asarray(features["has_mobile_app"]) == 1)
         cols.append(ok)
     return np.column_stack(cols)
+
+
+# --- Behavioural events: what they are and what they do to the truth ---------------------
+
+
+@dataclass(frozen=True)
+class EventEffect:
+    """An event of `type` (with the property value `kind`, "" = any) shifts `action`'s true
+    logits, contacted and not, by `logit_shift` for `window_days` after its timestamp."""
+
+    type: str
+    kind: str
+    action: str
+    logit_shift: float
+    window_days: float
+
+
+EVENT_EFFECTS: tuple[EventEffect, ...] = (
+    EventEffect("page_view", "credit_card", "rewards_card", 0.8, 14),
+    EventEffect("page_view", "card_upgrade", "card_upgrade", 1.0, 14),
+    EventEffect("page_view", "mortgage", "mortgage", 1.0, 14),
+    EventEffect("page_view", "home_insurance", "home_insurance", 1.0, 14),
+    EventEffect("card_search", "", "rewards_card", 0.7, 14),
+    EventEffect("card_search", "", "card_upgrade", 0.5, 14),
+    EventEffect("application_started", "credit_card", "rewards_card", 1.5, 7),
+    EventEffect("application_started", "card_upgrade", "card_upgrade", 1.5, 7),
+    EventEffect("application_started", "mortgage", "mortgage", 1.5, 7),
+    EventEffect("application_started", "home_insurance", "home_insurance", 1.5, 7),
+    # a completed application met the need: the product's offer is not wanted for a month
+    EventEffect("application_completed", "credit_card", "rewards_card", -3.0, 30),
+    EventEffect("application_completed", "card_upgrade", "card_upgrade", -3.0, 30),
+    EventEffect("application_completed", "mortgage", "mortgage", -3.0, 30),
+    EventEffect("application_completed", "home_insurance", "home_insurance", -3.0, 30),
+    EventEffect("app_login", "", "card_upgrade", 0.2, 3),  # the in-app banner is seen
+    EventEffect("geofence_entered", "", "branch_appointment", 1.5, 1),
+    EventEffect("payment_missed", "", "account_lock_reminder", 1.0, 30),
+    EventEffect("payment_missed", "", "payment_plan", 0.8, 30),
+    EventEffect("payment_missed", "", "mortgage", -1.0, 60),
+    EventEffect("payment_missed", "", "card_upgrade", -1.0, 60),
+    EventEffect("payment_made", "", "account_lock_reminder", -1.0, 30),
+    EventEffect("outage", "", "goodwill_discount", 0.8, 30),
+    EventEffect("life_event", "marriage", "home_insurance", 0.5, 30),
+    EventEffect("life_event", "marriage", "mortgage", 0.5, 30),
+    EventEffect("life_event", "birth", "finance_course", 0.5, 30),
+    EventEffect("life_event", "birth", "home_insurance", 0.4, 30),
+    EventEffect("life_event", "home_purchase", "mortgage", 2.0, 30),
+    EventEffect("life_event", "home_purchase", "home_insurance", 1.5, 30),
+    EventEffect("life_event", "new_job", "rewards_card", 0.5, 30),
+    EventEffect("life_event", "new_job", "card_upgrade", 0.5, 30),
+    EventEffect("product_expiry", "credit_card", "card_renewal", 2.0, 60),
+    EventEffect("service_contact", "", "goodwill_discount", 0.3, 7),
+    EventEffect("complaint", "", "goodwill_discount", 1.0, 30),
+    EventEffect("complaint", "", "card_upgrade", -0.5, 30),
+)
+
+# The event types the simulator writes (serving/events.yaml declares them; consent_changed is
+# the consent table's business) and the values of their enum-like properties.
+EVENT_TYPES = ("page_view", "card_search", "application_started", "application_completed", "app_login",
+               "geofence_entered", "payment_missed", "payment_made", "outage", "life_event", "product_expiry",
+               "service_contact", "complaint")
+EVENT_VOCAB: dict[str, tuple[str, ...]] = {
+    "product": ("credit_card", "card_upgrade", "mortgage", "savings", "personal_loan", "home_insurance",
+                "travel_insurance"),
+    "query": ("credit card", "rewards card", "card upgrade", "cashback card"),
+    "device": ("ios", "android"),
+    "branch_id": tuple(f"{r}-{j}" for r in REGIONS for j in range(4)),
+    "service": ("card_payments", "online_banking", "mobile_app", "atm", "transfers"),
+    "kind": ("marriage", "birth", "home_purchase", "new_job"),
+    "reason": ("card", "payment", "account", "app", "fees", "outage", "other"),
+}
+# property columns after customer_id, type, timestamp, event_id: kind of value
+EVENT_PROPERTIES: dict[str, str] = {
+    "product": "enum", "query": "enum", "application_id": "id", "device": "enum", "branch_id": "enum",
+    "distance_m": "float", "days_late": "int", "amount": "float", "service": "enum", "minutes": "int",
+    "kind": "enum", "expires_at": "timestamp", "reason": "enum",
+}
+CARD_LIFE_S = 3 * YEAR_S  # a card is issued for three years
+EXPIRY_NOTICE_S = 30 * DAY_S  # the expiry is announced (product_expiry) a month ahead
+_KEY_SHIFT = 31  # an event key: customer index << 31 | epoch seconds (< 2**31 until 2038)
+
+
+def event_effects_frame() -> pd.DataFrame:
+    """`EVENT_EFFECTS` as the `event_effects` truth table."""
+    e = EVENT_EFFECTS
+    return _frame(SIM_EVENT_EFFECTS, {
+        "type": pd.array([x.type for x in e], dtype="string"),
+        "kind": pd.array([x.kind for x in e], dtype="string"),
+        "action_id": pd.array([x.action for x in e], dtype="string"),
+        "logit_shift": np.array([x.logit_shift for x in e], dtype=np.float64),
+        "window_days": np.array([x.window_days for x in e], dtype=np.float64),
+    })
 
 
 # --- Configuration and result --------------------------------------------------------
@@ -364,17 +552,20 @@ class SimulationConfig:
     explore_share: float = 0.2
     legacy_temperature: float = 1.0  # softmax temperature of the legacy policy on true logits
     warmup_months: int = 12
+    always_on_rate: float = 0.15  # share of customers the always-on actions' campaign decides for a month
+    event_months: int = 1  # behavioural events in the last `event_months` months (0: none)
 
     def __post_init__(self) -> None:
         _check_int("customers", self.customers, 1)
         _check_int("seed", self.seed, 0)
         _check_int("months", self.months, 2)
         _check_int("warmup_months", self.warmup_months, 1)
+        _check_int("event_months", self.event_months, 0)
         if not isinstance(self.start, date) or isinstance(self.start, datetime) or self.start.day != 1:
             raise ConfigError(
                 f"SimulationConfig.start = {self.start!r}: expected a date on the first day of a month"
             )
-        for name in ("contact_rate", "explore_share"):
+        for name in ("contact_rate", "explore_share", "always_on_rate"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
                 raise ConfigError(f"SimulationConfig.{name} = {value!r}: expected a share in [0, 1]")
@@ -407,6 +598,8 @@ class SimulationResult:
     monthly_value: pd.DataFrame
     interactions: pd.DataFrame
     truth: pd.DataFrame
+    events: pd.DataFrame
+    event_effects: pd.DataFrame
 
     def tables(self) -> dict[str, pd.DataFrame]:
         return {t.name: getattr(self, t.name) for t in SIM_ALL_TABLES}
@@ -488,7 +681,9 @@ class _MemorySink:
     def __init__(self) -> None:
         self.parts: dict[str, list[pd.DataFrame]] = {t.name: [] for t in SIM_ALL_TABLES}
 
-    def add(self, name: str, frame: pd.DataFrame) -> None:
+    def add(self, name: str, frame: Any) -> None:
+        if not isinstance(frame, pd.DataFrame):  # an Arrow table (events)
+            frame = frame.to_pandas()
         self.parts[name].append(frame)
 
     def frames(self) -> dict[str, pd.DataFrame]:
@@ -512,11 +707,11 @@ class _ParquetSink:
         self.writers: dict[str, Any] = {}
         self.rows: dict[str, int] = {t.name: 0 for t in SIM_ALL_TABLES}
 
-    def add(self, name: str, frame: pd.DataFrame) -> None:
+    def add(self, name: str, frame: Any) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.Table.from_pandas(frame, preserve_index=False)
+        table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
         writer = self.writers.get(name)
         if writer is None:
             tmp = self.stack.enter_context(atomic_path(self.out_dir / f"{name}.parquet"))
@@ -610,6 +805,16 @@ def _checked(schema: TableSchema, frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def _events_schema() -> Any:
+    """The Arrow schema of events.parquet: SIM_EVENTS' columns, then every property."""
+    import pyarrow as pa
+
+    ts = pa.timestamp("ns", tz="UTC")
+    kinds = {"enum": pa.string(), "id": pa.string(), "float": pa.float64(), "int": pa.int64(), "timestamp": ts}
+    return pa.schema([(ENTITY_KEY, pa.int64()), ("type", pa.string()), ("timestamp", ts), ("event_id", pa.string()),
+                      *((name, kinds[k]) for name, k in EVENT_PROPERTIES.items())])
+
+
 class _Columns:
     """Per-month column pieces of a table, concatenated once at the end."""
 
@@ -652,6 +857,11 @@ class _Run:
         self.bounds = _month_starts(config.start, -w, w + m)  # month starts, warm-up included
         self.start_s = int(self.bounds[w])
         self.inter = _Columns()  # interaction rows, month by month
+        self.inter_ao = _Columns()  # the always-on actions' campaign: appended after the others
+        self.event_seq = 0  # events written so far (their ids)
+        self.app_seq = 0  # applications started so far (their ids)
+        self.month_keys: list[dict[int, np.ndarray]] = []  # per recent event month: effect -> event keys
+        self.effect_keys: dict[int, np.ndarray] = {}  # effect -> sorted keys of its events (3 months)
         self.jobs: list[list[Future]] = []  # per month, the workers' jobs storing its rows
         self.truth: dict[str, Any] = {}
         # The closed loop's hook (nba.simulation): when set, the platform chooses each month's
@@ -713,6 +923,9 @@ class _Run:
         self.active = np.ones(n, dtype=bool)
         self.churn_s = np.zeros(n, dtype=np.int64)  # 0 = never churned
         self.pending: tuple[np.ndarray, np.ndarray] = (np.empty(0, np.int64), np.empty(0, np.int8))
+        # the card's expiry date (own stream: the other components' draws are unchanged)
+        ge = self.rng["events"]
+        self.card_expiry_s = (self.start_s - EXPIRY_NOTICE_S + ge.random(n) * CARD_LIFE_S).astype(np.int64)
 
     # --- main loop ----------------------------------------------------------------------
 
@@ -733,6 +946,9 @@ class _Run:
                     bar.update(1)
                 self.jobs.append([table_pool.submit(self._store_final)])
                 self.sink.add(SIM_TRUTH.name, _checked(SIM_TRUTH, self._truth()))
+                if self.event_seq == 0:  # no event months (or no events): the table, empty
+                    self.sink.add(SIM_EVENTS.name, _events_schema().empty_table())
+                self.sink.add(SIM_EVENT_EFFECTS.name, _checked(SIM_EVENT_EFFECTS, event_effects_frame()))
                 for month in self.jobs:
                     for job in month:
                         job.result()
@@ -789,8 +1005,13 @@ class _Run:
             idx = np.flatnonzero(self.active)
             frames, rfm_keys, rfm_measures = self._snapshot(s, idx, feats)
             zc = self._zcols(age, None, np.float32)
+            events = self._events(k, s, e, idx, feats) if k >= self.cfg.months - self.cfg.event_months else None
             event_s, conv = self._decide(k, s, e, idx, feats, age, touched)
             churned, churn_s = self._churn(k, s, e, feats, event_s)
+            if self.decider is None:
+                self._decide_always_on(k, s, e, idx, feats, age, np.where(churned, churn_s, e))
+            if events is not None:
+                self._store_events(events, np.where(churned, churn_s, e))
 
         live_from = np.maximum(self.signup_s, s)
         live_to = np.where(self.active, np.where(churned, churn_s, e), live_from)
@@ -901,7 +1122,9 @@ class _Run:
         g = self.rng["contact"]
         pick = active_idx[g.random(len(active_idx)) < cfg.contact_rate]
         sub = {c: f[c][pick] for c in _DECISION_COLUMNS}
-        elig = eligibility_matrix(sub).T  # (actions, rows)
+        # the campaign offers its ten actions; a platform deciding in its place (the closed loop) all
+        n_act = len(ACTIONS) if self.decider is not None else len(CAMPAIGN_ACTIONS)
+        elig = eligibility_matrix(sub, ACTIONS[:n_act]).T  # (actions, rows)
         chan = usable_channels(sub).T  # (channels, rows)
         ok = elig.any(axis=0) & chan.any(axis=0)
         pick, elig, chan = pick[ok], elig[:, ok], chan[:, ok]
@@ -911,11 +1134,11 @@ class _Run:
             # the truth table; this month's rows take their truth from it, so both agree exactly
             self._record_truth(s, active_idx, f, age)
             at = np.searchsorted(active_idx, pick)
-            lt = self.truth["lt"][:, at]
-            known = (self.truth["p_t"][:, at], self.truth["p_c"][:, at])
+            lt, lc = self.truth["lt"][:n_act, at], self.truth["lc"][:n_act, at]
+            known = (self.truth["p_t"][:n_act, at], self.truth["p_c"][:n_act, at])
         else:
             z = self._zcols(age, pick, np.float64)
-            lt, lc, known = _logit_rows(z, TREATED_COEF), _logit_rows(z, CONTROL_COEF), None
+            lt, lc, known = _logit_rows(z, TREATED_COEF[:n_act]), _logit_rows(z, CONTROL_COEF[:n_act]), None
 
         gp = self.rng["policy"]
         explore = gp.random(m) < cfg.explore_share
@@ -950,10 +1173,14 @@ class _Run:
             action = np.asarray(action, dtype=np.int8)
         go = self.rng["outcome"]
         u_conv, u_split = go.random(m), go.random(m)
+        shift = self._shift(pick, event, action)  # the behavioural events' effects (0 outside their windows)
         if known is None:  # only the chosen action's probabilities are needed
-            pt, pc = _sigmoid(lt[action, rows]), _sigmoid(lc[action, rows])
+            pt, pc = _sigmoid(lt[action, rows] + shift), _sigmoid(lc[action, rows] + shift)
         else:
             pt, pc = known[0][action, rows], known[1][action, rows]
+            on = shift != 0
+            pt[on] = _sigmoid(lt[action[on], rows[on]] + shift[on])
+            pc[on] = _sigmoid(lc[action[on], rows[on]] + shift[on])
         converted = u_conv < np.where(treated, pt, pc)
         reject_share = np.where(channel == CHANNELS.index("call_centre"), 0.5, 0.2)
         outcome = np.where(
@@ -968,7 +1195,7 @@ class _Run:
         self.inter.add(idx=pick.astype(np.int32), event_s=event, action=action, channel=channel,
                        policy=explore.astype(np.int8), treated=treated.astype(np.int8), prob=prob,
                        outcome=outcome, converted=converted.astype(np.int8), value=value,
-                       outcome_s=outcome_s, p_t=pt, p_c=pc)
+                       outcome_s=outcome_s, p_t=pt, p_c=pc, shift=shift)
 
         # contacts (treated rows only) feed last_contact and contacts_90d of later snapshots
         c_idx = pick[treated]
@@ -982,11 +1209,248 @@ class _Run:
         event_full[pick] = event
         return event_full, (pick[converted], action[converted], outcome_s[converted])
 
+    def _decide_always_on(self, k: int, s: int, e: int, active_idx: np.ndarray, f: dict[str, np.ndarray],
+                          age: np.ndarray, leave_s: np.ndarray) -> None:
+        """The always-on actions' own campaign: `always_on_rate` of the customers, the same legacy
+        softmax over their eligible always-on actions (or, `explore_share`, a uniform one), always
+        contacted; outcomes from the truth shifted by the events. Its own random streams, and it
+        changes nothing the other campaign reads (no contact counts, consent or holdings), so the
+        ten campaign actions' rows are those of a bank without it."""
+        cfg = self.cfg
+        base = len(CAMPAIGN_ACTIONS)
+        g = self.rng["always_on_contact"]
+        pick = active_idx[g.random(len(active_idx)) < cfg.always_on_rate]
+        sub = {c: f[c][pick] for c in _DECISION_COLUMNS}
+        elig = eligibility_matrix(sub, ALWAYS_ON_ACTIONS).T
+        chan = usable_channels(sub).T
+        m0 = len(pick)
+        u_channel, u_event, u_delay = g.random(m0), g.random(m0), g.random(m0)
+        event = s + 3600 + (u_event * (e - s - 7200)).astype(np.int64)
+        ok = elig.any(axis=0) & chan.any(axis=0) & (event < leave_s[pick])  # not after the customer left
+        pick, elig, chan, event = pick[ok], elig[:, ok], chan[:, ok], event[ok]
+        u_channel, u_delay = u_channel[ok], u_delay[ok]
+        m = len(pick)
+        z = self._zcols(age, pick, np.float64)
+        lt, lc = _logit_rows(z, TREATED_COEF[base:]), _logit_rows(z, CONTROL_COEF[base:])
+        gp = self.rng["always_on_policy"]
+        explore = gp.random(m) < cfg.explore_share
+        u_legacy, u_pick = gp.random(m), gp.random(m)
+        n_elig = elig.sum(axis=0)
+        score = np.where(elig, lt / cfg.legacy_temperature, -np.inf)
+        softmax = np.exp(score - score.max(axis=0))
+        softmax /= softmax.sum(axis=0)
+        rows = np.arange(m)
+        legacy_choice = _choose(softmax, u_legacy)
+        nth = np.minimum((u_pick * n_elig).astype(np.int64), n_elig - 1)
+        explore_choice = np.argmax(np.cumsum(elig, axis=0) > nth, axis=0)
+        local = np.where(explore, explore_choice, legacy_choice)
+        prob = np.where(explore, 1.0 / np.maximum(n_elig, 1), softmax[legacy_choice, rows])
+        action = (local + base).astype(np.int8)
+        weights = chan * np.array([CHANNEL_WEIGHTS[c] for c in CHANNELS])[:, None]
+        channel = _choose(weights, u_channel).astype(np.int8)
+        outcome_s = event + 3600 + (u_delay * (OUTCOME_WINDOW_S - 3600)).astype(np.int64)
+        shift = self._shift(pick, event, action)
+        pt, pc = _sigmoid(lt[local, rows] + shift), _sigmoid(lc[local, rows] + shift)
+        go = self.rng["always_on_outcome"]
+        u_conv, u_split = go.random(m), go.random(m)
+        converted = u_conv < pt
+        reject_share = np.where(channel == CHANNELS.index("call_centre"), 0.5, 0.2)
+        outcome = np.where(converted, 0, np.where(u_split < reject_share, 1, 2)).astype(np.int8)
+        value = np.where(converted, ACTION_VALUE[action], 0.0)
+        self.inter_ao.add(idx=pick.astype(np.int32), event_s=event, action=action, channel=channel,
+                          policy=explore.astype(np.int8), treated=np.ones(m, np.int8), prob=prob,
+                          outcome=outcome, converted=converted.astype(np.int8), value=value,
+                          outcome_s=outcome_s, p_t=pt, p_c=pc, shift=shift)
+        renewed = pick[converted & (action == ACTIONS.index("card_renewal"))]
+        self.card_expiry_s[renewed] += CARD_LIFE_S  # read by the events only
+
+    # --- behavioural events -------------------------------------------------------------
+
+    def _shift(self, idx: np.ndarray, t: np.ndarray, action: np.ndarray) -> np.ndarray:
+        """The sum of the event effects on (customer, time, action) rows: each effect whose
+        type/kind the customer had in the `window_days` before t shifts the logits once."""
+        out = np.zeros(len(idx))
+        if not self.effect_keys or not len(idx):
+            return out
+        mask = np.int64((1 << _KEY_SHIFT) - 1)
+        for r, eff in enumerate(EVENT_EFFECTS):
+            keys = self.effect_keys.get(r)
+            if keys is None or not len(keys):
+                continue
+            rows = np.flatnonzero(action == ACTIONS.index(eff.action))
+            if not len(rows):
+                continue
+            who, when = idx[rows].astype(np.int64), t[rows].astype(np.int64)
+            j = np.searchsorted(keys, (who << _KEY_SHIFT) | when, side="right") - 1
+            last = keys[np.maximum(j, 0)]
+            hit = (j >= 0) & ((last >> _KEY_SHIFT) == who) & (when - (last & mask) < eff.window_days * DAY_S)
+            out[rows[hit]] += eff.logit_shift
+        return out
+
+    def _events(self, k: int, s: int, e: int, idx: np.ndarray, f: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The month's behavioural events of the active customers (columns of codes, -1 / NaN =
+        null), sorted by time; their effects become visible to `_shift` at once."""
+        g, n, span = self.rng["events"], len(idx), e - s
+        lat = {name: self.lat[i][idx] for i, name in enumerate(LATENTS)}
+        h = {c: self.h[c][idx] for c in ("has_credit_card", "has_mortgage", "has_mobile_app", "travels_abroad")}
+        age = f["age"][idx]
+        digital = np.exp(0.5 * lat["digital"])
+        vocab = {c: {v: i for i, v in enumerate(vals)} for c, vals in EVENT_VOCAB.items()}
+        blocks: list[tuple[int, np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []
+
+        def add(type_name: str, rows: np.ndarray, ts: np.ndarray, **props: np.ndarray) -> None:
+            blocks.append((EVENT_TYPES.index(type_name), rows, ts.astype(np.int64), props))
+
+        def times(count: int) -> np.ndarray:
+            return s + (g.random(count) * span).astype(np.int64)
+
+        def poisson(lam: np.ndarray) -> np.ndarray:
+            """Rows (into idx) repeated by a Poisson count of mean `lam` each."""
+            return np.repeat(np.arange(n), g.poisson(lam))
+
+        def codes(column: str, value: str, count: int) -> np.ndarray:
+            return np.full(count, vocab[column][value], dtype=np.int64)
+
+        no_card = 1 - h["has_credit_card"]
+        page_rate = {
+            "credit_card": 0.25 * (1 - 0.7 * h["has_credit_card"]),
+            "card_upgrade": 0.15 * h["has_credit_card"] * np.exp(0.4 * lat["wealth"]),
+            "mortgage": 0.10 * (1 - h["has_mortgage"]) * (age <= 65) * np.exp(0.5 * lat["wealth"]),
+            "savings": 0.15 * np.exp(0.3 * lat["wealth"]),
+            "personal_loan": 0.08 * np.exp(0.6 * lat["stress"]),
+            "home_insurance": 0.08 * np.exp(0.4 * lat["wealth"]),
+            "travel_insurance": 0.10 * (0.3 + h["travels_abroad"]),
+        }
+        for product, lam in page_rate.items():
+            rows = poisson(lam * digital)
+            add("page_view", rows, times(len(rows)), product=codes("product", product, len(rows)))
+        rows = poisson(0.12 * digital * (0.5 + no_card))
+        query = np.where(g.random(len(rows)) < 0.5, -1, g.integers(0, len(EVENT_VOCAB["query"]), len(rows)))
+        add("card_search", rows, times(len(rows)), query=query)
+        # applications: the basket, half of them completed within five days (if in the month)
+        rows = poisson(0.02 * digital)
+        applied = ("credit_card", "card_upgrade", "mortgage", "savings", "personal_loan", "home_insurance")
+        applied_code = np.array([vocab["product"][p] for p in applied])[g.integers(0, len(applied), len(rows))]
+        app_id = self.app_seq + np.arange(len(rows), dtype=np.int64)
+        self.app_seq += len(rows)
+        ts = times(len(rows))
+        add("application_started", rows, ts, product=applied_code, application_id=app_id)
+        done_ts = ts + 3600 + (g.random(len(rows)) * 5 * DAY_S).astype(np.int64)
+        done = (g.random(len(rows)) < 0.5) & (done_ts < e)
+        add("application_completed", rows[done], done_ts[done], product=applied_code[done],
+            application_id=app_id[done])
+        rows = poisson(np.exp(0.3 + 0.7 * lat["digital"]) * h["has_mobile_app"])
+        add("app_login", rows, times(len(rows)), device=(g.random(len(rows)) < 0.45).astype(np.int64))
+        rows = poisson(0.25 * np.exp(0.3 * lat["loyalty"]) * h["has_mobile_app"])
+        branch = self.region[idx[rows]].astype(np.int64) * 4 + g.integers(0, 4, len(rows))
+        add("geofence_entered", rows, times(len(rows)), branch_id=branch,
+            distance_m=np.round(10.0 + g.random(len(rows)) * 790.0, 1))
+        # payments: last month's missed payment is late now (days_late grows with the streak)
+        m1, m2, m3 = (self.missed_ring[(k - j) % 3][idx] == 1 for j in (1, 2, 3))
+        streak = m1 * (1 + m2 * (1 + m3.astype(np.int64)))
+        rows = np.flatnonzero(streak > 0)
+        amount = np.round(25.0 + 0.05 * self.income[idx] / 12.0, 2)
+        add("payment_missed", rows, times(len(rows)),
+            days_late=30 * (streak[rows] - 1) + 1 + (g.random(len(rows)) * 29).astype(np.int64), amount=amount[rows])
+        rows = np.flatnonzero(m2 & ~m1)
+        add("payment_made", rows, times(len(rows)), amount=amount[rows])
+        # outages: six incidents a month, each hitting part of one region
+        hit_count = np.zeros(n, dtype=np.int64)
+        region = self.region[idx]
+        for _ in range(6):
+            r, service = int(g.integers(0, len(REGIONS))), int(g.integers(0, len(EVENT_VOCAB["service"])))
+            start, minutes, share = int(times(1)[0]), int(15 + g.gamma(2.0, 60.0)), 0.05 + 0.25 * g.random()
+            rows = np.flatnonzero((region == r) & (g.random(n, dtype=np.float32) < share))
+            hit_count[rows] += 1
+            add("outage", rows, np.minimum(start + (g.random(len(rows)) * minutes * 60).astype(np.int64), e - 1),
+                service=np.full(len(rows), service, dtype=np.int64), minutes=np.full(len(rows), minutes, np.int64))
+        # life events: at most one a month
+        adult = (age >= 25) & (age <= 40)
+        rates = np.stack([np.where(adult, 0.004, 0.001), np.where((age >= 25) & (age <= 42), 0.003, 0.0003),
+                          np.where((age >= 25) & (age <= 60), 0.003 * np.exp(0.5 * lat["wealth"]), 0.0005),
+                          np.where(age < 62, 0.006, 0.0005)])
+        kind = (g.random(n) > np.cumsum(rates, axis=0)).sum(axis=0)
+        rows = np.flatnonzero(kind < len(EVENT_VOCAB["kind"]))
+        add("life_event", rows, times(len(rows)), kind=kind[rows].astype(np.int64))
+        # card expiry, announced a month ahead (in the first event month also the cards expiring now)
+        exp = self.card_expiry_s[idx]
+        lo = s if k == self.cfg.months - self.cfg.event_months else s + EXPIRY_NOTICE_S
+        rows = np.flatnonzero((h["has_credit_card"] == 1) & (exp >= lo) & (exp < e + EXPIRY_NOTICE_S))
+        ts = np.maximum(s, exp[rows] - EXPIRY_NOTICE_S) + (g.random(len(rows)) * 3600).astype(np.int64)
+        add("product_expiry", rows, np.minimum(ts, e - 1), product=codes("product", "credit_card", len(rows)),
+            expires_at=exp[rows])
+        rows = poisson(0.08 * np.exp(0.4 * lat["stress"]))
+        reasons = np.array([vocab["reason"][x] for x in ("card", "payment", "account", "app", "other")])
+        add("service_contact", rows, times(len(rows)), reason=reasons[g.integers(0, len(reasons), len(rows))])
+        rows = poisson(0.01 * np.exp(0.5 * lat["stress"] - 0.3 * lat["loyalty"]) * (1 + 2 * (hit_count > 0)))
+        reasons = np.array([vocab["reason"][x] for x in ("fees", "card", "other")])
+        reason = np.where((hit_count[rows] > 0) & (g.random(len(rows)) < 0.7), vocab["reason"]["outage"],
+                          reasons[g.integers(0, len(reasons), len(rows))])
+        add("complaint", rows, times(len(rows)), reason=reason)
+        return self._event_columns(blocks, idx)
+
+    def _event_columns(self, blocks: list, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """The blocks as columns sorted by (time, customer); registers the effects' event keys."""
+        cols: dict[str, np.ndarray] = {
+            "idx": idx[np.concatenate([b[1] for b in blocks])].astype(np.int64),
+            "ts": np.concatenate([b[2] for b in blocks]),
+            "type": np.concatenate([np.full(len(b[1]), b[0], dtype=np.int8) for b in blocks]),
+        }
+        for name, kind in EVENT_PROPERTIES.items():
+            null = np.nan if kind == "float" else -1
+            dtype = np.float64 if kind == "float" else np.int64
+            cols[name] = np.concatenate([b[3][name].astype(dtype) if name in b[3] else np.full(len(b[1]), null, dtype)
+                                         for b in blocks])
+        order = np.lexsort((cols["idx"], cols["ts"]))
+        cols = {c: v[order] for c, v in cols.items()}
+        keys: dict[int, np.ndarray] = {}
+        for r, eff in enumerate(EVENT_EFFECTS):
+            sel = cols["type"] == EVENT_TYPES.index(eff.type)
+            if eff.kind:
+                column = "kind" if eff.type == "life_event" else "product"
+                sel &= cols[column] == EVENT_VOCAB[column].index(eff.kind)
+            keys[r] = (cols["idx"][sel] << _KEY_SHIFT) | cols["ts"][sel]
+        self.month_keys = [*self.month_keys[-2:], keys]  # the longest window is 60 days: three months
+        self.effect_keys = {r: np.sort(np.concatenate([mk[r] for mk in self.month_keys])) for r in keys}
+        return cols
+
+    def _store_events(self, cols: dict[str, np.ndarray], leave_s: np.ndarray) -> None:
+        """Write the month's events (those before the customer left) as an Arrow table."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        keep = cols["ts"] < leave_s[cols["idx"]]
+        cols = {c: v[keep] for c, v in cols.items()}
+        n = len(cols["ts"])
+        schema = _events_schema()
+        seq = pa.array(self.event_seq + np.arange(1, n + 1, dtype=np.int64)).cast(pa.string())
+        self.event_seq += n
+        data: dict[str, Any] = {
+            ENTITY_KEY: pa.array(cols["idx"] + 1),
+            "type": pa.DictionaryArray.from_arrays(pa.array(cols["type"]), pa.array(EVENT_TYPES)).cast(pa.string()),
+            "timestamp": pa.array(cols["ts"] * 1_000_000_000).cast(schema.field("timestamp").type),
+            "event_id": pc.binary_join_element_wise(pa.scalar(f"sim{self.cfg.seed}-"), seq, ""),
+        }
+        for name, kind in EVENT_PROPERTIES.items():
+            v = cols[name]
+            if kind == "float":
+                data[name] = pa.array(v, mask=np.isnan(v))
+            elif kind == "enum":
+                data[name] = pa.DictionaryArray.from_arrays(pa.array(v, mask=v < 0),
+                                                            pa.array(EVENT_VOCAB[name])).cast(pa.string())
+            elif kind == "id":
+                data[name] = pc.binary_join_element_wise(pa.scalar("app-"), pa.array(v, mask=v < 0).cast(pa.string()), "")
+            elif kind == "timestamp":
+                data[name] = pa.array(v * 1_000_000_000, mask=v < 0).cast(schema.field(name).type)
+            else:
+                data[name] = pa.array(v, mask=v < 0)
+        self.sink.add(SIM_EVENTS.name, pa.table(data, schema=schema))
+
     def _record_truth(self, s: int, idx: np.ndarray, f: dict[str, np.ndarray], age: np.ndarray) -> None:
         z = self._zcols(age, idx, np.float64)
-        lt = _logit_rows(z, TREATED_COEF)
+        lt, lc = _logit_rows(z, TREATED_COEF), _logit_rows(z, CONTROL_COEF)
         self.truth = {
-            "s": s, "idx": idx, "lt": lt, "p_t": _sigmoid(lt), "p_c": _sigmoid(_logit_rows(z, CONTROL_COEF)),
+            "s": s, "idx": idx, "lt": lt, "lc": lc, "p_t": _sigmoid(lt), "p_c": _sigmoid(lc),
             "eligible": eligibility_matrix({c: f[c][idx] for c in _DECISION_COLUMNS}),
         }
 
@@ -1144,6 +1608,9 @@ class _Run:
 
     def _interactions(self) -> pd.DataFrame:
         c = self.inter
+        for name, parts in self.inter_ao.pieces.items():  # the always-on campaign's rows come last
+            c.pieces.setdefault(name, []).extend(parts)
+        self.inter_ao = _Columns()
         idx = c.pop("idx", np.int64)
         return _frame(SIM_INTERACTIONS, {
             "interaction_id": np.arange(1, len(idx) + 1, dtype=np.int64),
@@ -1160,6 +1627,7 @@ class _Run:
             "outcome_timestamp": _timestamps(c.pop("outcome_s", np.int64)),
             "true_p_treated": c.pop("p_t", np.float64),
             "true_p_control": c.pop("p_c", np.float64),
+            "event_logit_shift": c.pop("shift", np.float64),
         })
 
     def _truth(self) -> pd.DataFrame:
@@ -1179,7 +1647,9 @@ class _Run:
 
 
 __all__ = [
-    "ACTIONS", "ACTION_TRUTH", "ACTION_VALUE", "CHANNEL_WEIGHTS", "COMPONENTS", "CONTROL_COEF", "ELIGIBILITY",
+    "ACTIONS", "ACTION_TRUTH", "ACTION_VALUE", "ALWAYS_ON_ACTIONS", "CAMPAIGN_ACTIONS", "CHANNEL_WEIGHTS", "COMPONENTS",
+    "CONTROL_COEF", "ELIGIBILITY", "EVENT_EFFECTS", "EVENT_PROPERTIES", "EVENT_TYPES", "EVENT_VOCAB", "EventEffect",
+    "event_effects_frame",
     "LATENTS", "PRODUCT_OF", "SIMULATOR_VERSION", "TREATED_COEF", "Z_NAMES", "ActionTruth", "EligibilityRule",
     "SimulationConfig", "SimulationResult", "eligibility_matrix", "read_manifest", "simulate", "simulate_to_dir",
     "true_logits", "true_probabilities", "usable_channels", "write",

@@ -29,11 +29,28 @@ the one the OPE estimates. Channel costs and organic conversions are outside it.
 The history the first models are trained on is a standard simulation of the same bank
 (same seed: the same customers) under the legacy policy (`bootstrap`); the loop then starts at
 the end of that history with empty contact state.
+
+The loop decides with its own copy of the strategy (`<work>/loop_home/serving`, beside
+symlinks to the project's features/, training/ and evaluation/), so that it can change the
+catalog mid-run without touching the project's files:
+
+* uplift models the priority formula does not read are left out of it: the bundle never
+  serves them, the loop's retraining only learns propensity, and on a bank of 20,000 the
+  legacy history's exploration rows hold too few control conversions to train several of them
+  (7 control positives for rewards_card where 10 are needed): the first run of the 20,000 x 6
+  benchmark stopped there, before month 1, for a model nothing reads. A formula that reads
+  uplift keeps them (and then needs a bank big enough to train them);
+* `LoopConfig.new_action` withholds an action until month `new_action_month`: it then joins
+  the catalog with no history and no model (`cold_start: true`), is scored from the pooled
+  prior and explored by Thompson sampling (`nba.decisioning.coldstart`), and gets a model
+  trained on the log once it has `cold_start.mature_positives` accepted outcomes and the
+  gates pass it.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import logging
@@ -71,6 +88,8 @@ class LoopConfig:
     ips_clip: float = 20.0
     retrain: bool = True
     start: date = date(2025, 1, 1)
+    new_action: str | None = None  # withheld from the catalog until `new_action_month`, then cold
+    new_action_month: int = 3
 
     def __post_init__(self) -> None:
         for name, low in (("customers", 100), ("months", 1), ("history_months", 2), ("seed", 0)):
@@ -81,6 +100,15 @@ class LoopConfig:
             raise ConfigError(f"loop contact_rate = {self.contact_rate!r}: expected a share in (0, 1]")
         if not self.ips_clip >= 1:
             raise ConfigError(f"loop ips_clip = {self.ips_clip!r}: expected a number >= 1")
+        if self.new_action is not None:
+            from nba.schemas import ACTIONS
+
+            if self.new_action not in ACTIONS:
+                raise ConfigError(f"loop new_action = {self.new_action!r}: expected an action of the simulator "
+                                  f"({', '.join(ACTIONS)})")
+            m = self.new_action_month
+            if isinstance(m, bool) or not isinstance(m, int) or not 2 <= m <= self.months:
+                raise ConfigError(f"loop new_action_month = {m!r}: expected a month from 2 to {self.months}")
 
     @property
     def loop_start(self) -> date:
@@ -101,6 +129,9 @@ class MonthReport:
     oracle_gain_captured: float  # (platform - none) / (oracle - none)
     retrain: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    # per action served cold this month: shown, accepted, the true mean P(accept) of the customers
+    # it was shown to, the posterior (mean, alpha, beta) it was scored with, the logged probabilities
+    cold_start: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -130,6 +161,12 @@ class LoopReport:
                          + f"{m.oracle_gain_captured:>10.1%}")
         lines.append("true value per decided customer (euros of accepted value); OPE interval coverage of the "
                      "truth: " + ", ".join(f"{e} {self.coverage(e):.0%}" for e in ESTIMATORS))
+        for m in self.months:
+            for a, c in m.cold_start.items():
+                lines.append(f"{m.start} cold start {a}: {c['candidates']:,} candidates, shown {c['shown']:,} "
+                             f"({c['shown_by_thompson']:,} by Thompson sampling), accepted {c.get('accepted', 0):,}; "
+                             f"scored at the posterior mean {c['posterior_mean']:.4f} (Beta({c['alpha']:.1f}, "
+                             f"{c['beta']:.1f})); true mean P of the customers shown {c['true_mean_p_shown']:.4f}")
         return "\n".join(lines)
 
 
@@ -211,25 +248,64 @@ class ClosedLoop:
         self.echo = echo or (lambda s: logger.info(s))
         self.on_month = on_month  # called after each month's outcomes (e.g. to add an action)
         self.engine: Any = None
+        self._source_home: Path | None = None
+        self.strategy_notes: list[str] = []
         self._month_ctx: dict[str, Any] = {}
         self.truth_of: dict[str, float] = {}  # decision id -> true P(accept) of its shown action
+        self._calls = 0  # decider calls so far (each call's decision ids are seeded by it)
 
     # --- set-up ---------------------------------------------------------------------------
 
     def bootstrap(self) -> dict[str, str]:
         """Simulate the bank's legacy history, register the feature repository, train and
-        promote every model the catalog reads, build the bundle."""
+        promote every model the loop's catalog reads, build the bundle."""
         from nba.data.simulator import simulate_to_dir
         from nba.features import store
         from nba.serving.bundle import build
 
         cfg = self.config
+        self._use_own_strategy(withhold=self._withheld(0))
         simulate_to_dir(customers=cfg.customers, seed=cfg.seed, out_dir=self.settings.sim_dir,
                         months=cfg.history_months, progress=False)
         store.apply(self.settings)
         champions = train_catalog_models(self.settings)
         build(self.settings)
         return champions
+
+    def _withheld(self, k: int) -> tuple[str, ...]:
+        """The actions not yet in the catalog in (0-based) month k."""
+        cfg = self.config
+        return (cfg.new_action,) if cfg.new_action is not None and k < cfg.new_action_month - 1 else ()
+
+    def _use_own_strategy(self, *, withhold: tuple[str, ...] = (), cold: tuple[str, ...] = ()) -> None:
+        """Decide with the loop's own copy of the strategy (see the module docstring)."""
+        if self._source_home is None:
+            self._source_home = self.settings.home
+        self.settings, self.strategy_notes = strategy_copy(self.settings, self._source_home, withhold=withhold,
+                                                           cold=cold)
+
+    def _add_new_action(self) -> None:
+        """The withheld action joins the catalog with no history: no model (a @champion its
+        model may have from elsewhere is taken off), cold start; the bundle is rebuilt."""
+        from nba.serving.bundle import build
+        from nba.training import tracking
+
+        action = self.config.new_action
+        assert action is not None
+        from nba.catalog import read_files
+
+        self._use_own_strategy(cold=(action,))
+        client = tracking.configure(self.settings)
+        name = next(a.model for a in read_files(self.settings.home)[0].actions if a.id == action)
+        try:
+            client.get_model_version_by_alias(name, "champion")
+        except Exception:  # no such model, or no champion: nothing to take off
+            pass
+        else:
+            client.delete_registered_model_alias(name, "champion")
+            self.echo(f"    {action}: its model's @champion (trained elsewhere) taken off: the action starts cold")
+        build(self.settings)
+        self._load_engine()
 
     def _load_engine(self) -> None:
         from nba.serving.bundle import load_engine
@@ -254,9 +330,15 @@ class ClosedLoop:
 
         cfg = self.config
         t0 = time.perf_counter()
+        if self._withheld(0) and self._source_home is None:  # run without bootstrap (a built bank): withhold now
+            from nba.serving.bundle import build
+
+            self._use_own_strategy(withhold=self._withheld(0))
+            build(self.settings)
         self._load_engine()
         sim = SimulationConfig(customers=cfg.customers, seed=cfg.seed, start=cfg.loop_start,
-                               months=max(cfg.months, 2), contact_rate=cfg.contact_rate)
+                               months=max(cfg.months, 2), contact_rate=cfg.contact_rate,
+                               event_months=0)  # the loop's bank sends no behavioural events
         bank = _Run(sim, _NullSink())  # type: ignore[arg-type]  # a sink that keeps nothing: the loop reads the month itself
         bank.decider = self._decide
         months: list[MonthReport] = []
@@ -265,6 +347,8 @@ class ClosedLoop:
             for k in range(-sim.warmup_months, cfg.months):
                 tm = time.perf_counter()
                 self._month_ctx = {}
+                if k >= 0 and cfg.new_action is not None and k == cfg.new_action_month - 1:
+                    self._add_new_action()
                 bank._month(k)
                 if k < 0:
                     continue
@@ -314,7 +398,13 @@ class ClosedLoop:
                      for n, v in reader.transform(cols, [int(t) for t in event_s]).items()})
         chan_names = [CHANNELS[c] for c in channel]
         ch = np.array([cat.channel_names.index(c) for c in chan_names], dtype=np.int64)
-        d, env, missing, dids = eng.run_core(ids.tolist(), ch, now, cols, [True] * m, cat.default_k)
+        # seeded decision ids: the exploration and Thompson draws are keyed on them, so the same
+        # seed gives the same loop (random ids made two runs of one seed show different actions)
+        head = hashlib.sha256(f"loop:{self.config.seed}:{k}:{self._calls}".encode()).hexdigest()[:16]
+        self._calls += 1
+        given = [f"{head}{i:016x}" for i in range(m)]
+        d, env, missing, dids = eng.run_core(ids.tolist(), ch, now, cols, [True] * m, cat.default_k,
+                                             decision_ids=given)
         fm = np.zeros(m, dtype=np.int64)
         tables = decision_tables(cat, d, decision_ids=dids, customer_ids=ids, channel=ch, now=now,
                                  features_missing=fm, k=cat.default_k, source=f"loop:month{k + 1}", env=env,
@@ -343,6 +433,20 @@ class ClosedLoop:
             self.truth_of[dids[i]] = float(pt[i, shown[i]])
         self._month_ctx["decision_of_customer"] = dict(zip(pick.tolist(), dids, strict=True))
         explore = d.group == GROUP_CODE["explore"]
+        cold = getattr(eng.models, "cold_start", None)
+        self._month_ctx["cold_start"] = {}
+        if cold is not None:
+            for j in np.flatnonzero(cold.cold):
+                on = shown == j
+                cand = d.alive[:, j]
+                self._month_ctx["cold_start"][cat.action_ids[j]] = {
+                    "candidates": int(cand.sum()), "shown": int(on.sum()),
+                    "shown_by_thompson": int((on & (d.group == GROUP_CODE["nba"])).sum()),
+                    "true_mean_p_shown": float(pt[on, j].mean()) if on.any() else math.nan,
+                    "true_mean_p_candidates": float(pt[cand, j].mean()) if cand.any() else math.nan,
+                    "posterior_mean": float(cold.mean[j]), "alpha": float(cold.alpha[j]), "beta": float(cold.beta[j]),
+                    "logged_probability_mean": float(d.probability[on].mean()) if on.any() else math.nan,
+                    "logged_probability_min": float(d.probability[on].min()) if on.any() else math.nan}
         del rows, schemas
         return sim_action, treated, d.probability, explore
 
@@ -358,10 +462,15 @@ class ClosedLoop:
         outcome, value, outcome_s = p["outcome"][-1], p["value"][-1], p["outcome_s"][-1]
         dec = ctx["decision_of_customer"]
         n = 0
+        cold = ctx.get("cold_start", {})
+        for c in cold.values():
+            c["accepted"] = 0
         for i in np.flatnonzero(treated):
             did = dec[int(idx[i])]
-            self.engine.respond(did, ACTIONS[int(action[i])], OUTCOMES[int(outcome[i])], float(value[i]),
-                                timestamp=float(outcome_s[i]))
+            a, o = ACTIONS[int(action[i])], OUTCOMES[int(outcome[i])]
+            self.engine.respond(did, a, o, float(value[i]), timestamp=float(outcome_s[i]))
+            if a in cold and o == "accepted":
+                cold[a]["accepted"] += 1
             n += 1
         return n
 
@@ -444,7 +553,8 @@ class ClosedLoop:
             truth=truth, ope=ope,
             platform_vs_legacy={"mean": float(diff.mean()), "ci_low": float(diff.mean() - Z95 * se),
                                 "ci_high": float(diff.mean() + Z95 * se)},
-            oracle_gain_captured=float((truth["platform"] - truth["none"]) / gain) if gain > 0 else math.nan)
+            oracle_gain_captured=float((truth["platform"] - truth["none"]) / gain) if gain > 0 else math.nan,
+            cold_start=dict(ctx.get("cold_start", {})))
 
     # --- learning -------------------------------------------------------------------------
 
@@ -463,7 +573,23 @@ class ClosedLoop:
         frames = read_log(self.settings.decision_log_dir, with_features=True)
         actions = [a for a in self.engine.catalog.action_ids]
         labelled = logged_frames(frames, feats, actions=actions, ips_clip=self.config.ips_clip, truth=self.truth_of)
+        # a cold action gets a model once it has matured (cold_start.mature_positives accepted outcomes)
+        cold = getattr(self.engine.models, "cold_start", None)
+        immature: dict[str, str] = {}
+        if cold is not None:
+            from nba.config import gates_path, load_gates
+
+            cs = load_gates(gates_path(self.settings.home)).cold_start
+            mature = cs.mature_positives if cs is not None else 1
+            for j in np.flatnonzero(cold.cold):
+                a = self.engine.catalog.action_ids[j]
+                pos = int(labelled[a].frame["label"].sum()) if a in labelled else 0
+                if pos < mature:
+                    labelled.pop(a, None)
+                    immature[a] = (f"cold start: {pos} accepted outcomes in the log, fewer than mature_positives "
+                                   f"{mature}; Thompson sampling from its posterior goes on")
         trained, skipped = train_logged(self.settings, labelled, min_positives=int(cfg.options.get("min_positives", 1)))
+        skipped.update(immature)
         t_train = time.perf_counter()
         promoted, refused = {}, {}
         for tm in trained:
@@ -473,7 +599,7 @@ class ClosedLoop:
                 refused[tm.name] = str(exc)
         t_gate = time.perf_counter()
         rebuilt = False
-        if promoted:
+        if promoted or cold is not None:  # a cold action's posterior moves with every month's outcomes
             build(self.settings)
             self._load_engine()
             rebuilt = True
@@ -482,6 +608,77 @@ class ClosedLoop:
                 "mae_vs_truth": {t.name: t.metrics.get("mae_vs_truth") for t in trained},
                 "seconds": {"train": round(t_train - t0, 2), "gates": round(t_gate - t_train, 2),
                             "bundle": round(time.perf_counter() - t_gate, 2)}}
+
+
+LOOP_HOME = "loop_home"
+
+
+def strategy_copy(settings: Settings, source: Path, *, withhold: tuple[str, ...] = (),
+                  cold: tuple[str, ...] = ()) -> tuple[Settings, list[str]]:
+    """The loop's own project folder `<work>/loop_home`: features/, training/ and evaluation/
+    link to `source`'s, serving/ is a copy whose catalog leaves out the uplift models the
+    priority formula does not read and the `withhold` actions, and marks the `cold` ones
+    `cold_start: true`. Returns the settings pointing at it (every path made absolute) and
+    what was changed, in words."""
+    import re
+    import shutil
+
+    import yaml
+
+    from nba.catalog import ACTIONS_FILE, POLICIES_FILE
+
+    home = (settings.work / LOOP_HOME).resolve()
+    source = Path(source).resolve()
+    (home / "serving").mkdir(parents=True, exist_ok=True)
+    for name in ("features", "training", "evaluation"):
+        link = home / name
+        if not link.exists() and (source / name).exists():
+            link.symlink_to(source / name, target_is_directory=True)
+    for f in (source / "serving").iterdir():
+        if f.is_file() and f.name != Path(ACTIONS_FILE).name:
+            shutil.copyfile(f, home / "serving" / f.name)
+    spec = yaml.safe_load((source / ACTIONS_FILE).read_text())
+    pol = yaml.safe_load((source / POLICIES_FILE).read_text()) or {}
+    priority = str((pol.get("arbitration") or {}).get("priority", "propensity * value * (1 + lever)"))
+    notes = []
+    if not re.search(r"\buplift\b", priority):
+        stripped = [a["id"] for a in spec["actions"] if a.pop("uplift_model", None)]
+        if stripped:
+            notes.append(f"uplift models of {', '.join(stripped)} left out: the priority '{priority}' does not read "
+                         "uplift (never served; the loop retrains propensity only)")
+    unknown = sorted((set(withhold) | set(cold)) - {a["id"] for a in spec["actions"]})
+    if unknown:
+        raise ConfigError(f"the loop's new action(s) {unknown} are not in {source / ACTIONS_FILE}")
+    if withhold:
+        spec["actions"] = [a for a in spec["actions"] if a["id"] not in withhold]
+        notes.append(f"withheld until later: {', '.join(withhold)}")
+        t_file = home / "serving" / "triggers.yaml"
+        if t_file.is_file():  # the triggers that propose a withheld action propose the others (or go)
+            trig = yaml.safe_load(t_file.read_text()) or {}
+            kept = []
+            for t in trig.get("triggers") or []:
+                listed = t.get("actions") or []
+                t["actions"] = [a for a in listed if a not in withhold]
+                if listed and not t["actions"] and not t.get("issues"):
+                    notes.append(f"trigger {t.get('id')} left out: it proposes only withheld actions")
+                    continue
+                if not t["actions"]:
+                    t.pop("actions")
+                kept.append(t)
+            trig["triggers"] = kept
+            t_file.write_text(yaml.safe_dump(trig, sort_keys=False))
+    for a in spec["actions"]:
+        if a["id"] in cold:
+            a["cold_start"] = True
+            notes.append(f"{a['id']} joins with no history and no model (cold start)")
+    spec["version"] = f"{spec['version']}+loop" + "".join(f"-no-{a}" for a in withhold)
+    (home / ACTIONS_FILE).write_text(yaml.safe_dump(spec, sort_keys=False))
+    update: dict[str, Any] = {"home": home, "work_dir": settings.work.resolve(),
+                              "mlflow_dir": settings.path(settings.mlflow_dir).resolve(),
+                              "feature_repo": settings.feature_repo_src.resolve()}
+    if settings.data_dir is not None:
+        update["data_dir"] = settings.path(settings.data_dir).resolve()
+    return settings.model_copy(update=update), notes
 
 
 def propensity_features(settings: Settings, service: str) -> list[str]:
@@ -505,8 +702,9 @@ def train_catalog_models(settings: Settings) -> dict[str, str]:
     spec, pol, digest, where = catalog_mod.read_files(settings.home)
     fields = [f["name"] for f in feature_fields(settings, pol.feature_service)]
     # every model the catalog names must be registered for the bundle build (uplift too)
-    needed = set(catalog_mod.compile_catalog(spec, pol, fields, digest=digest, where=where).models.values())
-    trained = list(propensity.train_propensity(settings))
+    cat = catalog_mod.compile_catalog(spec, pol, fields, digest=digest, where=where)
+    needed = set(cat.models.values())
+    trained = list(propensity.train_propensity(settings, actions=[a.id for a in cat.actions if not a.cold_start]))
     if "nba-churn" in needed:
         trained.append(train_churn(settings))
     if "nba-clv" in needed:
