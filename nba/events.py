@@ -151,15 +151,30 @@ def _short(v: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+# the times the platform takes: the years 1970 to 2199 as written (the log's readers hold
+# pandas timestamps, which end in 2262); epoch seconds from 0 to the start of 2200
+FIRST_YEAR, LAST_YEAR = 1970, 2199
+LATEST_S = 7_258_118_400.0
+
+
+def check_year(ts: datetime, where: str) -> None:
+    """A time outside the years the platform takes is refused, naming the field."""
+    if not FIRST_YEAR <= ts.year <= LAST_YEAR:
+        raise EventError(f"{where} = {ts.isoformat()}: the year {ts.year} is out of range; expected {FIRST_YEAR} "
+                         f"to {LAST_YEAR}", field=where)
+
+
 def parse_time(value: Any, where: str) -> float:
     """Epoch seconds from an ISO 8601 string (a naive time is UTC) or a number of epoch seconds."""
     if isinstance(value, bool):
         raise EventError(f"{where} = {value!r}: expected an ISO 8601 time", field=where)
     if isinstance(value, int | float):
-        if not math.isfinite(value):
-            raise EventError(f"{where} = {value!r}: expected an ISO 8601 time", field=where)
+        if not (math.isfinite(value) and 0 <= value < LATEST_S):
+            raise EventError(f"{where} = {value!r}: expected an ISO 8601 time, or epoch seconds from 0 to "
+                             f"{LATEST_S:.0f} (the year {LAST_YEAR + 1})", field=where)
         return float(value)
     if isinstance(value, datetime):
+        check_year(value, where)
         return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
     if isinstance(value, str):
         text = value.strip()
@@ -168,6 +183,7 @@ def parse_time(value: Any, where: str) -> float:
         except ValueError:
             raise EventError(f"{where} = {_short(value)}: expected an ISO 8601 time such as "
                              "2025-12-01T09:00:00Z", field=where) from None
+        check_year(ts, where)
         return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp()
     raise EventError(f"{where} = {_short(value)}: expected an ISO 8601 time", field=where)
 
@@ -180,7 +196,11 @@ def _property(value: Any, spec: PropertySpec, where: str) -> Any:
     elif kind == "string":
         ok = isinstance(value, str)
     elif kind == "int":
+        if isinstance(value, float) and value.is_integer():  # 3.0 is an integer in JSON (and its schemas)
+            value = int(value)
         ok = isinstance(value, int) and not isinstance(value, bool)
+        if ok and not -(2**63) <= value < 2**63:  # the stores and the online features hold int64
+            raise EventError(f"{where} = {_short(value)}: expected an integer from -2**63 to 2**63 - 1", field=where)
     elif kind == "float":
         ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
         value = float(value) if ok else value
@@ -214,8 +234,10 @@ def validate_event(raw: Any, types: EventsFile, now: float, where: str = "event"
         if key not in raw or raw[key] is None:
             raise EventError(f"{where}.{key}: missing; an event needs customer_id and type", field=f"{where}.{key}")
     cid = raw["customer_id"]
-    if isinstance(cid, bool) or not isinstance(cid, int) or cid < 0:
-        raise EventError(f"{where}.customer_id = {_short(cid)}: expected an integer >= 0",
+    if isinstance(cid, float) and cid.is_integer():  # 3.0 is an integer in JSON (and its schemas)
+        cid = int(cid)
+    if isinstance(cid, bool) or not isinstance(cid, int) or not 0 <= cid < 2**63:  # int64, as the stores keep it
+        raise EventError(f"{where}.customer_id = {_short(cid)}: expected an integer >= 0 and < 2**63",
                          field=f"{where}.customer_id")
     type_name = raw["type"]
     spec = types.types.get(type_name) if isinstance(type_name, str) else None

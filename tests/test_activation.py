@@ -30,8 +30,10 @@ from nba.decisioning.core import ContactHistory, MatrixScorer, decide
 from nba.decisioning.tables import decision_tables
 from nba.errors import ConfigError
 from nba.settings import Settings
+from nba.stores.decisions import open_decision_log
 from nba.stores.decisions.sqlite import DecisionLog
 from nba.stores.outbox import Outbox
+from nba.stores.outbox_postgres import open_outbox
 from tests.conftest import PROJECT_ROOT
 from tests.serving_env import free_port
 from tests.test_decisioning import NOW, _bank, _batch, _customer
@@ -134,9 +136,22 @@ def env(tmp_path) -> Settings:
     return Settings(home=PROJECT_ROOT, work_dir=tmp_path / "var", mlflow_dir=tmp_path / "mlflow")
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+def log_env(request, env: Settings):
+    """The settings of a log on the embedded SQLite file, or on Postgres (a database of the
+    test's own: the production profile's outbox, claimed and settled by the same worker)."""
+    if request.param == "sqlite":
+        yield env
+        return
+    from tests.pg_env import pg_database
+
+    with pg_database("test_activation") as dsn:
+        yield env.model_copy(update={"log_store": "postgres", "log_dsn": dsn})
+
+
 def _fill(settings: Settings, cat, n: int, channels=("email",)) -> list[str]:
     """n decisions per channel with their outbox messages in the settings' decision log; the keys."""
-    log = DecisionLog(settings.decision_log_dir)
+    log = open_decision_log(settings)
     keys: list[str] = []
     for i, channel in enumerate(channels):
         _, tables = _decisions(cat, n, channel, first_id=i * n)
@@ -150,7 +165,7 @@ def _worker(settings: Settings, url: str | None = None, *, retry: Retry | None =
     directions = channel_directions(settings.home)
     activation = load_activation(settings.home, directions, webhook_url=url)
     retry_by = {c: retry or r for c, r in activation.retry.items()}
-    return DeliveryWorker(Outbox(outbox_path(settings)), build_connectors(activation, settings), retry_by, **kw)
+    return DeliveryWorker(open_outbox(settings), build_connectors(activation, settings), retry_by, **kw)
 
 
 def _drain(worker: DeliveryWorker, until, timeout: float = 60.0) -> None:
@@ -228,9 +243,9 @@ def test_the_outbox_message_is_in_the_transaction_of_its_decision(cat, tmp_path)
 # --- webhook ------------------------------------------------------------------------------
 
 
-def test_a_webhook_gets_each_message_once_with_its_idempotency_key_and_receipts(env, cat, receiver):
-    keys = _fill(env, cat, 300, ("email", "sms"))
-    worker = _worker(env, receiver.url)
+def test_a_webhook_gets_each_message_once_with_its_idempotency_key_and_receipts(log_env, cat, receiver):
+    keys = _fill(log_env, cat, 300, ("email", "sms"))
+    worker = _worker(log_env, receiver.url)
     totals = worker.run(once=True)
     worker.close()
     assert totals.delivered == len(keys) and totals.failed == totals.dead == 0
@@ -240,7 +255,7 @@ def test_a_webhook_gets_each_message_once_with_its_idempotency_key_and_receipts(
     assert receiver.headers[key]["Idempotency-Key"] == key == body["idempotency_key"]
     assert receiver.headers[key]["Content-Type"] == "application/json"
     assert body["channel"] == "email" and body["attempt"] == 1 and body["payload"]["action_id"] == body["action_id"]
-    outbox = Outbox(outbox_path(env))
+    outbox = open_outbox(log_env)
     status = outbox.status(now=time.time())
     by_channel = Counter(b["channel"] for b in receiver.effects.values())
     assert {c: (s["delivered"], s["pending"], s["failed"], s["dead"]) for c, s in status.items()} == {
@@ -253,11 +268,11 @@ def test_a_webhook_gets_each_message_once_with_its_idempotency_key_and_receipts(
     outbox.close()
 
 
-def test_500s_are_retried_with_backoff_then_delivered(env, cat):
+def test_500s_are_retried_with_backoff_then_delivered(log_env, cat):
     receiver = Receiver(fail_first=2)  # each key: 500, 500, then 200
     try:
-        keys = _fill(env, cat, 40)
-        worker = _worker(env, receiver.url, retry=Retry(max_attempts=5, backoff_s=0.2, max_backoff_s=5))
+        keys = _fill(log_env, cat, 40)
+        worker = _worker(log_env, receiver.url, retry=Retry(max_attempts=5, backoff_s=0.2, max_backoff_s=5))
         _drain(worker, lambda: worker.outbox.count("delivered") == len(keys))
         failed_meanwhile = worker.outbox.messages(state="failed")
         receipts = worker.outbox.receipts(keys[0])
@@ -277,13 +292,13 @@ def test_500s_are_retried_with_backoff_then_delivered(env, cat):
     assert min(pauses[6]) >= 5.0 and max(pauses[6]) <= 15.0  # capped at 10 s x 0.5-1.5
 
 
-def test_a_receiver_that_is_down_dead_letters_with_the_reason_while_decisions_go_on(env, cat):
-    keys = _fill(env, cat, 30)
+def test_a_receiver_that_is_down_dead_letters_with_the_reason_while_decisions_go_on(log_env, cat):
+    keys = _fill(log_env, cat, 30)
     down = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
-    worker = _worker(env, down, retry=Retry(max_attempts=3, backoff_s=0.05, max_backoff_s=1), poll_s=0.01)
+    worker = _worker(log_env, down, retry=Retry(max_attempts=3, backoff_s=0.05, max_backoff_s=1), poll_s=0.01)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
-    log = DecisionLog(env.decision_log_dir)  # the decision side keeps answering meanwhile
+    log = open_decision_log(log_env)  # the decision side keeps answering meanwhile
     took, more = [], 0
     for i in range(20):
         _, tables = _decisions(cat, 1, "email", first_id=10_000 + i)
@@ -308,11 +323,11 @@ def test_a_receiver_that_is_down_dead_letters_with_the_reason_while_decisions_go
     assert [r["outcome"] for r in receipts] == ["failed", "failed", "dead"]
 
 
-def test_a_4xx_answer_is_dead_at_once_and_retry_dead_sends_it_again(env, cat):
-    keys = _fill(env, cat, 10)
+def test_a_4xx_answer_is_dead_at_once_and_retry_dead_sends_it_again(log_env, cat):
+    keys = _fill(log_env, cat, 10)
     receiver = Receiver(status=422)
     try:
-        worker = _worker(env, receiver.url)
+        worker = _worker(log_env, receiver.url)
         worker.run(once=True)
         dead = worker.outbox.messages(state="dead", limit=100)
         assert len(dead) == len(keys) and all(m["attempts"] == 1 for m in dead)
@@ -516,9 +531,9 @@ def test_the_cli_refuses_a_bad_file_before_delivering_and_reports_status(env, ca
     assert "email" in table and "delivered" in table and str(len(keys)) in table
 
 
-def test_erasing_a_customer_removes_their_messages_and_receipts(env, cat, receiver):
-    keys = _fill(env, cat, 20)
-    worker = _worker(env, receiver.url)
+def test_erasing_a_customer_removes_their_messages_and_receipts(log_env, cat, receiver):
+    keys = _fill(log_env, cat, 20)
+    worker = _worker(log_env, receiver.url)
     worker.run(once=True)
     outbox = worker.outbox
     customer = outbox.messages(limit=1)[0]["customer_id"]

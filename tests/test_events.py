@@ -127,10 +127,25 @@ def test_a_timestamp_just_inside_the_future_bound_is_accepted():
 # --- the event log and the derivation -----------------------------------------------------------
 
 
-def test_the_event_log_appends_dedupes_reads_and_erases(tmp_path: Path):
-    from nba.stores.events.sqlite import EventLog, read_events
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+def event_log_backend(request, tmp_path: Path):
+    """(open the log, read it as a frame) on the embedded SQLite file or on Postgres."""
+    if request.param == "sqlite":
+        from nba.stores.events.sqlite import EventLog, read_events
 
-    log = EventLog(tmp_path / "events.db")
+        path = tmp_path / "events.db"
+        yield (lambda: EventLog(path)), (lambda: read_events(path))
+        return
+    from nba.stores.events.postgres import PostgresEventLog, read_events_pg
+    from tests.pg_env import pg_database
+
+    with pg_database("test_events") as dsn:
+        yield (lambda: PostgresEventLog(dsn)), (lambda: read_events_pg(dsn))
+
+
+def test_the_event_log_appends_dedupes_reads_and_erases(event_log_backend):
+    open_log, read_frame = event_log_backend
+    log = open_log()
     evs = validate_events([{"customer_id": 1, "type": "app_login", "timestamp": NOW - 10},
                            {"customer_id": 2, "type": "outage", "timestamp": NOW - 5,
                             "properties": {"service": "atm", "minutes": 30}},
@@ -144,11 +159,40 @@ def test_the_event_log_appends_dedupes_reads_and_erases(tmp_path: Path):
     hist = log.history([1, 2, 3])
     assert [e.type for e in hist[1]] == ["app_login"] and hist[3] == []
     assert hist[2][0].properties == {"service": "atm", "minutes": 30}
-    frame = read_events(tmp_path / "events.db")
+    frame = read_frame()
     assert list(frame.columns[:6]) == ["event_id", "customer_id", "type", "timestamp", "known_customer", "ingested_at"]
     assert str(frame["timestamp"].dtype) == "datetime64[ns, UTC]"
     assert frame.set_index("customer_id").loc[2, "minutes"] == 30 and frame["known_customer"].tolist() == [1, 0]
     assert log.erase_customer(1) == 1 and log.count() == 1 and log.history([1])[1] == []
+    log.close()
+
+
+def test_events_appended_pending_stay_pending_until_marked_triggered(event_log_backend):
+    """The triggers' outbox: pending rows commit with the append, are read by id or by age,
+    go when marked (alone or in a later append's transaction), and go with an erasure."""
+    open_log, _ = event_log_backend
+    log = open_log()
+    evs = validate_events([{"customer_id": 1, "type": "app_login", "timestamp": NOW - 30},
+                           {"customer_id": 2, "type": "outage", "timestamp": NOW - 20,
+                            "properties": {"service": "atm", "minutes": 30}},
+                           {"customer_id": 3, "type": "app_login", "timestamp": NOW - 10}], TYPES, NOW)
+    ids = [e["event_id"] for e in evs]
+    log.append(evs[:2], NOW - 100, pending=True)
+    log.append(evs[2:], NOW, pending=False)  # an ingest without triggers leaves nothing pending
+    both = log.pending(ids)
+    assert [e["event_id"] for e in both] == ids[:2]  # in time order, as stored
+    assert both[1] == {"event_id": ids[1], "customer_id": 2, "type": "outage", "timestamp": NOW - 20,
+                       "properties": {"service": "atm", "minutes": 30}}
+    assert [e["event_id"] for e in log.pending(before=NOW - 50)] == ids[:2]
+    assert log.pending(before=NOW - 200) == [] and len(log.pending(before=NOW, limit=1)) == 1
+    # a redelivery of the first, with the second marked in the same transaction
+    again = log.append(evs[:1], NOW, pending=True, triggered=[ids[1]])
+    assert again.duplicates == (ids[0],) and [e["event_id"] for e in log.pending(ids)] == [ids[0]]
+    assert log.erase_customer(1) == 1 and log.pending(ids) == []
+    log.append(evs[:1], NOW, pending=True)
+    assert log.triggered(ids) == 1 and log.pending() == []
+    log.close()
+
 
 
 def test_the_state_follows_the_events_and_the_windows_forget():
@@ -411,9 +455,15 @@ def test_nba_events_ingest_replays_csv_jsonl_and_parquet(served, customers, tmp_
     ])
     flat.to_csv(tmp_path / "events.csv", index=False)
     out = ingest_file(tmp_path / "events.csv", chunk=2, progress=False)
-    assert out == {"received": 3, "stored": 3, "duplicates": 0, "unknown_customers": 0, "customers_updated": 2}
+    counts = ("received", "stored", "duplicates", "unknown_customers", "customers_updated")
+    assert {k: out[k] for k in counts} == {"received": 3, "stored": 3, "duplicates": 0, "unknown_customers": 0,
+                                          "customers_updated": 2}
+    # the marriage fires the life-moment trigger, as POST /events would (one decision started)
+    assert out["triggers"]["life_moment"]["fired"] == out["triggers"]["life_moment"]["decisions"] == 1
+    assert set(out["triggers"]) <= {"life_moment", "purchase_propensity"}  # a page view may fire the latter
     flat.to_parquet(tmp_path / "events.parquet")
-    assert ingest_file(tmp_path / "events.parquet", progress=False)["duplicates"] == 3  # the same ids
+    again = ingest_file(tmp_path / "events.parquet", progress=False)
+    assert again["duplicates"] == 3 and again["triggers"] == {}  # the same ids: stored once, triggered once
     lines = [json.dumps({"customer_id": c, "type": "card_search", "timestamp": iso(NOW - 30), "properties": {}}),
              json.dumps({"customer_id": c, "type": "page_view", "timestamp": iso(NOW - 20), "product": "mortgage"})]
     (tmp_path / "events.jsonl").write_text("\n".join(lines) + "\n")
@@ -427,6 +477,83 @@ def test_nba_events_ingest_replays_csv_jsonl_and_parquet(served, customers, tmp_
     with pytest.raises(EventError) as exc:
         ingest_file(tmp_path / "bad.jsonl", progress=False)
     assert exc.value.field == "events[1].type"
+
+
+@pytest.fixture(scope="module")
+def collections(served: Settings, customers: list[int]) -> list[int]:
+    """Customers the payment-default trigger serves (CLV <= 1,000 EUR, by the served CLV model),
+    to whom its action applies (a missed payment in 90 days or an open case) and who consent to
+    one of its channels: a payment 45 days late starts a decision that sends a payment plan."""
+    from nba.serving.bundle import load_engine
+
+    engine = load_engine(served)
+    pool = customers[1000:]
+    cols, found = engine.features.read(pool, DECISION_EPOCH)
+    env, _ = engine.environment(pool, cols, found)
+    ok = ((np.asarray(env["clv"]) <= 1000)
+          & ((np.asarray(env["missed_payments_90d"]) >= 1) | (np.asarray(env["collections_open"]) == 1))
+          & (((np.asarray(env["consent_email"]) == 1) & (np.asarray(env["has_email"]) == 1))
+             | (np.asarray(env["consent_sms"]) == 1)))
+    picked = [c for c, good in zip(pool, ok.tolist(), strict=True) if good]
+    assert len(picked) >= 5, "the bank has too few low-value customers in arrears"
+    return picked
+
+
+def _outbox(served: Settings, decision_ids: list[str]) -> list[dict]:
+    from nba.stores.decisions import DB_FILE
+    from nba.stores.outbox import Outbox
+
+    box = Outbox(served.decision_log_dir / DB_FILE)
+    try:
+        return box.of_decisions(decision_ids)
+    finally:
+        box.close()
+
+
+def _triggered(served: Settings, cids: list[int]) -> pd.DataFrame:
+    """The trigger-started decisions of these customers in the log."""
+    log = read_log(served.decision_log_dir).decisions
+    return log[log["customer_id"].isin(cids) & log["source"].astype(str).str.startswith("trigger:")]
+
+
+def _payments(tag: str, fires: int, near: int) -> list[dict]:
+    """A payment 45 days late (the trigger: late > 30 days) and its near miss (30 days late)."""
+    return [{"event_id": f"{tag}-late", "customer_id": fires, "type": "payment_missed", "timestamp": iso(NOW - 60),
+             "properties": {"days_late": 45, "amount": 80.0}},
+            {"event_id": f"{tag}-near", "customer_id": near, "type": "payment_missed", "timestamp": iso(NOW - 60),
+             "properties": {"days_late": 30, "amount": 80.0}}]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_replayed_file_starts_decisions_and_outbox_messages_as_post_events_does(served, collections, tmp_path,
+                                                                                  monkeypatch):
+    from nba.cli.events import ingest_file
+
+    for key, value in {"NBA_HOME": served.home, "NBA_WORK_DIR": served.work_dir, "NBA_MLFLOW_DIR": served.mlflow_dir}.items():
+        monkeypatch.setenv(key, str(value))
+    fires, near = collections[0], collections[1]
+    rows = [{"customer_id": e["customer_id"], "type": e["type"], "timestamp": e["timestamp"],
+             "event_id": e["event_id"], **e["properties"]} for e in _payments("file", fires, near)]
+    pd.DataFrame(rows).to_parquet(tmp_path / "payments.parquet")
+    out = ingest_file(tmp_path / "payments.parquet", progress=False)
+    assert out["stored"] == 2 and out["decisions"] == 1 and out["outbox_messages"] == 1, out
+    t = out["triggers"]["payment_default"]
+    assert t["fired"] == 1 and t["held_back"] == 0 and t["decisions"] == 1 and t["with_action"] == 1
+    dec = _triggered(served, [fires, near])
+    assert dec["customer_id"].tolist() == [fires]  # the near miss started nothing
+    row = dec.iloc[0]
+    assert row["source"] == "trigger:payment_default" and row["action_id"] == "payment_plan"
+    assert row["channel"] in {"sms", "email", "call_centre"}
+    [msg] = _outbox(served, [row["decision_id"]])
+    assert msg["channel"] == row["channel"] and msg["state"] == "pending"  # the worker sends it
+    assert t["messages"] == {row["channel"]: 1}
+    # --no-triggers stores and pushes only
+    rows[0]["event_id"], rows[0]["customer_id"] = "file-late-2", collections[2]
+    pd.DataFrame(rows[:1]).to_parquet(tmp_path / "quiet.parquet")
+    quiet = ingest_file(tmp_path / "quiet.parquet", progress=False, triggers=False)
+    assert quiet["stored"] == 1 and quiet["triggers"] == {} and quiet["decisions"] == 0
+    assert _triggered(served, [collections[2]]).empty
 
 
 @pytest.mark.slow
@@ -495,6 +622,98 @@ def test_the_consumer_killed_mid_stream_loses_nothing_and_counts_nothing_twice(s
             assert len(vals["login_ts"]) == sum(1 for e in events if e["customer_id"] == cid)  # each login once
     finally:
         asyncio.run(delete_stream(stream))
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_broker_message_starts_decisions_and_outbox_messages_as_post_events_does(served, collections):
+    from nba.serving.consumer import delete_stream, publish
+
+    tag = uuid.uuid4().hex[:8]
+    stream, subject, durable = f"NBA_TEST_EVENTS_TRIGGERS_{tag}", f"nba.test.events.triggers.{tag}", f"trig-{tag}"
+    fires, near = collections[3], collections[4]
+    cmd = [sys.executable, "-m", "nba", "events", "consume", "--stream", stream, "--subject", subject,
+           "--durable", durable, "--batch", "10", "--idle-exit", "3"]
+    try:
+        asyncio.run(publish(_payments(tag, fires, near), stream=stream, subject=subject))
+        proc = subprocess.run(cmd, env=_env(served), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        stats = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert stats["stored"] == 2 and stats["decisions"] == 1 and stats["messages"] == 1, stats
+    finally:
+        asyncio.run(delete_stream(stream))
+    dec = _triggered(served, [fires, near])
+    assert dec["customer_id"].tolist() == [fires]  # the near miss started nothing
+    assert dec.iloc[0]["source"] == "trigger:payment_default" and dec.iloc[0]["action_id"] == "payment_plan"
+    [msg] = _outbox(served, dec["decision_id"].tolist())
+    assert msg["channel"] == dec.iloc[0]["channel"] and msg["state"] == "pending"
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_the_triggers_of_events_a_killed_process_stored_run_once_on_redelivery_or_at_the_consumers_start(
+        served, collections):
+    """Nothing is lost between the append and the triggers: the state a SIGKILL leaves at each
+    point (the engine's own steps, then the engine dropped) is recovered, and nothing is decided twice."""
+    from nba.serving.bundle import load_engine
+    from nba.serving.consumer import delete_stream
+    from nba.serving.triggering import trigger_decision_id
+    from nba.stores.events.sqlite import EventLog
+
+    assert len(collections) >= 8, "the bank has too few low-value customers in arrears"
+    tag = uuid.uuid4().hex[:8]
+    who = dict(zip("abc", collections[5:8], strict=True))
+
+    def late(k: str) -> dict:
+        return {"event_id": f"{tag}-{k}", "customer_id": who[k], "type": "payment_missed",
+                "timestamp": iso(NOW - 60), "properties": {"days_late": 45, "amount": 80.0}}
+
+    def did(k: str) -> str:
+        return trigger_decision_id("payment_default", f"{tag}-{k}")
+
+    log = EventLog(served.event_log_path)
+    # 1. Killed after the append, before the triggers (what `DecisionEngine.ingest` has done by then).
+    load_engine(served).events.ingest([late("a")], pending=True)
+    assert [e["event_id"] for e in log.pending([f"{tag}-a"])] == [f"{tag}-a"] and _triggered(served, [who["a"]]).empty
+    engine = load_engine(served)
+    redelivered = engine.ingest([late("a")])  # the broker's redelivery, a client's retry
+    assert redelivered.stored == [] and redelivered.duplicates == [f"{tag}-a"]
+    [fired] = redelivered.triggers
+    assert fired["trigger_id"] == "payment_default" and fired["decision_id"] == did("a")
+    assert fired["decision"]["outbox"]["state"] == "pending"
+    # 2. Killed after the decision was logged, before the event was marked triggered (the mark
+    # goes with the next append: this engine never makes one).
+    first = load_engine(served).ingest([late("b")])
+    assert first.triggers[0]["decision_id"] == did("b") and log.pending([f"{tag}-b"])
+    again = engine.ingest([late("b")])
+    [held] = again.triggers
+    assert held["decision"] is None and held["decision_id"] == did("b")  # found, not decided again
+    assert [w["state"] for w in held["triggers"] if w["trigger_id"] == "payment_default"] == [
+        "decided before a restart (found in the decision log): not decided again"]
+    assert log.pending([f"{tag}-a"]) == []  # marked triggered in the transaction of this engine's next append
+    assert engine.flush_triggered() == 1 and log.pending([f"{tag}-b"]) == []  # at a clean stop
+    # 3. Stored and never delivered again (a POST /events whose client gave up): a consumer's
+    # start runs it.
+    # Other tests of this module share the bank and may have left events pending (an engine
+    # dropped before its next append marked them): run them first, so the consumer's count is c's.
+    load_engine(served).recover_triggers(older_than_s=0)
+    load_engine(served).events.ingest([late("c")], pending=True)
+    assert [e["event_id"] for e in log.pending()] == [f"{tag}-c"]
+    stream = f"NBA_TEST_RECOVER_{tag}"
+    cmd = [sys.executable, "-m", "nba", "events", "consume", "--stream", stream, "--subject", f"nba.test.recover.{tag}",
+           "--durable", f"recover-{tag}", "--idle-exit", "1", "--recover-after", "0"]
+    try:
+        proc = subprocess.run(cmd, env=_env(served), capture_output=True, text=True, timeout=300)
+    finally:
+        asyncio.run(delete_stream(stream))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ran the triggers of 1 event(s) a stopped process had left pending: 1 decision(s) started" in proc.stdout
+    assert log.pending([f"{tag}-{k}" for k in "abc"]) == []
+    # One decision per event, each with its one outbox message.
+    dec = _triggered(served, list(who.values()))
+    assert sorted(dec["decision_id"]) == sorted(did(k) for k in "abc")
+    assert sorted(m["decision_id"] for m in _outbox(served, [did(k) for k in "abc"])) == sorted(did(k) for k in "abc")
+    log.close()
 
 
 def test_an_action_holds_a_feature_of_the_feature_service(tmp_path: Path):

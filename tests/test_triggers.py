@@ -177,6 +177,21 @@ def test_a_dedup_window_holds_and_ends(store):
     assert np.isnan(store.last_fired([42], ["payment_default"])[0, 0])
 
 
+def test_the_same_event_may_claim_again_another_event_or_a_scan_may_not(store):
+    """An event's triggers run again after a restart: its own firing is granted again (and
+    named by `fired_by`); another event's, or a scan's, within the window is not."""
+    week = 7 * DAY
+    assert store.claim([Fire("payment_default", 42, NOW, "e1", week), Fire("no_interaction", 42, NOW, None, week)]) \
+        == [True, True]
+    assert store.claim([Fire("payment_default", 42, NOW, "e1", week)]) == [True]  # the same event, again
+    assert store.claim([Fire("payment_default", 42, NOW + 1, "e2", week),
+                        Fire("no_interaction", 42, NOW + 1, None, week)]) == [False, False]
+    by = store.fired_by([42, 43], ["payment_default", "no_interaction"])
+    assert by.tolist() == [["e1", None], [None, None]]
+    assert store.last_fired([42], ["payment_default"])[0, 0] == NOW
+    assert store.erase_customer(42) == 2 and store.fired_by([42], ["payment_default"]).tolist() == [[None]]
+
+
 def test_the_highest_priority_trigger_starts_the_decision_and_dedup_hands_over(bank, store):
     """An outage for a valuable customer at churn risk who has had three outages: churn risk
     (90) and repeated outages (80) both fire; churn risk starts the decision. Within its dedup

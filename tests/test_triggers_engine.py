@@ -74,9 +74,9 @@ def test_events_start_decisions_near_misses_do_not_and_dedup_holds(served, snaps
     by_event = {x["event_id"]: x for x in fired}
     assert set(by_event) == {"e1", "e3", "e5"}
     expected = {"e1": "payment_default", "e3": "life_moment", "e5": "geofence_crossed"}
-    allowed = {"payment_default": ({"sms", "email", "call_centre"}, {"payment_plan"}),
-               "life_moment": ({"email", "push", "call_centre"}, {"mortgage", "finance_course"}),
-               "geofence_crossed": ({"push", "sms"}, None)}
+    allowed = {"payment_default": ({"sms", "email", "call_centre"}, {"account_lock_reminder", "payment_plan"}),
+               "life_moment": ({"email", "push", "call_centre"}, {"mortgage", "home_insurance", "finance_course"}),
+               "geofence_crossed": ({"push", "sms"}, {"branch_appointment"})}
     for eid, tid in expected.items():
         x = by_event[eid]
         assert x["trigger_id"] == tid and x["decision_id"] == x["decision"]["decision_id"]

@@ -215,11 +215,14 @@ class NatsConnector:
 
     kind = "nats"
 
-    def __init__(self, spec: NatsSpec, subject: str):
+    def __init__(self, spec: NatsSpec, subject: str, stream_subjects: Sequence[str] = ()):
         import asyncio
 
         self.spec = spec
         self.subject = subject
+        # every channel's subject on this stream: whichever connector creates the stream
+        # creates it whole, so the channels never race to add their subjects one by one
+        self.stream_subjects = list(dict.fromkeys([*stream_subjects, subject]))
         self.target = f"{spec.url} {subject}"
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="nba-nats", daemon=True)
@@ -246,7 +249,7 @@ class NatsConnector:
                 try:
                     info = await self._js.stream_info(self.spec.stream)
                 except NotFoundError:
-                    await self._js.add_stream(name=self.spec.stream, subjects=[self.subject])
+                    await self._js.add_stream(name=self.spec.stream, subjects=self.stream_subjects)
                     return
                 if not any(_subject_matches(s, self.subject) for s in info.config.subjects or []):
                     config = info.config
@@ -312,6 +315,10 @@ def build_connectors(activation: Activation, settings: Settings) -> dict[str, Co
     """One connector per outbound channel (webhooks to the same URL share one)."""
     out: dict[str, Connector] = {}
     hooks: dict[tuple, WebhookConnector] = {}
+    nats_subjects: dict[tuple[str, str], list[str]] = {}
+    for channel, spec in activation.channels.items():
+        if isinstance(spec, NatsSpec):
+            nats_subjects.setdefault((spec.url, spec.stream), []).append(_nats_subject(spec, channel))
     for channel, spec in activation.channels.items():
         if isinstance(spec, WebhookSpec):
             key = (spec.url, spec.timeout_s, spec.concurrency, tuple(sorted(spec.headers.items())))
@@ -325,8 +332,12 @@ def build_connectors(activation: Activation, settings: Settings) -> dict[str, Co
             out[channel] = FileConnector(settings.path(spec.path) if spec.path
                                          else settings.activation_dir / f"{channel}.jsonl")
         elif isinstance(spec, NatsSpec):
-            out[channel] = NatsConnector(spec, spec.subject or f"nba.activation.{channel}")
+            out[channel] = NatsConnector(spec, _nats_subject(spec, channel), nats_subjects[(spec.url, spec.stream)])
     return out
+
+
+def _nats_subject(spec: NatsSpec, channel: str) -> str:
+    return spec.subject or f"nba.activation.{channel}"
 
 
 def close_all(connectors: Mapping[str, Connector]) -> None:

@@ -27,6 +27,7 @@ from nba.activation.connectors import Connector, Result, build_connectors, close
 from nba.settings import Settings
 from nba.stores.decisions import DB_FILE
 from nba.stores.outbox import Message, Outbox, Settlement
+from nba.stores.outbox_postgres import open_outbox
 
 logger = logging.getLogger(__name__)
 
@@ -174,5 +175,5 @@ def make_worker(settings: Settings, *, batch: int = BATCH, lease_s: float | None
     """The worker of the settings' decision log, with the connectors of the activation file."""
     activation = load(settings, activation_file=activation_file)  # a bad file fails before the outbox opens
     connectors = build_connectors(activation, settings)
-    return DeliveryWorker(Outbox(outbox_path(settings)), connectors, activation.retry, batch=batch, lease_s=lease_s,
+    return DeliveryWorker(open_outbox(settings), connectors, activation.retry, batch=batch, lease_s=lease_s,
                           poll_s=poll_s)

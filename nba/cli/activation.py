@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -63,15 +63,11 @@ def status_cmd(
     """Delivery state per channel: pending, delivered, failed (to retry), dead, in flight."""
     import time
 
-    from nba.activation.worker import outbox_path
-    from nba.stores.outbox import Outbox
-
     s = settings()
-    path = outbox_path(s)
+    outbox, path = _outbox(s)
     status: dict[str, dict[str, int]] = {}
     dead_rows: list[dict] = []
-    if path.is_file():
-        outbox = Outbox(path)
+    if outbox is not None:
         try:
             status = outbox.status(now=time.time())
             if dead:
@@ -95,19 +91,29 @@ def status_cmd(
              f"attempt(s): {m['error']}")
 
 
+def _outbox(s: Any) -> tuple[Any, str]:
+    """The profile's outbox (None: the embedded one was never written) and where it is."""
+    if s.log_backend == "postgres":
+        from nba.stores.outbox_postgres import open_outbox
+        from nba.stores.postgres import redact
+
+        return open_outbox(s), redact(s.decision_log_dsn)
+    from nba.activation.worker import outbox_path
+    from nba.stores.outbox import Outbox
+
+    path = outbox_path(s)
+    return (Outbox(path) if path.is_file() else None), str(path)
+
+
 @app.command("retry-dead")
 def retry_dead_cmd(
     channel: Annotated[str | None, typer.Option(help="Only this channel's dead messages.")] = None,
 ) -> None:
     """Make dead messages pending again (once the receiver is fixed); the worker sends them."""
-    from nba.activation.worker import outbox_path
-    from nba.stores.outbox import Outbox
-
-    path = outbox_path(settings())
-    if not path.is_file():
+    outbox, path = _outbox(settings())
+    if outbox is None:
         echo(f"no outbox messages in {path}")
         return
-    outbox = Outbox(path)
     try:
         n = outbox.retry_dead(channel)
     finally:

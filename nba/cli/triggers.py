@@ -1,4 +1,5 @@
-"""`nba triggers check | scan`: the triggers of `serving/triggers.yaml` and the scheduled scans."""
+"""`nba triggers check | scan | recover`: the triggers of `serving/triggers.yaml`, the scheduled scans,
+and the triggers of events a killed process left pending."""
 
 from __future__ import annotations
 
@@ -45,3 +46,25 @@ def scan_cmd(
     summary = scan(settings(), customers, at=when.timestamp() if when else None, trigger_ids=trigger or None,
                    chunk=chunk, progress=True)
     echo(summary.describe())
+
+
+@app.command("recover")
+def recover_cmd(
+    older_than: Annotated[float, typer.Option(min=0.0, help="Only events stored at least this many seconds ago "
+                                                            "(an event being handled now is not pending for "
+                                                            "long).")] = 60.0,
+) -> None:
+    """Run the triggers of events that were stored but whose triggers never ran (the server or
+    consumer handling them was killed in between). Idempotent: a decision made before the kill
+    is found in the log and not made again. `nba events consume` does this when it starts."""
+    from nba.serving.bundle import load_engine
+    from nba.serving.triggering import tally
+
+    engine = load_engine(settings())
+    n, fired = engine.recover_triggers(older_than_s=older_than)
+    if not n:
+        echo("no event was left with its triggers pending")
+        return
+    per = tally(fired)
+    echo(f"ran the triggers of {n:,} pending event(s): a trigger fired on {len(fired):,}, "
+         f"{sum(t['decisions'] for t in per.values()):,} decision(s) started")
