@@ -3,12 +3,17 @@ versioned feature services that training and serving read.
 
 Declarations only (STYLE.md 2). The offline sources are Parquet files that `nba features
 materialize` (or `nba data simulate`) writes under the staged repository's `data/` folder;
-paths are relative to the repository, so one declaration serves every work folder.
+paths are relative to the repository, so one declaration serves every work folder. They are
+`FileSource`s, or `SparkSource`s when the profile's `feature_store.yaml` beside this file
+names the Spark offline store (`NBA_PROFILE=spark`): the same files, joined by Spark.
 Read features through a feature service name, never by importing this module (STYLE.md 3).
 """
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, RequestSource
 from feast.on_demand_feature_view import on_demand_feature_view
@@ -26,7 +31,28 @@ customer = Entity(
 )
 
 
-def _source(name: str) -> FileSource:
+def _offline_store() -> str:
+    """The offline store type of the profile staged beside this file (`nba features apply`)."""
+    config = Path(__file__).with_name("feature_store.yaml")
+    if not config.is_file():
+        return "file"
+    store = (yaml.safe_load(config.read_text()) or {}).get("offline_store") or {}
+    return str(store.get("type", "file")) if isinstance(store, dict) else str(store)
+
+
+SPARK = _offline_store() == "spark"
+
+
+def _source(name: str) -> Any:
+    if SPARK:
+        from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
+
+        return SparkSource(
+            name=f"{name}_source",
+            path=f"data/{name}.parquet",
+            file_format="parquet",
+            timestamp_field="event_timestamp",
+        )
     return FileSource(
         name=f"{name}_source",
         path=f"data/{name}.parquet",
@@ -170,10 +196,7 @@ def request_context(inputs: dict[str, Any]) -> dict[str, Any]:
 # (`nba.features.streaming.export_source`), so a point-in-time frame sees what a decision saw.
 # Windowed counts are kept as the event times of the window, and counted at the decision's
 # own time by `realtime_context` below (an outage 31 days ago does not count in outages_30d).
-realtime_push = PushSource(
-    name="realtime_push",
-    batch_source=FileSource(name="realtime_source", path="data/realtime.parquet", timestamp_field="event_timestamp"),
-)
+realtime_push = PushSource(name="realtime_push", batch_source=_source("realtime"))
 
 customer_realtime = FeatureView(
     name="customer_realtime",

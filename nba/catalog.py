@@ -85,6 +85,9 @@ class ActionSpec(StrictModel):
                               description="the holding flag (a 0/1 profile feature) an acceptance sets at once")
     active_from: date | None = None
     active_to: date | None = None
+    cold_start: bool = Field(False, description="the action may go live before its model has a @champion: until "
+                                                "then its P comes from a prior pooled over its issue and group, "
+                                                "explored by Thompson sampling (nba.decisioning.coldstart)")
 
     _as_list = field_validator("eligibility", "applicability", "suitability", mode="before")(_rules)
 
@@ -190,6 +193,7 @@ class CompiledAction:
     active_to_s: float  # +inf when open
     cost: float = 0.0  # euros per contact, on top of the channel's
     holds: str | None = None  # the profile flag an acceptance sets (has_credit_card for a card offer)
+    cold_start: bool = False  # may be served before its model has a champion (the pooled prior and Thompson)
 
 
 @dataclass(frozen=True)
@@ -340,7 +344,8 @@ def compile_catalog(spec: CatalogFile, policies: PoliciesFile, feature_names: Co
             channels=frozenset(a.channels) | {c for c, other in offers_as.items() if other in a.channels},
             value=value, lever=float(a.lever), rules=rules, caps=caps, cooldown_s=float(cooldown) * 86400.0,
             model=a.model, uplift_model=a.uplift_model, active_from_s=_epoch(a.active_from, float("-inf")),
-            active_to_s=_epoch(a.active_to, float("inf")), cost=float(a.cost), holds=a.holds))
+            active_to_s=_epoch(a.active_to, float("inf")), cost=float(a.cost), holds=a.holds,
+            cold_start=a.cold_start))
 
     groups = {a.group for a in compiled}
     unknown_groups = sorted(set(policies.groups) - groups)
@@ -380,8 +385,9 @@ def check_models(catalog: Catalog, models: Collection[str], where: str = "catalo
     """Every model the catalog names must be registered (`nba bundle build` then needs a @champion
     of each model it serves)."""
     known = set(models)
+    cold = {f"propensity:{a.id}" for a in catalog.actions if a.cold_start}
     for role, name in catalog.models.items():
-        if name not in known:
+        if name not in known and role not in cold:  # a cold-start action may come before its model
             kind, _, who = role.partition(":")
             subject = f"action '{who}' {kind} model" if kind != "score" else f"score '{who}'"
             raise ConfigError(f"{where}: {subject} '{name}' is not a registered model"

@@ -12,9 +12,10 @@ What happens where, and why:
 | --- | --- | --- |
 | online store (Feast, SQLite or Redis) | deleted | features are personal data; nothing aggregates them |
 | offline sources (simulator output, the feature repository's Parquet) | rows deleted, files rewritten | training data |
-| decision log (decisions, candidates, filtered, outcomes, batch index, batch segments) | pseudonymised irreversibly | incrementality, OPE and KPIs are aggregates over every decision; see `DecisionLog.erase_customer` |
+| decision log (decisions, candidates, filtered, outcomes, batch index, batch segments; SQLite or Postgres) | pseudonymised irreversibly | incrementality, OPE and KPIs are aggregates over every decision; see `DecisionLog.erase_customer` |
 | contact-policy state (SQLite; Redis when configured) | deleted | only the customer's own caps read it |
-| preferences and their audit | deleted | the receipt is the record that they existed |
+| preferences and their audit (SQLite or Postgres) | deleted | the receipt is the record that they existed |
+| event log, outbox and receipts (SQLite or Postgres) | deleted | the events are re-exported without them; a delivered copy is the receiver's |
 
 Other stores plug in with `register(factory)`: a factory takes the settings and returns an
 `Erasable` (or None when that store is not there), e.g. the event log and the outbox.
@@ -72,6 +73,19 @@ def _decision_log(settings: Settings) -> Erasable | None:
     from nba.stores.decisions import DB_FILE
     from nba.stores.decisions.sqlite import DecisionLog
 
+    if settings.log_backend == "postgres":
+        from nba.stores.decisions.postgres import PostgresDecisionLog
+        from nba.stores.postgres import redact
+
+        def erase_pg(cid: int) -> int:
+            log = PostgresDecisionLog(settings.decision_log_dsn, settings.decision_log_dir)
+            try:
+                return log.erase_customer(cid)
+            finally:
+                log.close()
+
+        return Erasable("decision_log", "pseudonymised", erase_pg,
+                        f"{redact(settings.decision_log_dsn)}, {settings.decision_log_dir}")
     if not (settings.decision_log_dir / DB_FILE).is_file():
         return None
 
@@ -117,8 +131,11 @@ def _policy_redis(settings: Settings) -> Erasable | None:
 
 
 def _preferences(settings: Settings) -> Erasable | None:
+    from nba.stores.preferences import open_preference_store
     from nba.stores.preferences.sqlite import SqlitePreferenceStore
 
+    if settings.log_backend == "postgres":
+        return _pg_erasable("preferences", settings, open_preference_store)
     if not settings.preferences_path.is_file():
         return None
 
@@ -137,7 +154,10 @@ def _outbox(settings: Settings) -> Erasable | None:
     the receiver's; the decision itself stays, pseudonymised, in the log)."""
     from nba.stores.decisions import DB_FILE
     from nba.stores.outbox import Outbox
+    from nba.stores.outbox_postgres import open_outbox
 
+    if settings.log_backend == "postgres":
+        return _pg_erasable("outbox", settings, open_outbox)
     path = settings.decision_log_dir / DB_FILE
     if not path.is_file():
         return None
@@ -155,8 +175,11 @@ def _outbox(settings: Settings) -> Erasable | None:
 def _event_log(settings: Settings) -> Erasable | None:
     """The behavioural events (also the streaming features' offline source): deleted; the next
     `nba features apply` exports the source again without them."""
+    from nba.stores.events import open_event_log
     from nba.stores.events.sqlite import EventLog
 
+    if settings.log_backend == "postgres":
+        return _pg_erasable("event_log", settings, open_event_log)
     if not settings.event_log_path.is_file():
         return None
 
@@ -168,6 +191,20 @@ def _event_log(settings: Settings) -> Erasable | None:
             log.close()
 
     return Erasable("event_log", "deleted", erase, str(settings.event_log_path))
+
+
+def _pg_erasable(name: str, settings: Settings, opener: Callable[[Settings], Any]) -> Erasable:
+    """A store of the production profile in the logs' Postgres database: its rows deleted."""
+    from nba.stores.postgres import redact
+
+    def erase(cid: int) -> int:
+        store = opener(settings)
+        try:
+            return int(store.erase_customer(cid))
+        finally:
+            store.close()
+
+    return Erasable(name, "deleted", erase, redact(settings.decision_log_dsn))
 
 
 def _trigger_state(settings: Settings) -> Erasable | None:

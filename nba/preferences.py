@@ -18,7 +18,6 @@ decision). Errors name the field, the value and what was expected (`PreferenceEr
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,8 @@ from nba.decisioning.core import Preferences, catalog_issues
 from nba.errors import NbaError
 
 _TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+MAX_COUNT = 1_000_000  # contacts in a frequency limit (the core holds them as int64 arrays)
+MAX_DAYS = 36_500  # days of a frequency limit's window
 FIELDS = ("consent", "frequency", "quiet_hours", "timezone", "topics_blocked")
 
 
@@ -101,10 +102,14 @@ def parse(payload: Any, catalog: Catalog) -> CustomerPreferences:
         if not isinstance(v, Mapping) or set(v) - {"count", "days"} or "count" not in v:
             raise PreferenceError(f"{where} = {v!r}: expected {{\"count\": n, \"days\": d}}", field=where)
         count, days = v["count"], v.get("days", 30)
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise PreferenceError(f"{where}.count = {count!r}: expected a whole number >= 0", field=f"{where}.count")
-        if isinstance(days, bool) or not isinstance(days, int | float) or not math.isfinite(days) or days <= 0:
-            raise PreferenceError(f"{where}.days = {days!r}: expected a number of days > 0", field=f"{where}.days")
+        if isinstance(count, float) and count.is_integer():  # 3.0 is an integer in JSON (and its schemas)
+            count = int(count)
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_COUNT:
+            raise PreferenceError(f"{where}.count = {count!r}: expected a whole number >= 0 and at most {MAX_COUNT:,}",
+                                  field=f"{where}.count")
+        if isinstance(days, bool) or not isinstance(days, int | float) or not 0 < days <= MAX_DAYS:
+            raise PreferenceError(f"{where}.days = {days!r}: expected a number of days > 0 and at most {MAX_DAYS:,}",
+                                  field=f"{where}.days")
         frequency[c] = (int(count), float(days))
     quiet = payload.get("quiet_hours")
     quiet_hours = None

@@ -37,7 +37,8 @@ import pandas as pd
 from nba import records
 from nba.data.simulator import ACTION_VALUE, SimulationConfig, simulate
 from nba.records import NO_ACTION
-from nba.schemas import ACTIONS, CHANNELS
+from nba.schemas import CAMPAIGN_ACTIONS as ACTIONS  # the bank campaign's ten (their truth is main's)
+from nba.schemas import CHANNELS
 from nba.stores.decisions.sqlite import DecisionLog
 
 MORTGAGE_VALUE = 2_000.0  # the simulator's mortgage value is 4 % of income; a fixed stand-in here
@@ -101,7 +102,7 @@ def build_log(folder: Path, *, customers: int = 6_000, seed: int = 7, per_custom
 
     logit = np.log(pt / (1 - pt)) + rng.normal(0.0, noise, size=(n, k))
     prop = np.where(elig, 1 / (1 + np.exp(-logit)), np.nan)
-    v_action = np.where(np.array(ACTIONS) == "mortgage", MORTGAGE_VALUE, ACTION_VALUE)
+    v_action = np.where(np.array(ACTIONS) == "mortgage", MORTGAGE_VALUE, ACTION_VALUE[:len(ACTIONS)])
     value = np.broadcast_to(v_action, (n, k)).copy()
     lever = np.array([LEVERS.get(a, 0.0) for a in ACTIONS])
     priority = prop * value * (1 + lever)

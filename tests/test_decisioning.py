@@ -12,11 +12,13 @@ import yaml
 from nba.catalog import load_catalog
 from nba.decisioning import core, experiment
 from nba.decisioning.core import NOTHING, ContactHistory, MatrixScorer, decide, trace
+from nba.schemas import ACTIONS
 from tests.conftest import PROJECT_ROOT
 from tests.test_catalog import FEATURES
 
 MARIE = PROJECT_ROOT / "tests" / "data" / "marie"
 DAY = 86400.0
+NA = len(ACTIONS)  # the bank catalog's actions (serving/actions.yaml)
 NOW = 1_764_579_600.0  # 2025-12-01 09:00 UTC
 
 
@@ -101,7 +103,7 @@ def test_each_stage_removes_with_its_rule(tmp_path):
 def test_the_channel_and_the_active_dates_filter(tmp_path):
     cat = _bank(tmp_path, experiment__holdout_share=0.0, experiment__exploration_share=0.0)
     env = _batch([_customer(has_email=0.0)])
-    d = _run(cat, env, 1, np.full((1, 10), 0.1), channel=cat.channel_names.index("email"))
+    d = _run(cat, env, 1, np.full((1, NA), 0.1), channel=cat.channel_names.index("email"))
     assert {t["action_id"]: t["stage"] for t in trace(cat, d, 0)}["add_email"] == "channel"
 
 
@@ -131,7 +133,7 @@ def test_caps_and_cooldowns_from_the_contact_history(tmp_path):
         # group 'cards' cap 3 per 30 days: every card action blocked for row 2
         *[(3, "travel_notification", "web", 0.01 * i) for i in range(20)],  # web cap 20 per day: row 3 blocked
     ], rejections=[(4, "finance_course", 10), (5, "finance_course", 40)])  # cool-down 30 days
-    d = _run(cat, env, 6, np.full((6, 10), 0.1), channel=web, history=h)
+    d = _run(cat, env, 6, np.full((6, NA), 0.1), channel=web, history=h)
     by_row = [{t["action_id"]: t for t in trace(cat, d, i)} for i in range(6)]
     assert by_row[0]["mobile_app"]["stage"] == "cap" and "at most 1 per 7 days" in by_row[0]["mobile_app"]["rule"]
     assert "mobile_app" not in by_row[1]
@@ -141,7 +143,7 @@ def test_caps_and_cooldowns_from_the_contact_history(tmp_path):
     assert by_row[4]["finance_course"]["stage"] == "cooldown"
     assert "finance_course" not in by_row[5]  # rejected 40 days ago: the 30-day cool-down is over
     # the same customers on another channel: the web cap does not apply
-    d_sms = _run(cat, env, 6, np.full((6, 10), 0.1), channel=cat.channel_names.index("sms"), history=h)
+    d_sms = _run(cat, env, 6, np.full((6, NA), 0.1), channel=cat.channel_names.index("sms"), history=h)
     assert d_sms.alive[3].any()
 
 
@@ -149,7 +151,7 @@ def test_threshold_top_k_and_deterministic_ties(tmp_path):
     cat = _bank(tmp_path, experiment__holdout_share=0.0, experiment__exploration_share=0.0,
                 arbitration__threshold=1.0)
     env = _batch([_customer()])
-    P = np.zeros((1, 10))
+    P = np.zeros((1, NA))
     j = {a: i for i, a in enumerate(cat.action_ids)}
     # travel (V 4, L .2) and mobile app (V 12, L .2): equal priorities 3.6 when P is 0.75 and 0.25
     P[0, j["travel_notification"]] = 0.75
@@ -160,7 +162,7 @@ def test_threshold_top_k_and_deterministic_ties(tmp_path):
     assert ranked == ["travel_notification", "mobile_app"]  # tie broken by catalog order; finance below threshold
     assert d.priority[0, j["travel_notification"]] == pytest.approx(d.priority[0, j["mobile_app"]])
     assert {t["action_id"]: t["stage"] for t in trace(cat, d, 0)}["finance_course"] == "threshold"
-    nothing = _run(cat, env, 1, np.full((1, 10), 1e-5))  # mortgage: 1e-5 x 0.04 x 60,000 = 0.024
+    nothing = _run(cat, env, 1, np.full((1, NA), 1e-5))  # mortgage: 1e-5 x 0.04 x 60,000 = 0.024
     assert nothing.shown[0] == NOTHING and nothing.alive[0].any()
 
 
@@ -187,7 +189,7 @@ def test_exploration_draws_uniformly_and_logs_the_exact_probability(tmp_path):
     n = 40_000
     env = _batch([_customer()])
     env = {k: np.repeat(v, n) for k, v in env.items()}
-    P = np.tile(np.linspace(0.05, 0.5, 10), (n, 1))
+    P = np.tile(np.linspace(0.05, 0.5, NA), (n, 1))
     keys = experiment.splitmix64(np.arange(n, dtype=np.uint64)).view(np.int64)
     d = _run(cat, env, n, P, ids=np.full(n, 7), keys=keys, k=1)
     cands = np.flatnonzero(d.alive[0])
@@ -206,7 +208,7 @@ def test_holdout_customers_get_nothing_or_a_random_action(tmp_path):
     cat = _bank(tmp_path, experiment__holdout_share=0.5, experiment__exploration_share=0.0)
     n = 2_000
     env = {k: np.repeat(v, n) for k, v in _batch([_customer()]).items()}
-    d = _run(cat, env, n, np.full((n, 10), 0.2), ids=np.arange(n))
+    d = _run(cat, env, n, np.full((n, NA), 0.2), ids=np.arange(n))
     hold = core.GROUPS_ARRAY[d.group] == "holdout"
     assert 0.45 < hold.mean() < 0.55
     assert (d.shown[hold] == NOTHING).all() and (d.probability[hold] == 1.0).all()
@@ -214,7 +216,7 @@ def test_holdout_customers_get_nothing_or_a_random_action(tmp_path):
     assert (d.greedy[hold] != NOTHING).all()  # what the arbitration would have shown is kept
     rnd = _bank(tmp_path, experiment__holdout_share=0.5, experiment__exploration_share=0.0,
                 experiment__holdout_treatment="random")
-    d2 = _run(rnd, env, n, np.full((n, 10), 0.2), ids=np.arange(n))
+    d2 = _run(rnd, env, n, np.full((n, NA), 0.2), ids=np.arange(n))
     hold2 = core.GROUPS_ARRAY[d2.group] == "holdout"
     assert (hold2 == hold).all()
     m = d2.alive[0].sum()
@@ -229,7 +231,7 @@ def test_one_customer_and_a_batch_decide_alike(tmp_path):
                       has_credit_card=float(rng.integers(0, 2)), missed_payments_90d=float(rng.integers(0, 3)),
                       on_sick_leave=float(rng.integers(0, 2)), consent_sms=float(rng.integers(0, 2)),
                       collections_open=float(rng.random() < 0.2)) for _ in range(50)]
-    P = rng.random((50, 10)) * 0.3
+    P = rng.random((50, NA)) * 0.3
     ids = np.arange(50) * 7919
     keys = np.arange(50) * 104729 + 1
     batch = _run(cat, _batch(rows), 50, P, channel=cat.channel_names.index("sms"), ids=ids, keys=keys)
@@ -257,8 +259,8 @@ def test_the_priority_formula_is_configurable(tmp_path):
     assert cat.uses_uplift
     env = _batch([_customer(), _customer()])
     j = {x: i for i, x in enumerate(cat.action_ids)}
-    P = np.full((2, 10), 0.5)
-    U = np.zeros((2, 10))
+    P = np.full((2, NA), 0.5)
+    U = np.zeros((2, NA))
     U[:, j["mobile_app"]] = 0.10  # 0.10 x 12 = 1.2
     U[:, j["travel_notification"]] = 0.20  # 0.20 x 4 = 0.8
     d = decide(cat, env, 2, channel=np.array([cat.channel_names.index("web"), cat.channel_names.index("sms")]),

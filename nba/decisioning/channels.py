@@ -60,6 +60,10 @@ class _PerCustomer:
     def uplift(self, env: Mapping[str, Any], n: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         return self._pairs(self.scorer.uplift, rows, cols)
 
+    @property
+    def cold_start(self) -> Any:
+        return getattr(self.scorer, "cold_start", None)
+
     def _pairs(self, fn: Any, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         r = rows // self.m
         pairs = np.unique(np.stack([r, cols]), axis=1) if rows.size else np.zeros((2, 0), dtype=np.int64)
@@ -110,7 +114,8 @@ def decide_channels(catalog: Catalog, env: Mapping[str, Any], n: int, *, channel
     d = decide(catalog, xenv, N, channel=chan, now=np.repeat(now, m), history=xh, scorer=_PerCustomer(scorer, env, n, m),
                customer_ids=np.repeat(np.asarray(customer_ids, dtype=np.int64), m),
                decision_keys=np.repeat(np.asarray(decision_keys), m), k=k, propose=xprop,
-               preferences=None if preferences is None else preferences.expanded(m))
+               preferences=None if preferences is None else preferences.expanded(m),
+               thompson=False)  # one draw per channel row would make the channel's winner inexact to log
     allowed = allow[:, list(cand)]
     best = d.greedy.reshape(n, m)
     has = (best != NOTHING) & allowed

@@ -1,7 +1,9 @@
 """Cold start that borrows strength: a pooled prior and Thompson sampling for immature actions.
 
-An action with no trained model, or with too few accepted outcomes in the log (fewer than
-`cold_start.mature_positives` of evaluation/gates.yaml), has no propensity to trust. Its
+An action with no trained model (a catalog action marked `cold_start: true` whose model has
+no @champion yet: `nba.serving.bundle` serves it cold) has no propensity to trust, and gets one
+trained on the log only once it has `cold_start.mature_positives` accepted outcomes (evaluation/
+gates.yaml; the closed loop's retraining waits for them, then the gates decide). Its
 acceptance probability gets a Beta prior pooled over the actions it resembles (partial
 pooling, `pooled_prior`): every action's rate, shrunk into its issue's, shrunk into its group's,
 each level weighing `prior_strength` pseudo-observations against its own data; the action's
@@ -22,7 +24,7 @@ Pure numpy: draws come from a generator the caller seeds (from the decision keys
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,3 +92,108 @@ def thompson(rng: np.random.Generator, alpha: np.ndarray, beta: np.ndarray, mult
     choice = winner[0]
     prob = (winner == choice[None]).mean(axis=0)
     return choice, prob
+
+
+@dataclass(frozen=True)
+class ColdStart:
+    """The immature actions of a catalog and their posteriors, as the core reads them.
+
+    `cold` (A,) bool: the actions scored from their posterior (no model, or one trained on too
+    few positives); `alpha`, `beta` (A,): their Beta posteriors (ignored where not cold);
+    `draws`: posterior draws per decision for the Monte Carlo logged probability."""
+
+    cold: np.ndarray
+    alpha: np.ndarray
+    beta: np.ndarray
+    draws: int = 4000
+
+    def __post_init__(self) -> None:
+        c = self.cold
+        if not (np.asarray(self.alpha)[c] > 0).all() or not (np.asarray(self.beta)[c] > 0).all():
+            raise ValueError("a cold action's posterior needs alpha > 0 and beta > 0")
+        if self.draws < 1:
+            raise ValueError(f"thompson draws = {self.draws}: expected at least 1")
+
+    @property
+    def mean(self) -> np.ndarray:
+        """(A,) the posterior means: the P the arbitration ranks and the log records."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.cold, self.alpha / (self.alpha + self.beta), np.nan)
+
+
+def posteriors(successes: np.ndarray, trials: np.ndarray, cold: np.ndarray, issue: Sequence[str],
+               group: Sequence[str], strength: float, draws: int) -> ColdStart:
+    """The `ColdStart` of a catalog from every action's logged (successes, trials): each cold
+    action's pooled prior (from the other actions) updated with its own outcomes."""
+    s = np.asarray(successes, dtype=np.float64)
+    n = np.asarray(trials, dtype=np.float64)
+    cold = np.asarray(cold, dtype=bool)
+    alpha = np.ones(len(s))
+    beta = np.ones(len(s))
+    for j in np.flatnonzero(cold):
+        post = posterior(pooled_prior(int(j), s, n, issue, group, strength), s[j], n[j])
+        alpha[j], beta[j] = post.alpha, post.beta
+    return ColdStart(cold, alpha, beta, int(draws))
+
+
+def seed_of(keys: np.ndarray) -> np.random.Generator:
+    """A generator seeded from the decisions' 64-bit keys (the same decisions, the same draws)."""
+    words = np.ascontiguousarray(np.asarray(keys, dtype=np.int64)).view(np.uint32)
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(words.tolist())))
+
+
+def thompson_counts(rng: np.random.Generator, fixed: np.ndarray, pair_row: np.ndarray, pair_col: np.ndarray,
+                    alpha: np.ndarray, beta: np.ndarray, priority_of: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                    threshold: float, draws: int, budget: int = 4_000_000) -> tuple[np.ndarray, np.ndarray]:
+    """Thompson sampling among the candidates of r decisions.
+
+    `fixed` (r, A): the priority of each mature candidate (-inf where not a candidate, immature,
+    or at or below the do-nothing threshold); the immature candidates are the pairs
+    (`pair_row`, `pair_col`) with Beta(`alpha`, `beta`) posteriors per pair; `priority_of(theta,
+    pairs)` gives their priority for drawn propensities `theta` (flattened (d, pairs) ->
+    same shape; `pairs` the pair index of each theta). A drawn priority at or below `threshold`
+    cannot win.
+
+    Returns the first draw's winner per row (its choice: an action index, or -1 for "do
+    nothing") and the (r, A + 1) share of the draws each action won (the last column: "do
+    nothing"), the Monte Carlo estimate of the probability the Thompson rule shows it. Draws
+    are taken `budget` // (r x A) at a time, so memory stays bounded."""
+    r, A = fixed.shape
+    counts = np.zeros((r, A + 1))
+    choice = np.full(r, -1, dtype=np.int64)
+    if r == 0:
+        return choice, counts
+    # each row's best mature candidate (one number per row: the immature draws race against it)
+    best_col = fixed.argmax(axis=1)  # the first maximum: ties by catalog order, as the arbitration
+    best = fixed[np.arange(r), best_col]
+    best_col = np.where(np.isfinite(best), best_col, A)  # A: "do nothing"
+    # slot k of a row holds its k-th immature pair (catalog order)
+    order = np.lexsort((pair_col, pair_row))
+    pair_row, pair_col = pair_row[order], pair_col[order]
+    alpha, beta = np.asarray(alpha)[order], np.asarray(beta)[order]
+    first = np.searchsorted(pair_row, pair_row, side="left")
+    slot = np.arange(pair_row.size) - first
+    K = int(slot.max()) + 1 if slot.size else 0
+    col_of = np.full((r, K + 1), A, dtype=np.int64)  # column 0: the best mature candidate
+    col_of[:, 0] = best_col
+    col_of[pair_row, slot + 1] = pair_col
+    p = pair_row.size
+    rows = np.arange(r)
+    step = max(1, budget // max(1, r * (K + 1)))
+    done = 0
+    while done < draws:
+        d = min(step, draws - done)
+        theta = rng.beta(alpha[None, :], beta[None, :], size=(d, p))
+        pri = np.asarray(priority_of(theta.ravel(), np.tile(np.arange(p), d)), dtype=np.float64).reshape(d, p)
+        pri = np.where(pri > threshold, pri, -np.inf)
+        race = np.full((d, r, K + 1), -np.inf)
+        race[:, :, 0] = best
+        race[:, pair_row, slot + 1] = pri
+        k = race.argmax(axis=2)
+        top = np.take_along_axis(race, k[..., None], axis=2)[..., 0]
+        win = np.where(np.isfinite(top), col_of[rows[None, :], k], A)
+        if done == 0:
+            choice = np.where(win[0] == A, -1, win[0])
+        counts += np.bincount((rows[None, :] * (A + 1) + win).ravel(), minlength=r * (A + 1)).reshape(r, A + 1)
+        done += d
+    return choice, counts / draws

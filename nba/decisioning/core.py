@@ -289,13 +289,20 @@ class Decisions:
 
 def decide(catalog: Catalog, env: Mapping[str, Any], n: int, *, channel: np.ndarray, now: np.ndarray,
            history: ContactHistory, scorer: Scorer, customer_ids: np.ndarray, decision_keys: np.ndarray,
-           k: int, propose: np.ndarray | None = None, preferences: Preferences | None = None) -> Decisions:
+           k: int, propose: np.ndarray | None = None, preferences: Preferences | None = None,
+           thompson: bool = True) -> Decisions:
     """Decide for n customers. `env` maps every feature and score name to an array of n
     values (or, when n == 1, to a scalar); `channel` holds channel indices, `now` epoch
     seconds, `decision_keys` 64-bit integers from the decision ids (exploration draws);
     `propose` ((A,) or (n, A) bool), when given, the actions a trigger may propose (the others
     are removed at the `trigger` stage); `preferences` what the customers told the preference
     centre (None: nothing).
+
+    A scorer with a `cold_start` (`nba.decisioning.coldstart.ColdStart`) scores its immature
+    actions at their posterior mean; with `thompson`, a decision with an immature candidate
+    chooses by Thompson sampling (`_thompson`) and logs the Monte Carlo probability of what
+    it showed; without (the channel choice, which weighs every channel's winner), the posterior
+    mean ranks them like any P and the choice stays deterministic.
 
     The stages in the order of the architecture, each removing what it refuses (with its
     reason code) from the same (n, A) `alive` and `reason` arrays."""
@@ -313,7 +320,19 @@ def decide(catalog: Catalog, env: Mapping[str, Any], n: int, *, channel: np.ndar
     _apply_contact_policies(catalog, st, env, n, channel, now, history, alive, reason, cache)
     s = _score(catalog, st, env, n, channel, alive, scorer)
     ranked, greedy = _arbitrate(catalog, st, alive, reason, s.priority, k)
-    shown, group, probability = _experiment_layer(catalog.experiment, alive, greedy, customer_ids, decision_keys)
+    cold = getattr(scorer, "cold_start", None) if thompson else None
+    wins = None
+    if cold is not None and cold.cold.any():
+        wins = _thompson(catalog, st, env, channel, alive, s, cold, np.asarray(decision_keys))
+        if wins is not None:
+            chosen = greedy.copy()
+            chosen[wins[0]] = wins[1]
+            won = wins[0][wins[1] != NOTHING]
+            reason[won, chosen[won]] = -1  # a drawn priority above the threshold: not removed by it
+            _show_first(ranked, chosen, greedy, k)  # the Thompson choice heads the list
+            greedy = chosen
+    shown, group, probability = _experiment_layer(catalog.experiment, alive, greedy, customer_ids, decision_keys,
+                                                  wins)
     _show_first(ranked, shown, greedy, k)
     return Decisions(n=n, alive=alive, reason=reason, propensity=s.propensity, value=s.value, uplift=s.uplift,
                      priority=s.priority, lever=st.lever, ranked=ranked, shown=shown, group=group,
@@ -445,14 +464,47 @@ def _score(catalog: Catalog, st: _Static, env: Mapping[str, Any], n: int, channe
         u = (np.asarray(scorer.uplift(env, n, rows, cols), dtype=np.float64) if catalog.uses_uplift
              else np.full(rows.size, np.nan))
         upl[rows, cols] = u
-        penv: dict[str, Any] = {"propensity": p, "value": v, "lever": st.lever[cols], "uplift": u,
-                                "channel_weight": st.channel_weight[channel[rows]]}
-        for name in catalog.priority.names - penv.keys():
-            x = env[name]
-            penv[name] = np.asarray(x)[rows] if isinstance(x, np.ndarray) else x
-        pr = np.asarray(catalog.priority.evaluate(penv), dtype=np.float64)
-        pri[rows, cols] = np.broadcast_to(pr, rows.shape)
+        pri[rows, cols] = _priority(catalog, st, env, channel, rows, cols, p, v, u)
     return _Scores(prop, value, upl, pri)
+
+
+def _priority(catalog: Catalog, st: _Static, env: Mapping[str, Any], channel: np.ndarray, rows: np.ndarray,
+              cols: np.ndarray, p: np.ndarray, v: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """The priority formula over pairs (rows, cols) with propensities p, values v, uplifts u."""
+    penv: dict[str, Any] = {"propensity": p, "value": v, "lever": st.lever[cols], "uplift": u,
+                            "channel_weight": st.channel_weight[channel[rows]]}
+    for name in catalog.priority.names - penv.keys():
+        x = env[name]
+        penv[name] = np.asarray(x)[rows] if isinstance(x, np.ndarray) else x
+    pr = np.asarray(catalog.priority.evaluate(penv), dtype=np.float64)
+    return np.broadcast_to(pr, rows.shape)
+
+
+def _thompson(catalog: Catalog, st: _Static, env: Mapping[str, Any], channel: np.ndarray, alive: np.ndarray,
+              s: _Scores, cold: Any, decision_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Thompson sampling for the decisions with an immature candidate: its P drawn from its
+    posterior, the mature candidates at their priority (`nba.decisioning.coldstart`). Returns
+    those rows, their choice (NOTHING: none above the threshold) and the share of the draws
+    each action (and, last, "do nothing") won; None when no decision has one."""
+    from nba.decisioning.coldstart import seed_of, thompson_counts
+
+    immature = alive & cold.cold[None, :]
+    rows_c = np.flatnonzero(immature.any(axis=1))
+    if not rows_c.size:
+        return None
+    sub = alive[rows_c]
+    pri = s.priority[rows_c]
+    fixed = np.where(sub & ~cold.cold[None, :] & (pri > catalog.threshold), pri, -np.inf)
+    pr, pc = np.nonzero(immature[rows_c])
+    grow = rows_c[pr]
+    v, u = s.value[grow, pc], s.uplift[grow, pc]
+
+    def priority_of(theta: np.ndarray, at: np.ndarray) -> np.ndarray:
+        return _priority(catalog, st, env, channel, grow[at], pc[at], theta, v[at], u[at])
+
+    choice, shares = thompson_counts(seed_of(decision_keys[rows_c]), fixed, pr, pc, cold.alpha[pc], cold.beta[pc],
+                                     priority_of, catalog.threshold, int(cold.draws))
+    return rows_c, np.where(choice < 0, NOTHING, choice), shares
 
 
 def _arbitrate(catalog: Catalog, st: _Static, alive: np.ndarray, reason: np.ndarray, priority: np.ndarray,
@@ -472,9 +524,12 @@ def _arbitrate(catalog: Catalog, st: _Static, alive: np.ndarray, reason: np.ndar
 
 
 def _experiment_layer(exp: Experiment, alive: np.ndarray, greedy: np.ndarray, customer_ids: np.ndarray,
-                      decision_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      decision_keys: np.ndarray, wins: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The universal hold-out (a salted hash of the customer) and exploration (a hash of the
-    decision): the action shown, the group, and the probability the logging policy showed it."""
+    decision): the action shown, the group, and the probability the logging policy showed it.
+    `wins` (rows, their Thompson choice, the (rows, A + 1) shares of the draws each action won):
+    on those rows the winner is random, so P(show a) = (1 - eps) share(a) + eps / n_alive."""
     n = len(greedy)
     n_alive = alive.sum(axis=1)
     holdout = experiment.in_holdout(customer_ids, exp.salt, exp.holdout_share)
@@ -497,6 +552,11 @@ def _experiment_layer(exp: Experiment, alive: np.ndarray, greedy: np.ndarray, cu
     group[explore] = GROUP_CODE["explore"]
     differs = explore & (random_action != greedy)
     prob[differs] = eps * uniform[differs]
+    if wins is not None:
+        rc, _, shares = wins
+        sc = shown[rc]
+        won = shares[np.arange(rc.size), np.where(sc == NOTHING, alive.shape[1], sc)]
+        prob[rc] = (1 - eps) * won + eps * uniform[rc] * (sc != NOTHING)
     if holdout.any():
         group[holdout] = GROUP_CODE["holdout"]
         if exp.holdout_treatment == "random":

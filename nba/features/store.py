@@ -34,7 +34,8 @@ logger = logging.getLogger(__name__)
 
 # Offline source file (under data/) -> the table contract it must satisfy.
 SOURCE_TABLES: dict[str, schemas.TableSchema] = {t.name: t for t in schemas.SIM_FEATURE_TABLES}
-PROFILE_YAML = {"local": "feature_store.yaml", "production": "feature_store.production.yaml"}
+PROFILE_YAML = {"local": "feature_store.yaml", "production": "feature_store.production.yaml",
+                "spark": "feature_store.spark.yaml"}
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,9 @@ def collect_objects(repo: Path) -> dict[str, list[Any]]:
         options = getattr(source, "file_options", None)
         if options is not None and options.uri and not Path(options.uri).is_absolute() and "://" not in options.uri:
             options.uri = str((repo / options.uri).resolve())
+        spark = getattr(source, "spark_options", None)  # a SparkSource (the spark profile): Spark reads from cwd
+        if spark is not None and spark.path and not Path(spark.path).is_absolute() and "://" not in spark.path:
+            spark.path = str((repo / spark.path).resolve())
     if not found["feature_views"]:
         raise FeatureStoreError(f"feature repository {repo} declares no feature view")
     return found
@@ -228,6 +232,7 @@ def materialize(settings: Settings, start: datetime | None = None, end: datetime
     start, end = _utc(start), _utc(end)
     if start >= end:
         raise FeatureStoreError(f"materialize: start {start.isoformat()} is not before end {end.isoformat()}")
+    _offline_session(settings, store)
     with console.library_prints(logger):  # Feast's coloured banner: the summary says the same
         store.materialize(start_date=start, end_date=end)
     online = store.config.online_store.type
@@ -350,9 +355,38 @@ def training_frame(settings: Settings, service: str, entities: pd.DataFrame) -> 
     if _needs_request_ts(fs) and schemas.REQUEST_TS not in entities.columns:
         # In training the decision happened at the entity timestamp.
         entities[schemas.REQUEST_TS] = epoch_seconds(entities[schemas.EVENT_TS])
+    spark = _offline_session(settings, store)
     job = store.get_historical_features(entity_df=entities, features=fs)
     frame = job.to_df()
+    if spark:
+        frame = _like_embedded(frame)
     return frame.sort_values([schemas.EVENT_TS, *keys], kind="stable").reset_index(drop=True)
+
+
+def _offline_session(settings: Settings, store: FeatureStore) -> bool:
+    """Under the Spark offline store, start the process's session (`nba.spark`: Java checked,
+    loopback, quiet) before Feast would start one of its own; True if it is Spark."""
+    if getattr(store.config.offline_store, "type", None) != "spark":
+        return False
+    from nba import spark
+
+    spark.session(settings)
+    return True
+
+
+def _like_embedded(frame: pd.DataFrame) -> pd.DataFrame:
+    """A Spark frame in the embedded store's terms: timestamps UTC-aware microseconds (Spark
+    hands back naive nanoseconds of the session time zone, which `nba.spark` sets to UTC); every
+    other column already comes as DuckDB's does (tests/test_spark.py compares the dtypes too)."""
+    import pandas as pd
+
+    frame = frame.copy()
+    for col in frame.columns:
+        s = frame[col]
+        if pd.api.types.is_datetime64_any_dtype(s):
+            s = s.dt.tz_localize("UTC") if s.dt.tz is None else s.dt.tz_convert("UTC")
+            frame[col] = s.dt.as_unit("us")  # DuckDB's resolution, whatever the entity frame's
+    return frame
 
 
 def online_features(
