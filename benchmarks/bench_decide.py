@@ -217,7 +217,9 @@ def main() -> None:
         (home / "serving").mkdir(parents=True)
         for name in ("features", "training", "evaluation"):
             (home / name).symlink_to(ROOT / name, target_is_directory=True)
-        shutil.copyfile(ROOT / "serving" / "policies.yaml", home / "serving" / "policies.yaml")
+        # readiness checks the event ingestion (POST /events), which needs the declaration
+        for name in ("policies.yaml", "events.yaml"):  # triggers name the bank's own actions: none here
+            shutil.copyfile(ROOT / "serving" / name, home / "serving" / name)
         catalog_200(home)
         s200 = Settings(home=home, work_dir=private_work(bank, tmp / "w200", share_bundle=False),
                         mlflow_dir=args.mlflow)

@@ -22,6 +22,8 @@ def main() -> None:
     ap.add_argument("--months", type=int, default=6)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", type=Path, default=None, help="where to write loop.json and loop.html")
+    ap.add_argument("--new-action", default=None, help="withhold this action, add it cold at --new-action-month")
+    ap.add_argument("--new-action-month", type=int, default=3)
     args = ap.parse_args()
     disable_telemetry()
     from nba.console import quiet_libraries
@@ -31,9 +33,12 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="nba-bench-loop-"))
     home = Path(__file__).resolve().parents[1]
     s = Settings(home=home, work_dir=root / "var", mlflow_dir=root / "mlflow", data_dir=None)
-    loop = ClosedLoop(s, LoopConfig(customers=args.customers, months=args.months, seed=args.seed), echo=print)
+    loop = ClosedLoop(s, LoopConfig(customers=args.customers, months=args.months, seed=args.seed,
+                                    new_action=args.new_action, new_action_month=args.new_action_month), echo=print)
     t0 = time.perf_counter()
     champions = loop.bootstrap()
+    for note in loop.strategy_notes:
+        print(f"  loop catalog: {note}")
     for name, version in champions.items():
         if "refused" in version:
             print(f"  {name}: v{version}")

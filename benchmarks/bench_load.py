@@ -1,0 +1,202 @@
+"""Throughput under load: 16 and 64 concurrent clients against one and two replicas of the
+decision service, for the embedded and the production profiles, beside the floor service in
+the same run.
+
+Needs a quickstart bank (`make quickstart`: features, champions, the built bundle). Every
+scenario runs in a private copy of the work folder (its own log and contact state), one after
+the other on the same machine:
+
+* floor: `benchmarks/floor_service.py` (BentoML's request path answering a fixed body);
+* embedded: SQLite log and contact state, the SQLite online store;
+* production (`--profiles embedded,production`): Postgres log and Feast registry, Redis online
+  store and contact state; a database and Redis keys of its own, dropped afterwards.
+
+Each scenario prints decisions/s and p50 / p99 at each client count; one client's `/decide`
+p50 against the floor's `/decide` p50 (the 4x target); the ratios the issue sets (16 clients:
+decisions/s >= 40 % of the floor's, p99 <= 50 ms; production >= 80 % of embedded). Two
+replicas are two `bentoml serve` processes on two ports, the clients split between them.
+
+    python benchmarks/bench_load.py [--work var] [--seconds 15] [--clients 16,64]
+        [--profiles embedded,production] [--replicas 1,2] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_decide import _request, bodies, private_work, prologue, q, sequential  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def replicas(settings, logs: Path, count: int, *, workers: int, target: str | None = None,
+             env: dict[str, str] | None = None) -> Iterator[list[int]]:
+    """`count` servers of the same settings on free ports, ready; stopped on leaving."""
+    import socket
+
+    from nba.serving.run import start, stop, wait_ready
+
+    procs, ports = [], []
+    try:
+        for i in range(count):
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            proc = start(settings, port=port, workers=workers, log_file=logs / f"replica-{i}.log", target=target,
+                         extra_env=env)
+            procs.append(proc)
+            wait_ready(f"http://127.0.0.1:{port}", proc, timeout=240)
+            ports.append(port)
+        yield ports
+    finally:
+        for p in procs:
+            stop(p)
+
+
+async def load(ports: list[int], customers: list[int], clients: int, seconds: float) -> tuple[int, list[float], int]:
+    """`clients` keep-alive clients, split over the ports, for `seconds`."""
+    stop = time.perf_counter() + seconds
+    lat: list[float] = []
+    errors = 0
+
+    async def client(i: int) -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", ports[i % len(ports)])
+        gen = bodies(customers, 500 + i)
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            status, _ = await _request(reader, writer, "/decide", next(gen))
+            lat.append(time.perf_counter() - t0)
+            errors += status != 200
+        writer.close()
+
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    return len(lat), lat, errors
+
+
+def production_env(settings, tag: str):
+    """A Postgres database and Redis keys of the run's own, the feature store applied and
+    materialised into them; the settings and the server environment."""
+    import shutil
+
+    import psycopg
+
+    from nba.features import store
+
+    repo = settings.work / "feature_repo"  # a copy of its own: staging the production store must not touch the bank's
+    if repo.is_symlink():
+        target = repo.resolve()
+        repo.unlink()
+        shutil.copytree(target, repo)
+    dbname = f"nba_bench_{tag}"
+    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{dbname}"')
+    prod = settings.model_copy(update={"profile": "production",
+                                       "postgres_dsn": settings.postgres_dsn.rsplit("/", 1)[0] + "/" + dbname,
+                                       "redis_url": "redis://127.0.0.1:6379/8", "redis_prefix": f"nba-bench-{tag}"})
+    store.apply(prod)
+    store.materialize(prod)
+    from nba.stores.postgres import migrate
+
+    migrate(prod.decision_log_dsn)  # what `nba stores migrate` does
+    env = {"NBA_PROFILE": "production", "NBA_POSTGRES_DSN": prod.postgres_dsn, "NBA_REDIS_URL": prod.redis_url,
+           "NBA_REDIS_PREFIX": prod.redis_prefix}
+    return prod, env, dbname
+
+
+def drop_production(settings, prod, dbname: str) -> None:
+    import psycopg
+    import redis
+
+    from nba.features import store
+
+    with contextlib.suppress(Exception):
+        store.get_store(prod).teardown()
+    r = redis.Redis.from_url(prod.redis_url)
+    keys = list(r.scan_iter(f"{prod.redis_prefix}:*", count=1000))
+    if keys:
+        r.delete(*keys)
+    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=ROOT / "var")
+    parser.add_argument("--mlflow", type=Path, default=ROOT / "mlflow")
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--requests", type=int, default=1000, help="one client's sequential requests")
+    parser.add_argument("--clients", default="16,64")
+    parser.add_argument("--profiles", default="embedded,production")
+    parser.add_argument("--replicas", default="1,2")
+    parser.add_argument("--workers", type=int, default=2, help="workers per replica")
+    args = parser.parse_args()
+    bank = prologue(args.work)
+    from nba.serving.run import example_request
+    from nba.settings import Settings
+
+    clients = [int(c) for c in args.clients.split(",")]
+    counts = [int(c) for c in args.replicas.split(",")]
+    base = Settings(work_dir=bank, mlflow_dir=args.mlflow.resolve())
+    customers = list(range(1, 30_001))
+    _, ts = example_request(base)
+    print(f"bank {bank}; {args.workers} workers per replica; {args.seconds:.0f} s per point; decision time {ts}")
+    rows: dict[tuple[str, int, int], tuple[float, float, float]] = {}
+    one: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="nba-load-") as tmp_s:
+        tmp = Path(tmp_s)
+        scenarios: list[tuple[str, str | None]] = [("floor", "benchmarks.floor_service:FloorService")]
+        scenarios += [(p, None) for p in args.profiles.split(",")]
+        for name, target in scenarios:
+            work = private_work(bank, tmp / name)
+            settings = base.model_copy(update={"work_dir": work})
+            env = None
+            cleanup = None
+            if name == "production":
+                settings, env, dbname = production_env(settings, uuid.uuid4().hex[:8])
+                cleanup = (settings, dbname)
+            try:
+                for count in (counts if name != "floor" else [1, *[c for c in counts if c > 1]]):
+                    with replicas(settings, tmp / name, count, workers=args.workers, target=target, env=env) as ports:
+                        if count == 1:
+                            dec, _, _ = asyncio.run(sequential(ports[0], customers, args.requests))
+                            one[name] = q(dec, .5)
+                            print(f"{name}: one client /decide p50 {one[name]:.2f} ms, p99 {q(dec, .99):.2f} ms")
+                        for c in clients:
+                            n, lat, errors = asyncio.run(load(ports, customers, c, args.seconds))
+                            rows[(name, count, c)] = (n / args.seconds, q(lat, .5), q(lat, .99))
+                            print(f"{name}, {count} replica(s), {c} clients: {n / args.seconds:,.0f} decisions/s, "
+                                  f"p50 {q(lat, .5):.1f} ms, p99 {q(lat, .99):.1f} ms, errors {errors}; "
+                                  f"load {os.getloadavg()[0]:.1f}", flush=True)
+            finally:
+                if cleanup is not None:
+                    drop_production(base, *cleanup)
+    print("\ntargets (16 clients; floor on the same replica count):")
+    for (name, count, c), (rate, _, p99) in sorted(rows.items()):
+        if name == "floor" or c != 16:
+            continue
+        floor = rows.get(("floor", count, 16))
+        if floor:
+            print(f"  {name}, {count} replica(s): {rate / floor[0]:.0%} of the floor's decisions/s (target >= 40 %), "
+                  f"p99 {p99:.1f} ms (target <= 50 ms)")
+        if name == "production" and ("embedded", count, 16) in rows:
+            print(f"  production / embedded, {count} replica(s): {rate / rows[('embedded', count, 16)][0]:.0%} "
+                  "(target >= 80 %)")
+    for name in one:
+        if name != "floor" and "floor" in one:
+            print(f"  {name}: one client /decide p50 = {one[name] / one['floor']:.1f} x the floor's (target <= 4)")
+
+
+if __name__ == "__main__":
+    main()
