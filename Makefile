@@ -16,7 +16,7 @@ $(BIN)/python:
 
 # Reinstall only when the dependency files change.
 $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,spark]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -67,6 +67,9 @@ LIBRARY_WARNINGS: tuple[Silenced, ...] = (
              "dependency helpers at import (LitestarDeprecationWarning)"),
     Silenced(DeprecationWarning, r"path is deprecated\. Use files\(\) instead", r"_bentoml_sdk\.",
              "BentoML's image builder uses importlib.resources.path, deprecated in Python 3.11"),
+    Silenced(RuntimeWarning, r"The spark (data source API|offline store) is an experimental feature", r"feast\.",
+             "Feast flags its Spark source and offline store as alpha at every use; the spark profile's frames "
+             "are tested equal to the embedded store's (tests/test_spark.py)"),
     Silenced(Warning, r"IProgress not found", r"tqdm\.",
              "in a notebook, tqdm.auto (imported by the stack) asks for ipywidgets, which the platform does not "
              "need: its bars are off outside a terminal anyway (TQDM_DISABLE)"),
@@ -83,6 +86,9 @@ LIBRARY_LOGGERS: dict[str, int] = {
     "bentoml": logging.WARNING,
     "evidently": logging.WARNING,
     "optuna": logging.WARNING,
+    # py4j (PySpark's bridge to the JVM) logs each connection it opens and closes at INFO
+    "py4j": logging.ERROR,
+    "pyspark": logging.WARNING,
 }
 
 # MLflow prints some notices with its own `eprint` ("Successfully registered model ...",

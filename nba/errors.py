@@ -32,3 +32,11 @@ class ConfigError(NbaError):
 
 class FeatureStoreError(NbaError):
     """The feature repository, a feature service or an entity frame is invalid."""
+
+
+class NotWritten(NbaError):
+    """A store refused a write before any of it could be committed (its disk is full, its
+    server did not answer the connection): a caller may undo what it did for that write. A
+    failure during a commit is not one of these: the write may have landed."""
+
+    exit_code = 3

@@ -27,11 +27,12 @@ def _step(echo: Callable[[str], None], title: str):
 
 def run(settings: Settings, *, customers: int, seed: int, echo: Callable[[str], None] = print,
         train: bool = True, tune_trials: int = 3, serve: bool = True, port: int = 3000,
-        loop: bool = True) -> dict[str, Any]:
+        loop: bool = True, events: bool = True) -> dict[str, Any]:
     """Load real data (if available), simulate, apply and materialise Feast, read online, then
     (with `train`) tune, train, register and promote every model, build the serving bundle,
     (with `loop`) let the platform decide for the bank for four simulated weeks with every
-    outcome reported and fill the dashboards, and (with `serve`) run the decision service on
+    outcome reported and fill the dashboards, (with `events`) replay a simulated day of events
+    through a decision service started for it, and (with `serve`) run the decision service on
     localhost until interrupted."""
     from nba.data.simulator import simulate_to_dir
 
@@ -93,6 +94,8 @@ def run(settings: Settings, *, customers: int, seed: int, echo: Callable[[str], 
             result["bento"] = built.bento_tag
         if loop:
             result["loop"] = short_loop(settings, customers=customers, seed=seed, echo=echo)
+        if events:
+            result["events"] = replay_events(settings, echo=echo)
 
     echo("")
     echo("Where to look:")
@@ -101,7 +104,9 @@ def run(settings: Settings, *, customers: int, seed: int, echo: Callable[[str], 
     echo("  a training frame:            nba features training-frame --service propensity_v1 --entities FILE")
     echo(f"  online features:             nba features online --customer {result['customer']}")
     if train:
-        echo(f"  experiments and registry:    .venv/bin/mlflow ui --backend-store-uri {tracking_uri(settings)}")
+        uri = tracking_uri(settings)
+        echo(f"  experiments and registry:    {uri}" if uri.startswith(("http://", "https://")) else
+             f"  experiments and registry:    .venv/bin/mlflow ui --backend-store-uri {uri}")
         echo(f"  serving bundle:              {settings.bundle_dir}  (nba bundle show; nba serve)")
         echo("  outbound batch:              nba decide-batch --customers FILE --channel email --out FILE")
         echo(f"  outbound messages:           nba activation status  (the delivery worker runs beside the service; "
@@ -116,11 +121,39 @@ def run(settings: Settings, *, customers: int, seed: int, echo: Callable[[str], 
             echo(f"  the short loop's log:        {settings.decision_log_dir}  (hold-out incrementality, policy value"
                  " and the KPIs on the 'platform' dashboard; nba report refreshes them)")
             echo(f"  the short loop's figures:    {settings.reports_dir / 'loop.html'}")
+        if result.get("events"):
+            echo(f"  the replayed day's messages: {settings.activation_dir}/<channel>.jsonl  (nba activation status;"
+                 f" decisions in {settings.decision_log_dir}, source trigger:<id>)")
     if train and serve:
         echo("")
         echo(f"==> The decision service (BentoML, {settings.serve_workers} workers) on http://127.0.0.1:{port}")
         run_service(settings, port=port, echo=echo)
     return result
+
+
+def replay_events(settings: Settings, *, echo: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """Replay the newest simulated day of the simulator's events through POST /events of a
+    decision service started for it on a free loopback port (stopped after), deliver the
+    outbox, and print per trigger what fired, the decisions and the messages per channel.
+    None when the simulator wrote no events."""
+    from nba.simulation import replay
+
+    path = replay.events_path(settings)
+    if not path.is_file():
+        echo(f"==> Always-on: the simulator wrote no events ({path} does not exist); the replay of a day through "
+             "/events is skipped")
+        return None
+    with _step(echo, "Always-on: a simulated day of events through POST /events; the triggers decide, the outbox "
+                     "is delivered"):
+        frame = replay.read_events(path)
+        log = settings.work / "replay" / "service.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        echo(f"    starting a decision service for the replay (log: {log})")
+        with replay.served(settings, log_file=log) as url:
+            summary = replay.replay_day(settings, url, frame)
+        for line in replay.summary_lines(summary):
+            echo(f"    {line}")
+    return summary.as_dict()
 
 
 def train_all(settings: Settings, *, tune_trials: int, echo: Callable[[str], None] = print) -> dict[str, str]:

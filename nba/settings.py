@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from nba.errors import DataFileError
 
-Profile = Literal["local", "production"]
+Profile = Literal["local", "production", "spark"]
 
 # Opt-out switches of the libraries the platform drives. There is no network here, and
 # a user's platform should not phone home either.
@@ -40,7 +40,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="NBA_", extra="forbid", frozen=True)
 
-    profile: Profile = Field("local", description="local (embedded stores) or production (Redis/Postgres)")
+    profile: Profile = Field("local", description="local (embedded stores), production (Redis/Postgres) or spark "
+                                                  "(the local stores, Feast's Spark offline store for training frames)")
     home: Path = Field(default_factory=Path.cwd, description="project folder holding features/, serving/ ...")
     data_dir: Path | None = Field(
         None, description="folder holding the public data sets (hillstrom.csv.zip, CDNOW_master.txt.gz)"
@@ -53,11 +54,40 @@ class Settings(BaseSettings):
         "postgresql://postgres@127.0.0.1:5432/test", description="production registry / tracking / tuning store"
     )
     optuna_storage: str | None = Field(
-        None, description="Optuna storage URL [default: sqlite:///<work>/tuning/optuna.db; Postgres to share a study]"
+        None, description="Optuna storage URL [default: sqlite:///<work>/tuning/optuna.db (local), the Postgres "
+                          "DSN (production): a shared study for several workers]"
+    )
+    optuna_heartbeat_s: int = Field(
+        30, ge=1, description="seconds between a running trial's heartbeats in the Optuna storage"
+    )
+    optuna_grace_s: int = Field(
+        120, ge=1, description="a running trial without a heartbeat for this long is failed (its worker died) "
+                               "and retried with the same parameters"
+    )
+    optuna_max_retry: int = Field(3, ge=0, description="retries of a trial whose worker died, at most")
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow tracking server URL [default: SQLite under mlflow_dir (local), "
+                          "http://127.0.0.1:5000 (production)]"
+    )
+    spark_master: str = Field(
+        "local[2]", description="where Spark runs (`nba decide-batch --engine spark`, the spark profile's offline "
+                                "store): local[N] or a cluster's master URL"
     )
     seed: int = Field(7, description="default random seed for the simulator and the models")
     policy_store: Literal["sqlite", "redis"] | None = Field(
         None, description="contact-policy state [default: sqlite (local), redis (production)]"
+    )
+    log_store: Literal["sqlite", "postgres"] | None = Field(
+        None, description="decision log, outbox, event log and preferences [default: sqlite (local), postgres "
+                          "(production)]"
+    )
+    log_dsn: str | None = Field(
+        None, description="the Postgres database of the logs (production) [default: NBA_POSTGRES_DSN]; its schema "
+                          "is made by `nba stores migrate`"
+    )
+    feature_retention_days: float = Field(
+        90.0, gt=0, description="days the decision log keeps the features a decision was made on; `nba stores "
+                                "compact` drops older ones (the decisions and outcomes stay)"
     )
     redis_prefix: str = Field("nba", description="prefix of every Redis key the platform writes")
     serve_workers: int = Field(
@@ -72,7 +102,29 @@ class Settings(BaseSettings):
                           "says (tests and local runs; NBA_WEBHOOK_URL)"
     )
     admin_token: str | None = Field(
-        None, description="the bearer token of the service's admin calls (DELETE /customers/{id}); unset: refused"
+        None, description="a bearer token with the `admin` scope (erasure, preferences), kept beside the API keys for "
+                          "the callers that used it before them; unset: only a key with `admin`"
+    )
+    api_keys: str | None = Field(
+        None, description="the service's API keys, inline: a JSON list of entries (id, hash, scopes, optional rate "
+                          "and burst; `nba keys new` prints one); unset and no NBA_API_KEYS_FILE: no keys, loopback only"
+    )
+    api_keys_file: Path | None = Field(
+        None, description="a secret file (YAML or JSON) holding `keys:`, the same entries as NBA_API_KEYS"
+    )
+    rate_limit: float = Field(
+        50.0, gt=0, description="requests per second each API key may make (a token bucket; a key's `rate` overrides)"
+    )
+    rate_burst: int = Field(100, ge=1, description="the token bucket's size: requests a key may make at once")
+    rate_limit_store: Literal["memory", "redis"] | None = Field(
+        None, description="where the buckets live [default: memory, per worker (local); redis, shared by every "
+                          "replica (production)]"
+    )
+    max_body_bytes: int = Field(
+        64 << 10, ge=1024, description="largest body of one /decide, /respond or preferences call (413 above)"
+    )
+    max_batch_body_bytes: int = Field(
+        8 << 20, ge=1024, description="largest body of a /decide_batch or /events call (413 above)"
     )
     serve_bundle: Path | None = Field(
         None, validation_alias=AliasChoices("NBA_BUNDLE_DIR", "serve_bundle"),
@@ -101,15 +153,29 @@ class Settings(BaseSettings):
 
     @property
     def tuning_storage(self) -> str:
-        """Where Optuna studies live: the setting, or a SQLite file in the work folder."""
+        """Where Optuna studies live: the setting, else the Postgres DSN (production) or a SQLite
+        file in the work folder (local)."""
         if self.optuna_storage:
             return self.optuna_storage
+        if self.profile == "production":
+            pg = self.postgres_dsn
+            return "postgresql+psycopg://" + pg.removeprefix("postgresql://") if pg.startswith("postgresql://") else pg
         return f"sqlite:///{(self.work / 'tuning' / 'optuna.db').resolve()}"
 
     @property
     def decision_log_dir(self) -> Path:
         """Every decision and outcome (`nba.stores.decisions`)."""
         return self.work / "decision_log"
+
+    @property
+    def log_backend(self) -> Literal["sqlite", "postgres"]:
+        """Where the logs live: the setting, else SQLite files (local) or Postgres (production)."""
+        return self.log_store or ("postgres" if self.profile == "production" else "sqlite")
+
+    @property
+    def decision_log_dsn(self) -> str:
+        """The Postgres database of the logs (production): NBA_LOG_DSN, else NBA_POSTGRES_DSN."""
+        return self.log_dsn or self.postgres_dsn
 
     @property
     def event_log_path(self) -> Path:

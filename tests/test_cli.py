@@ -118,6 +118,8 @@ def test_train_clv_with_an_unknown_source_fails_before_creating_a_store(bare):
     (["train", "uplift", "--source", "cdnow"], "--source", ["hillstrom", "sim", "all"]),
     (["train", "propensity", "--strategy", "both"], "--strategy", ["per_action", "pooled"]),
     (["evaluate", "policy", "--data", "hillstrom", "--method", "forest"], "--method", ["tree", "classifier"]),
+    (["decide-batch", "--customers", "c.parquet", "--channel", "email", "--out", "o", "--engine", "flink"], "--engine",
+     ["numpy", "spark"]),
 ])
 def test_every_fixed_choice_fails_in_argument_parsing(bare, args, option, allowed):
     e, cwd, work, mlflow_dir = bare
@@ -129,8 +131,9 @@ def test_every_fixed_choice_fails_in_argument_parsing(bare, args, option, allowe
 def test_the_cli_choices_are_the_library_choices():
     """The choices are spelled in the CLI (so `--help` imports no stack); they must equal the
     library's own."""
-    from nba.cli import evaluate, train
+    from nba.cli import evaluate, serving, train
     from nba.evaluation import policy
+    from nba.serving import batch
     from nba.training import clv, policy_learning, propensity, registry, uplift
     from nba.training.config import MODEL_FAMILIES
 
@@ -141,6 +144,7 @@ def test_the_cli_choices_are_the_library_choices():
     assert get_args(train.Alias) == registry.ALIASES
     assert get_args(evaluate.PolicyMethod) == policy_learning.METHODS
     assert get_args(evaluate.RewardModel) == policy.REWARD_MODELS
+    assert get_args(serving.BatchEngine) == batch.ENGINES
     assert train.sources("all", train.ClvSource) == ["cdnow", "sim"]
     assert train.sources("sim", train.UpliftSource) == ["sim"]
 

@@ -1,7 +1,7 @@
 """The `nba` command line: one Typer app, thin commands over plain functions.
 
 Each command group is a module of this package (`data`, `features`, `train`, `serving`,
-`triggers`, `events`, `activation`, `evaluate`, `simulate`, `report`, `quickstart`, `customers`); this module wires them into one app in the order
+`triggers`, `events`, `activation`, `evaluate`, `simulate`, `report`, `quickstart`, `customers`, `stores`); this module wires them into one app in the order
 `nba --help` lists them. Heavy libraries are imported inside the commands, so `nba --help`
 answers at once. Errors a user can cause (`NbaError`) print as one line on stderr with a
 non-zero exit code; `--debug` shows the traceback.
@@ -21,10 +21,12 @@ from nba.cli import (
     evaluate,
     events,
     features,
+    keys,
     quickstart,
     report,
     serving,
     simulate,
+    stores,
     train,
     triggers,
 )
@@ -46,6 +48,7 @@ app.add_typer(events.app, name="events")
 app.add_typer(evaluate.app, name="evaluate")
 app.add_typer(triggers.app, name="triggers")
 app.add_typer(customers.app, name="customers")
+app.add_typer(keys.app, name="keys")
 app.add_typer(simulate.app, name="simulate")
 app.command("tune")(train.tune_cmd)
 app.command("promote")(train.promote_cmd)
@@ -53,6 +56,7 @@ app.command("rollback")(train.rollback_cmd)
 app.command("serve")(serving.serve_cmd)
 app.command("decide-batch")(serving.decide_batch_cmd)
 app.add_typer(activation.app, name="activation")
+app.add_typer(stores.app, name="stores")
 app.command("quickstart")(quickstart.quickstart_cmd)
 app.command("report")(report.report_cmd)
 

@@ -45,9 +45,13 @@ SnapshotOpt = Annotated[bool, typer.Option(help="Store the snapshot, HTML and ML
 
 
 def _read_log(s: Settings, log: Path | None) -> Any:
-    from nba.stores.decisions import read_log
+    """The log folder given, else the profile's log (its Postgres rows in production)."""
+    from nba.stores.decisions import log_location, read_log
 
-    return read_log(log or s.decision_log_dir)
+    if log is not None:
+        return read_log(log)
+    folder, dsn = log_location(s)
+    return read_log(folder, dsn=dsn)
 
 
 def _publish(s: Settings, *, name: str, values: Any, description: str, tables: dict[str, Any]) -> None:
