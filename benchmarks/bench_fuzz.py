@@ -76,8 +76,10 @@ def main() -> None:
                       f"failures {run.failures or 'none'}; 5xx {run.server_errors}; refused calls that wrote "
                       f"{len(run.violations)}{' ' + json.dumps(run.violations[:3]) if run.violations else ''}",
                       flush=True)
-                if run.returncode != 0 and not run.failures:
-                    print(run.output[-3000:])
+                if run.returncode != 0:  # what failed, with schemathesis' reproduction (curl) of each
+                    out = run.output
+                    start = out.find("FAILURES")
+                    print(out[start:start + 12_000] if start >= 0 and run.failures else out[-3000:])
                 seed += 1
                 examples *= 2
         print(f"total: {total:,} calls in {runs} run(s); {failures} failure(s) reported by schemathesis, {errors} 5xx, "
