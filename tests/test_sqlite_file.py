@@ -66,3 +66,59 @@ def test_two_processes_write_the_same_file_without_losing_a_row(tmp_path: Path):
     db = SqliteFile(path, schema=SCHEMA)
     assert db.read(lambda c: c.execute("SELECT who, count(*) FROM t GROUP BY who ORDER BY who").fetchall()) == [
         ("p1", 300), ("p2", 300)]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 2 MiB file system (tmpfs; root is needed, and CI runs as root)."""
+    import os
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"a size-limited file system is needed: {mounted.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs here (root is needed): {mounted.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_after_the_disk_was_full_the_write_ahead_log_gives_its_room_back(small_disk: Path):
+    """SQLite checkpoints its log only at 4 MiB, and never shrinks it. A filler leaves the log
+    1 MiB of this 2 MiB disk; once it is full and a write refused, the filler goes (the operator
+    made room): the next write folds the log back into the database and truncates it, so the log
+    does not keep the room it had taken."""
+    import time
+
+    from nba.stores.sqlite import RECLAIM_EVERY_S, StoreWriteFailed
+
+    db = SqliteFile(small_disk / "f.db", schema=SCHEMA)
+    wal, filler = small_disk / "f.db-wal", small_disk / "filler"
+    filler.write_bytes(b"\0" * (1024 * 1024))
+
+    def insert(key: str) -> None:
+        db.submit(lambda conn: conn.execute("INSERT INTO t VALUES (?, ?)", (key, "x" * 3000)))
+
+    written, refused = [], []
+    for i in range(2000):
+        try:
+            insert(f"a{i}")
+            written.append(f"a{i}")
+        except StoreWriteFailed as exc:
+            assert "nothing of it was kept" in str(exc)
+            refused.append(f"a{i}")
+            break
+    assert refused, "the disk never filled: the test proves nothing"
+    full_log = wal.stat().st_size
+    assert full_log > 512 * 1024  # the log took most of the room left
+    filler.unlink()
+    time.sleep(RECLAIM_EVERY_S)
+    insert("b0")
+    written.append("b0")
+    assert wal.stat().st_size < 64 * 1024, (full_log, wal.stat().st_size)  # checkpointed and truncated
+    for i in range(1, 60):  # and the rows keep coming into the room made
+        insert(f"b{i}")
+        written.append(f"b{i}")
+    kept = set(db.read(lambda c: [r[0] for r in c.execute("SELECT k FROM t")]))
+    assert kept == set(written)  # every acknowledged row, and not the refused one

@@ -11,10 +11,17 @@ every worker of the decision service writes to. Three things keep that fast unde
   committed: nothing acknowledged is lost;
 * the write lock between processes is polled every 0.2-2 ms. SQLite's own busy handler sleeps
   1, 2, 5, 10 ... 100 ms between tries, which made 16 concurrent clients wait up to a second.
+
+A full disk: SQLite folds the write-ahead log back into the database only once it holds 1,000
+pages (4 MiB), and never shrinks it, so on a nearly full disk the log itself can take the last
+free bytes and keep them after the operator has made room. After a write the file system
+refused, the next write first checkpoints and truncates the log (`PRAGMA
+wal_checkpoint(TRUNCATE)`), at most every `RECLAIM_EVERY_S`, so the room comes back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -28,6 +35,7 @@ from nba.records import FLOAT, INT, JSON, TEXT, TIME, Record
 
 T = TypeVar("T")
 LOCK_TIMEOUT_S = 30.0
+RECLAIM_EVERY_S = 0.25  # after a refused write: how often a write first tries to give the log's space back
 
 SQL_TYPES = {TEXT: "TEXT", INT: "INTEGER", FLOAT: "REAL", TIME: "REAL", JSON: "TEXT"}  # a time: epoch seconds
 
@@ -91,6 +99,8 @@ class SqliteFile:
         self._queue: list[_Write] = []
         self._queue_lock = threading.Lock()
         self._writer = threading.Lock()
+        self._refused_at: float | None = None  # when the file system last refused a write
+        self._reclaimed_at = 0.0
         if schema:  # every worker of a service may create it at the same moment
             _retry(lambda: self.conn().executescript(schema), self.path)
 
@@ -135,14 +145,28 @@ class SqliteFile:
                 item.done.wait(0.0005)
         if item.error is not None:
             err = item.error
-            if isinstance(err, sqlite3.OperationalError | OSError) and (
-                    isinstance(err, OSError) or any(m in str(err).lower() for m in _DISK_ERRORS)):
+            if _refused_by_disk(err):
                 raise StoreWriteFailed(f"{self.path}: the write failed ({err}); nothing of it was kept") from None
             raise err
         return item.result
 
+    def _reclaim(self, conn: sqlite3.Connection) -> None:
+        """Checkpoint and truncate the write-ahead log after a refused write (module docstring)."""
+        now = time.monotonic()
+        if now - self._reclaimed_at < RECLAIM_EVERY_S:
+            return
+        self._reclaimed_at = now
+        try:
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error:  # still no room (or a reader): the next refused write tries again
+            return
+        if not busy:
+            self._refused_at = None
+
     def _commit(self, batch: list[_Write]) -> None:
         conn = self.conn()
+        if self._refused_at is not None:
+            self._reclaim(conn)
         try:
             self._begin(conn)
             if len(batch) == 1:  # alone in its transaction: a failure rolls the transaction back
@@ -158,10 +182,15 @@ class SqliteFile:
                     conn.execute("ROLLBACK TO one")
                     conn.execute("RELEASE one")
                     w.error = exc
+                    if _refused_by_disk(exc):
+                        self._refused_at = time.monotonic()
             conn.execute("COMMIT")
         except BaseException as exc:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled it back itself
+                    conn.execute("ROLLBACK")
+            if _refused_by_disk(exc):
+                self._refused_at = time.monotonic()
             for w in batch:
                 if w.error is None:
                     w.error = exc
@@ -169,6 +198,12 @@ class SqliteFile:
         finally:
             for w in batch:
                 w.done.set()
+
+
+def _refused_by_disk(err: BaseException) -> bool:
+    """The file system, not the statement, refused the write (full, failing or read-only)."""
+    return isinstance(err, OSError) or (
+        isinstance(err, sqlite3.OperationalError) and any(m in str(err).lower() for m in _DISK_ERRORS))
 
 
 def _retry(fn: Callable[[], T], path: Path) -> T:
