@@ -135,6 +135,53 @@ def test_routes_and_the_validation_shape():
     assert rewrite_validation([{"error": "bad"}]) == {"error": "bad", "field": None}
 
 
+def test_a_fault_behind_the_gate_is_a_500_at_once_with_the_traceback_logged(monkeypatch, caplog):
+    """An exception no layer answered (the fuzzer's 60 s hang: BentoML waited for its request
+    timeout) is answered 500 at once, in the service's error shape; a fault after the answer
+    started is raised on (the server breaks that connection)."""
+    from types import SimpleNamespace
+
+    from nba.serving import gate
+
+    key, entry = new_key("ops", EVERY_SCOPE)
+    settings = Settings(api_keys=json.dumps([entry]))
+    monkeypatch.setattr(gate, "_service", lambda: SimpleNamespace(  # the worker's service instance, as built
+        keyring=load_keyring(settings), limiter=MemoryRateLimiter(), keyring_settings=settings))
+
+    async def failing(scope, receive, send):
+        await receive()
+        raise ValueError("max() arg is an empty sequence")
+
+    async def half(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise ValueError("after the start")
+
+    def run(app):
+        sent = []
+        body = json.dumps({"customer_id": 1, "type": "app_login"}).encode()
+        scope = {"type": "http", "method": "POST", "path": "/events", "client": ("127.0.0.1", 1),
+                 "headers": [(b"authorization", f"Bearer {key}".encode()), (b"content-type", b"application/json")]}
+
+        async def receive():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        asyncio.run(asyncio.wait_for(gate.Gate(app)(scope, receive, send), 5))
+        return sent
+
+    with caplog.at_level("ERROR", logger="nba.serving.gate"):
+        sent = run(failing)
+    assert sent[0]["status"] == 500
+    out = json.loads(sent[1]["body"])
+    assert out["field"] is None and "POST /events failed inside the service" in out["error"]
+    assert "max() arg is an empty sequence" in caplog.text  # the traceback, in the log only
+    assert "empty sequence" not in out["error"]
+    with pytest.raises(ValueError, match="after the start"):
+        run(half)
+
+
 # --- the served service -------------------------------------------------------------------
 
 

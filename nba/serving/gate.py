@@ -16,11 +16,16 @@ and 503, `nba.serving.openapi.ErrorBody`), and nothing of a refused call reaches
 BentoML's own validation answers (400, `{"error": "1 validation error", "detail": [...]}`)
 are rewritten to the same shape, naming the field. `GET /docs.json` answers the exact
 OpenAPI document of this bundle (`nba.serving.openapi`).
+
+A fault of the service itself (an exception no layer answered) is a 500 at once, its
+traceback in the service's log. Raised out of the middleware, BentoML left the call without
+an answer until its 60 s request timeout.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +33,8 @@ from typing import Any
 from starlette.responses import JSONResponse
 
 from nba.serving.auth import ANONYMOUS, Caller, is_loopback
+
+logger = logging.getLogger(__name__)
 
 BENTO_ROUTES = ("/decide", "/decide_batch", "/respond")  # validated by BentoML (its 400s are rewritten)
 JSON_TYPES = ("application/json",)
@@ -151,7 +158,21 @@ class Gate:
             if resp is not None:
                 await resp(scope, receive, send)
                 return
-        await self.app(scope, _replay(body, receive), _reshaping(send) if path in BENTO_ROUTES else send)
+        started = False
+
+        async def sending(message: dict) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, _replay(body, receive), _reshaping(sending) if path in BENTO_ROUTES else sending)
+        except Exception:
+            if started:  # half an answer is out: the connection is broken, as the server would break it
+                raise
+            logger.exception("%s %s failed inside the service", method, path)
+            await refusal(500, f"{method} {_route_name(route)} failed inside the service (not the request's fault; "
+                               "the service's log has the traceback)")(scope, receive, send)
 
     # --- the steps -----------------------------------------------------------------------
 

@@ -124,6 +124,8 @@ class EventIngestor:
         consent: dict[int, tuple[dict[str, Any], float]] = {}
         for cid in {e["customer_id"] for e in events if e["type"] == "consent_changed" and e["known_customer"]}:
             state = streaming.consent_state(histories[cid])
+            if not state:  # its event was a duplicate of another customer's event id: nothing of it stored
+                continue
             consent[cid] = ({f"consent_{ch}": g for ch, (g, _) in state.items()},
                             max(ts for _, ts in state.values()))
         self.pusher.update(streaming.CONSENT_VIEW, streaming.CONSENT_PUSH, consent)
