@@ -103,6 +103,37 @@ QUIET_ENV: dict[str, str] = {
 _quiet = False
 
 
+class ClientErrorsInOneLine(logging.Filter):
+    """BentoML logs each call its input validation refused as an ERROR with pydantic's
+    twenty-line traceback ("Exception on /respond [POST]"), although the caller was answered
+    400 naming the field (`nba.serving.gate`): a fuzz run of 10,000 calls printed about 700 of
+    them. The record becomes one INFO line with the count and the first field."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None or type(exc).__name__ != "ValidationError" or not type(exc).__module__.startswith("pydantic"):
+            return True
+        errors = exc.errors(include_context=False, include_input=False)  # type: ignore[attr-defined]
+        first = ".".join(str(x) for x in errors[0]["loc"]) if errors and errors[0].get("loc") else "body"
+        record.msg = (f"{record.getMessage()}: answered 400, {len(errors)} validation error(s) of the request "
+                      f"(first: {first}: {errors[0]['msg'] if errors else ''})")
+        record.args = None
+        record.exc_info = record.exc_text = None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+# the logger of BentoML's `log_exception` (bentoml._internal.server.http_app)
+BENTOML_REQUEST_ERRORS = "bentoml._internal.server.http_app"
+
+
+def one_line_client_errors() -> None:
+    """Install `ClientErrorsInOneLine` on BentoML's request-error logger (once)."""
+    log = logging.getLogger(BENTOML_REQUEST_ERRORS)
+    if not any(isinstance(f, ClientErrorsInOneLine) for f in log.filters):
+        log.addFilter(ClientErrorsInOneLine())
+
+
 def quiet_libraries() -> None:
     """Apply the list above to this process (and, through the environment, its children)."""
     global _quiet

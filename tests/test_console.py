@@ -80,3 +80,36 @@ def test_a_listed_warning_is_dropped_even_behind_a_library_filter_of_its_own() -
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     shown = [line for line in out.stderr.splitlines() if "DeprecationWarning" in line]
     assert len(shown) == 1 and "another one is deprecated" in shown[0]
+
+
+def test_a_request_bentoml_refused_is_one_info_line_and_a_server_fault_keeps_its_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """BentoML's own `log_exception` (what its app calls for a refused input) through our filter."""
+    from bentoml._internal.server.http_app import log_exception
+    from pydantic import BaseModel, ValidationError
+    from starlette.requests import Request
+
+    from nba.console import one_line_client_errors
+
+    class Input(BaseModel):
+        decision_id: str
+        outcome: str
+
+    one_line_client_errors()
+    one_line_client_errors()  # installed once
+    request = Request({"type": "http", "method": "POST", "path": "/respond", "headers": [], "query_string": b""})
+    with caplog.at_level(logging.INFO, logger="bentoml._internal.server.http_app"):
+        try:
+            Input.model_validate({"decision_id": 5})
+        except ValidationError:
+            log_exception(request)
+        try:
+            raise RuntimeError("a real fault")
+        except RuntimeError:
+            log_exception(request)
+    refused, fault = caplog.records
+    assert refused.levelname == "INFO" and refused.exc_info is None
+    assert refused.getMessage() == ("Exception on /respond [POST]: answered 400, 2 validation error(s) of the request "
+                                    "(first: decision_id: Input should be a valid string)")
+    assert "Traceback" not in caplog.handler.format(refused)
+    assert fault.levelname == "ERROR" and fault.exc_info is not None  # a server's own fault is shown whole

@@ -38,6 +38,7 @@ from pydantic import BaseModel, BeforeValidator, Field, StrictFloat, StrictInt, 
 from starlette.responses import JSONResponse, Response
 
 from nba import records
+from nba.console import one_line_client_errors
 from nba.records import model_fields
 from nba.serving.gate import Gate
 from nba.settings import Settings, disable_telemetry
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from nba.serving.engine import DecisionRequest
 
 disable_telemetry()  # this module is an entry point (bentoml serve): no library phones home
+one_line_client_errors()  # a refused request is the caller's error: one line, not a traceback (nba.console)
 
 
 def bundle_location(settings: Settings) -> Path:
