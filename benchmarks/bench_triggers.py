@@ -146,6 +146,17 @@ def scan(work: Path, customers: int, tmp: Path) -> None:
                                           now + 365 * DAY)
     frame["application_open"] = (rng.random(len(frame)) < 0.02).astype(np.float64)
     frame["application_open_hours"] = rng.uniform(0, 5, len(frame))
+    # the other streaming features the feature service stores, as a customer without such events
+    # has them: without every stored column the scan reads the online store, which does not know
+    # these new ids (every decision then "do nothing"; its summary says "features from")
+    from nba.triggers import STREAMING_NUMBERS, STREAMING_STRINGS
+
+    for c in STREAMING_STRINGS:
+        if c not in frame.columns:
+            frame[c] = None
+    for c in (*STREAMING_NUMBERS, "application_started_s"):
+        if c not in frame.columns:
+            frame[c] = np.nan
     frame.to_parquet(path, index=False)
     env = {**os.environ, "NBA_WORK_DIR": str(own), "NBA_HOME": str(ROOT)}
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -155,6 +166,8 @@ def scan(work: Path, customers: int, tmp: Path) -> None:
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"triggers scan failed:\n{proc.stderr[-3000:]}")
+    if "features from the file;" not in proc.stdout:
+        raise SystemExit(f"the scan did not take the population's features from the file:\n{proc.stdout[-2000:]}")
     rss = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before) / 2**20
     print(f"scan of {customers:,} customers: {wall:.1f} s for the whole command (imports, bundle), peak RSS "
           f"{rss:.2f} GiB")

@@ -131,10 +131,19 @@ def test_a_scan_starts_decisions_for_the_customers_in_the_state_once(served, sna
     assert set(log["channel"]) <= {"email", "sms", "push"}
     assert first.decisions_with_action == int((log["action_id"] != "do_nothing").sum()) > 0
     assert first.to_deliver == first.decisions_with_action
+    # the file lacks some stored (streaming) features: every feature is read online, and the summary says so
+    assert first.features_missing == 0 and first.feature_source.startswith("the online store")
+    assert "the file has feature columns but lacks" in first.feature_source
     # the next day the same customers are still inactive: their 30-day window holds
     second = scan(settings, path, at=t + DAY, engine=engine)
     assert second.fired.get("no_interaction", 0) == 0 and second.held_back == due
     assert len(read_log(settings.decision_log_dir).decisions) == due
+    # customers the store does not know: counted and said, not scanned silently as if they had features
+    strangers = frame.assign(customer_id=frame["customer_id"] + 10**9)
+    strangers.to_parquet(tmp_path / "strangers.parquet", index=False)
+    third = scan(settings, tmp_path / "strangers.parquet", at=t, engine=engine, trigger_ids=["no_interaction"])
+    assert third.features_missing == n and third.fired == {"no_interaction": due}
+    assert f"{n:,} customers without features (the triggers and rules saw no stored feature" in third.describe()
 
 
 def test_a_request_for_the_best_channel_lets_the_engine_choose_and_says_why(served, snapshot, tmp_path):

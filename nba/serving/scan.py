@@ -47,6 +47,8 @@ class ScanSummary:
     to_deliver: int = 0  # outbound decisions that show an action (an outbox message each)
     channels: dict[str, int] = field(default_factory=dict)
     batch_id: str | None = None
+    feature_source: str = ""
+    features_missing: int = 0  # customers scanned whose stored features were found nowhere
     seconds: float = 0.0
     load_seconds: float = 0.0
     decision_ids_to_deliver: list[str] = field(default_factory=list, repr=False)
@@ -57,6 +59,9 @@ class ScanSummary:
                  f"({self.customers / max(self.seconds, 1e-9):,.0f}/s) after loading in {self.load_seconds:.1f} s; "
                  f"{started:,} decisions started ({self.held_back:,} firings held back by a dedup window), "
                  f"{self.decisions_with_action:,} with an action, {self.to_deliver:,} to deliver",
+                 f"features from {self.feature_source or 'nowhere'}; {self.features_missing:,} customers without features"
+                 + (" (the triggers and rules saw no stored feature of theirs: mostly 'do nothing')"
+                    if self.features_missing else ""),
                  f"decision log batch {self.batch_id or '(none: nothing fired)'}"]
         lines += [f"  {t:<24} {self.fired.get(t, 0):>10,}" for t in self.triggers]
         lines += [f"  on {c:<21} {n:>10,}" for c, n in sorted(self.channels.items(), key=lambda x: -x[1])]
@@ -93,6 +98,11 @@ def scan(settings: Settings, customers: Path, *, at: float | None = None, trigge
     cat = engine.catalog
     stored = list(reader.stored_names)
     from_file = all(c in frame.columns for c in stored)
+    lacking = [c for c in stored if c not in frame.columns]
+    summary.feature_source = "the file" if from_file else (
+        f"the online store ({cat.feature_service})" + (
+            f"; the file has feature columns but lacks {', '.join(lacking[:8])}{' ...' if len(lacking) > 8 else ''}"
+            if len(lacking) < len(stored) else ""))
     # streaming columns of the file override what the online store holds (a scan of a population
     # file states its moment); the derived ones are then derived again from them, unless given
     streaming = [c for c in (*STREAMING_NUMBERS, *STREAMING_STRINGS, *DERIVED_FEATURES) if c in frame.columns]
@@ -112,6 +122,7 @@ def scan(settings: Settings, customers: Path, *, at: float | None = None, trigge
         ids = part[schemas.ENTITY_KEY].to_numpy()
         n = len(ids)
         cols, found = chunk_features(reader, part, ids, stored, from_file, now)
+        summary.features_missing += n - int(sum(found))
         env, missing = engine.environment(ids.tolist(), cols, found)
         for c in rederive:
             env.pop(c, None)
