@@ -105,7 +105,7 @@ def decide_batch(settings: Settings, customers: Path, channel: str, out: Path, *
     engine.warm(rows=max(1, min(len(frame), chunk, SMALL + 1)))  # load and warm now: the time below is the decisions'
     t_loaded = time.perf_counter()
     stored = list(reader.stored_names)
-    from_file = all(c in frame.columns for c in stored)
+    from_file, feature_source = file_features(engine.catalog, stored, frame.columns)
     now = float(timestamp if timestamp is not None else time.time())
     k = k or engine.catalog.default_k
     ci = engine.catalog.channel_names.index(channel)
@@ -138,7 +138,7 @@ def decide_batch(settings: Settings, customers: Path, channel: str, out: Path, *
     write_parquet(ranked, Path(out))
     return summarise(dec, customers=len(frame), out=Path(out), batch_id=batch_id, seconds=time.perf_counter() - t_loaded,
                      load_seconds=t_loaded - t0, messages=sum(o.n for o in outbox),
-                     feature_source="the file" if from_file else f"the online store ({engine.catalog.feature_service})")
+                     feature_source=feature_source)
 
 
 def summarise(dec: Any, *, customers: int, out: Path, batch_id: str, seconds: float, load_seconds: float,
@@ -210,6 +210,19 @@ def row_decision_ids(prefix: str, start: int, n: int) -> list[str]:
 
 def new_batch_id(now: float, channel: str) -> str:
     return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}-{channel}-{engine_id()}"
+
+
+def file_features(catalog: Any, stored: list[str], columns: Any) -> tuple[bool, str]:
+    """Whether a customers file holds every stored feature (its columns are then the features:
+    `chunk_features`), and where the features come from, in words. A file with some feature
+    columns but not all is read online instead: the words name what it lacks."""
+    lacking = [c for c in stored if c not in columns]
+    if not lacking:
+        return True, "the file"
+    source = f"the online store ({catalog.feature_service})"
+    if len(lacking) < len(stored):
+        source += f"; the file has feature columns but lacks {', '.join(lacking[:8])}{' ...' if len(lacking) > 8 else ''}"
+    return False, source
 
 
 def chunk_features(reader: Any, part: Any, ids: np.ndarray, stored: list[str], from_file: bool,

@@ -29,7 +29,7 @@ from nba.decisioning.tables import contacts, decision_tables
 from nba.decisioning.triggers import NONE, derived_features, evaluate
 from nba.errors import ConfigError
 from nba.records import SEGMENT_RECORDS, segment_tables
-from nba.serving.batch import _column, chunk_features, engine_id, read_customers
+from nba.serving.batch import _column, chunk_features, engine_id, file_features, read_customers
 from nba.serving.triggering import subset
 from nba.settings import Settings
 from nba.stores.decisions.sqlite import write_batch
@@ -97,12 +97,7 @@ def scan(settings: Settings, customers: Path, *, at: float | None = None, trigge
     t_loaded = time.perf_counter()
     cat = engine.catalog
     stored = list(reader.stored_names)
-    from_file = all(c in frame.columns for c in stored)
-    lacking = [c for c in stored if c not in frame.columns]
-    summary.feature_source = "the file" if from_file else (
-        f"the online store ({cat.feature_service})" + (
-            f"; the file has feature columns but lacks {', '.join(lacking[:8])}{' ...' if len(lacking) > 8 else ''}"
-            if len(lacking) < len(stored) else ""))
+    from_file, summary.feature_source = file_features(cat, stored, frame.columns)
     # streaming columns of the file override what the online store holds (a scan of a population
     # file states its moment); the derived ones are then derived again from them, unless given
     streaming = [c for c in (*STREAMING_NUMBERS, *STREAMING_STRINGS, *DERIVED_FEATURES) if c in frame.columns]

@@ -99,7 +99,7 @@ class SqliteFile:
         self._queue: list[_Write] = []
         self._queue_lock = threading.Lock()
         self._writer = threading.Lock()
-        self._refused_at: float | None = None  # when the file system last refused a write
+        self._reclaim_due = False  # the file system refused a write: give the log's room back first
         self._reclaimed_at = 0.0
         if schema:  # every worker of a service may create it at the same moment
             _retry(lambda: self.conn().executescript(schema), self.path)
@@ -146,6 +146,7 @@ class SqliteFile:
         if item.error is not None:
             err = item.error
             if _refused_by_disk(err):
+                self._reclaim_due = True
                 raise StoreWriteFailed(f"{self.path}: the write failed ({err}); nothing of it was kept") from None
             raise err
         return item.result
@@ -161,11 +162,11 @@ class SqliteFile:
         except sqlite3.Error:  # still no room (or a reader): the next refused write tries again
             return
         if not busy:
-            self._refused_at = None
+            self._reclaim_due = False
 
     def _commit(self, batch: list[_Write]) -> None:
         conn = self.conn()
-        if self._refused_at is not None:
+        if self._reclaim_due:
             self._reclaim(conn)
         try:
             self._begin(conn)
@@ -182,15 +183,11 @@ class SqliteFile:
                     conn.execute("ROLLBACK TO one")
                     conn.execute("RELEASE one")
                     w.error = exc
-                    if _refused_by_disk(exc):
-                        self._refused_at = time.monotonic()
             conn.execute("COMMIT")
         except BaseException as exc:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled it back itself
                     conn.execute("ROLLBACK")
-            if _refused_by_disk(exc):
-                self._refused_at = time.monotonic()
             for w in batch:
                 if w.error is None:
                     w.error = exc
