@@ -60,15 +60,66 @@ def _not_holdout(settings: Settings, ids: np.ndarray) -> np.ndarray:
 
 
 def test_health_readiness_and_the_openapi_page(server):
+    from nba.serving.run import server_processes
+
     status, _ = call(server.url, "/healthz")
     assert status == 200
     status, ready = call(server.url, "/readyz")
     assert status == 200 and ready["ready"] is True
+    # the server was reported ready once each of its two workers was: none answers "starting" now
+    answers = [call(server.url, "/readyz") for _ in range(30)]
+    assert {s for s, _ in answers} == {200}
+    assert {b["worker"] for _, b in answers} <= set(server_processes(server.proc))
     assert set(ready["checks"]) == {"models", "feature_store", "policy_store", "decision_log", "event_log"}
     assert f"{len(ACTIONS) + 2} models loaded" in ready["checks"]["models"]["detail"]  # propensity per action, churn, CLV
     assert "serving_v2 (67 features)" in ready["checks"]["feature_store"]["detail"]
     status, spec = call(server.url, "/docs.json")
     assert status == 200 and {"/decide", "/decide_batch", "/respond"} <= set(spec["paths"])
+
+
+def test_a_server_is_ready_once_every_worker_is(tmp_path):
+    """Two workers behind one port, as BentoML runs them: the second is still building its
+    engine (503 "starting") for its first answers. Ready means both answered 200."""
+    import http.server
+    import json
+    import threading
+
+    from nba.serving.run import ServerError, wait_ready
+
+    answered: list[tuple[int, int]] = []
+
+    class Workers(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            worker = 101 + len(answered) % 2  # the calls alternate between the two
+            ready = worker == 101 or len(answered) >= 9
+            body = {"ready": ready, "worker": worker,
+                    "checks": {} if ready else {"engine": {"ok": False, "detail": "starting"}}}
+            answered.append((worker, 200 if ready else 503))
+            raw = json.dumps(body).encode()
+            self.send_response(200 if ready else 503)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Workers)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        body = wait_ready(url, workers=2, timeout=30)
+        assert body["ready"] is True and body["worker"] == 102  # it waited for the second worker
+        assert (102, 503) in answered and answered[-1] == (102, 200)
+        answered.clear()
+        assert wait_ready(url, workers=1, timeout=30)["worker"] == 101  # one worker: the first 200 will do
+        answered.clear()
+        with pytest.raises(ServerError, match="2 of its 3 workers ready"):
+            wait_ready(url, workers=3, timeout=1.5)
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 def test_a_decision_follows_the_contract_and_is_logged(server, served, customers):

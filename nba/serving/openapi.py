@@ -176,9 +176,12 @@ def build_spec(models: Mapping[str, type[BaseModel]], *, title: str, version: st
         "/livez": {"get": {"summary": "the process is alive (BentoML's name)", "security": [],
                            "responses": {"200": {"description": "alive"}}, "operationId": "livez"}},
         "/readyz": {"get": {"summary": "each component with its state", "security": [], "operationId": "readyz",
-                            "responses": {s: _json({"type": "object", "required": ["ready", "checks"],
+                            "responses": {s: _json({"type": "object", "required": ["ready", "checks", "worker"],
                                                     "properties": {"ready": {"type": "boolean"},
-                                                                   "checks": {"type": "object"}}}, d)
+                                                                   "checks": {"type": "object"},
+                                                                   "worker": {"type": "integer", "description":
+                                                                              "the pid of the worker that answered"}}},
+                                                   d)
                                           for s, d in (("200", "ready"), ("503", "a component is down"))}}},
     }
     if metrics:

@@ -73,6 +73,9 @@ def server_env(settings: Settings, workers: int | None = None, extra: dict[str, 
     return env
 
 
+WORKERS_ATTR = "nba_workers"  # set by `start` on the server's process: how many workers it runs
+
+
 def start(settings: Settings, *, host: str = "127.0.0.1", port: int = 3000, workers: int | None = None,
           log_file: Path | None = None, target: str | None = None, extra_env: dict[str, str] | None = None
           ) -> subprocess.Popen:
@@ -85,8 +88,11 @@ def start(settings: Settings, *, host: str = "127.0.0.1", port: int = 3000, work
     target = target or bento_tag(settings)
     cmd = [sys.executable, "-m", "bentoml", "serve", target, "--host", host, "--port", str(port)]
     out = open(log_file, "ab") if log_file else None  # noqa: SIM115 - handed to the child; None: the console
-    return subprocess.Popen(cmd, env=server_env(settings, workers, extra_env), stdout=out, stderr=subprocess.STDOUT,
-                            cwd=str(settings.home), start_new_session=True)
+    env = server_env(settings, workers, extra_env)
+    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=str(settings.home),
+                            start_new_session=True)
+    setattr(proc, WORKERS_ATTR, int(env["NBA_SERVE_WORKERS"]))  # noqa: B010 - what wait_ready waits for
+    return proc
 
 
 def start_worker(settings: Settings, *, log_file: Path | None = None, args: tuple[str, ...] = (),
@@ -135,10 +141,16 @@ def _body(raw: bytes) -> dict[str, Any]:
 
 
 def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 120.0,
-               accept_unready: bool = False) -> dict[str, Any]:
-    """Poll /readyz until it answers 200 (or, with `accept_unready`, any answer of the engine)."""
+               accept_unready: bool = False, workers: int | None = None) -> dict[str, Any]:
+    """Poll /readyz until it answers 200 (or, with `accept_unready`, any answer of the engine).
+    Each worker builds its own engine, and one that is still building answers 503 "starting":
+    the server is ready once `workers` workers (told apart by the pid in the body; None: as many
+    as `start` gave `proc`) have answered 200, so no caller meets a starting worker afterwards."""
+    if workers is None:
+        workers = getattr(proc, WORKERS_ATTR, 1)
     deadline = time.monotonic() + timeout
     last: Any = "no answer"
+    ready: set[Any] = set()
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise ServerError(f"the decision service exited with code {proc.returncode} before it was ready")
@@ -147,10 +159,16 @@ def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
             last = exc
         else:
-            if status == 200 or (accept_unready and "checks" in body and "engine" not in body["checks"]):
+            if accept_unready and "checks" in body and "engine" not in body["checks"]:
                 return body
+            if status == 200:
+                ready.add(body.get("worker"))
+                if len(ready) >= workers or "worker" not in body:
+                    return body
             last = body
-        time.sleep(0.3)
+        time.sleep(0.05 if ready else 0.3)  # once one is ready, the others are close: look often
+    if ready:
+        last = f"{len(ready)} of its {workers} workers ready; the last answer: {last}"
     raise ServerError(f"the decision service at {url} was not ready after {timeout:.0f} s: {last}")
 
 

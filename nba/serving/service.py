@@ -29,6 +29,7 @@ the service instance; `/readyz` reaches it through `bentoml.get_current_service(
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -201,6 +202,7 @@ class ReadinessMiddleware:
                 body = {"ready": False, "checks": {"engine": {"ok": False, "detail": "starting"}}}
             else:
                 body = engine.readiness()
+            body["worker"] = os.getpid()  # which worker answered: a server is ready once all of them are
             resp = JSONResponse(body, status_code=200 if body["ready"] else 503)
             await resp(scope, receive, send)
             return
