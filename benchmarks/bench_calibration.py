@@ -84,9 +84,11 @@ def main() -> None:
     import pandas as pd
 
     from nba import schemas
+    from nba.console import quiet_libraries
     from nba.settings import Settings, disable_telemetry
 
     disable_telemetry()
+    quiet_libraries()  # our table, not Feast's and ibis's warnings
     from nba.data.simulator import simulate_to_dir
     from nba.features import store
     from nba.training import propensity
