@@ -18,6 +18,10 @@ replicas are two `bentoml serve` processes on two ports, the clients split betwe
 
     python benchmarks/bench_load.py [--work var] [--seconds 15] [--clients 16,64]
         [--profiles embedded,production] [--replicas 1,2] [--workers 2]
+
+A profile suffixed `:alone` (`--profiles embedded:alone,embedded`) runs with
+`NBA_SERVE_BATCH=1`: each `/decide` call decided alone, as before `nba.serving.batching`; the
+before and after of that change in one run, one after the other.
 """
 
 from __future__ import annotations
@@ -41,8 +45,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @contextlib.contextmanager
 def replicas(settings, logs: Path, count: int, *, workers: int, target: str | None = None,
-             env: dict[str, str] | None = None) -> Iterator[list[int]]:
-    """`count` servers of the same settings on free ports, ready; stopped on leaving."""
+             env: dict[str, str] | None = None, procs_out: list | None = None) -> Iterator[list[int]]:
+    """`count` servers of the same settings on free ports, ready; stopped on leaving (their
+    processes appended to `procs_out`)."""
     import socket
 
     from nba.serving.run import start, stop, wait_ready
@@ -56,12 +61,31 @@ def replicas(settings, logs: Path, count: int, *, workers: int, target: str | No
             proc = start(settings, port=port, workers=workers, log_file=logs / f"replica-{i}.log", target=target,
                          extra_env=env)
             procs.append(proc)
+            if procs_out is not None:
+                procs_out.append(proc)
             wait_ready(f"http://127.0.0.1:{port}", proc, timeout=240)
             ports.append(port)
         yield ports
     finally:
         for p in procs:
             stop(p)
+
+
+def worker_cpu(procs: list) -> list[float]:
+    """CPU seconds of each worker of these servers so far. A worker takes the connections it
+    accepts for their lifetime, and one that wakes first can accept a whole burst of them: the
+    split shows whether a run's clients were shared by its workers or held by one."""
+    import psutil
+
+    from nba.serving.run import server_processes
+
+    out = []
+    for proc in procs:
+        for pid in server_processes(proc)[1:]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                t = psutil.Process(pid).cpu_times()
+                out.append(t.user + t.system)
+    return out
 
 
 async def load(ports: list[int], customers: list[int], clients: int, seconds: float) -> tuple[int, list[float], int]:
@@ -159,26 +183,35 @@ def main() -> None:
         scenarios: list[tuple[str, str | None]] = [("floor", "benchmarks.floor_service:FloorService")]
         scenarios += [(p, None) for p in args.profiles.split(",")]
         for name, target in scenarios:
-            work = private_work(bank, tmp / name)
+            profile, _, mode = name.partition(":")
+            work = private_work(bank, tmp / name.replace(":", "-"))
             settings = base.model_copy(update={"work_dir": work})
             env = None
             cleanup = None
-            if name == "production":
+            if profile == "production":
                 settings, env, dbname = production_env(settings, uuid.uuid4().hex[:8])
                 cleanup = (settings, dbname)
+            if mode == "alone":
+                env = {**(env or {}), "NBA_SERVE_BATCH": "1"}
+            elif mode:
+                raise SystemExit(f"--profiles: '{name}': the only suffix is ':alone'")
             try:
                 for count in (counts if name != "floor" else [1, *[c for c in counts if c > 1]]):
-                    with replicas(settings, tmp / name, count, workers=args.workers, target=target, env=env) as ports:
+                    procs: list = []
+                    with replicas(settings, tmp / name.replace(":", "-"), count, workers=args.workers, target=target,
+                                  env=env, procs_out=procs) as ports:
                         if count == 1:
                             dec, _, _ = asyncio.run(sequential(ports[0], customers, args.requests))
                             one[name] = q(dec, .5)
                             print(f"{name}: one client /decide p50 {one[name]:.2f} ms, p99 {q(dec, .99):.2f} ms")
                         for c in clients:
+                            before = worker_cpu(procs)
                             n, lat, errors = asyncio.run(load(ports, customers, c, args.seconds))
+                            split = " / ".join(f"{b - a:.1f}" for a, b in zip(before, worker_cpu(procs), strict=True))
                             rows[(name, count, c)] = (n / args.seconds, q(lat, .5), q(lat, .99))
                             print(f"{name}, {count} replica(s), {c} clients: {n / args.seconds:,.0f} decisions/s, "
                                   f"p50 {q(lat, .5):.1f} ms, p99 {q(lat, .99):.1f} ms, errors {errors}; "
-                                  f"load {os.getloadavg()[0]:.1f}", flush=True)
+                                  f"workers' CPU s {split}; load {os.getloadavg()[0]:.1f}", flush=True)
             finally:
                 if cleanup is not None:
                     drop_production(base, *cleanup)
@@ -190,9 +223,10 @@ def main() -> None:
         if floor:
             print(f"  {name}, {count} replica(s): {rate / floor[0]:.0%} of the floor's decisions/s (target >= 40 %), "
                   f"p99 {p99:.1f} ms (target <= 50 ms)")
-        if name == "production" and ("embedded", count, 16) in rows:
-            print(f"  production / embedded, {count} replica(s): {rate / rows[('embedded', count, 16)][0]:.0%} "
-                  "(target >= 80 %)")
+        profile, _, mode = name.partition(":")
+        embedded = ("embedded" + (":" + mode if mode else ""), count, 16)
+        if profile == "production" and embedded in rows:
+            print(f"  {name} / {embedded[0]}, {count} replica(s): {rate / rows[embedded][0]:.0%} (target >= 80 %)")
     for name in one:
         if name != "floor" and "floor" in one:
             print(f"  {name}: one client /decide p50 = {one[name] / one['floor']:.1f} x the floor's (target <= 4)")

@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     serve_workers: int = Field(
         3, ge=1, description="worker processes of the decision service (cores + 1: one waits on its log fsync)"
     )
+    serve_batch: int = Field(
+        64, ge=1, description="concurrent /decide calls of one worker decided together, at most (1: each alone); "
+                              "a call that arrives alone waits for nothing (nba.serving.batching)"
+    )
     serve_metrics: bool = Field(
         False, description="BentoML's Prometheus metrics and tracing in the decision service (about a fifth of a "
                            "decision's CPU: off by default)"

@@ -122,6 +122,65 @@ def test_a_server_is_ready_once_every_worker_is(tmp_path):
         srv.server_close()
 
 
+def test_concurrent_decide_calls_are_decided_together_each_with_its_own_answer(served, customers, tmp_path):
+    """What a worker does with the /decide calls that arrive while it decides
+    (`nba.serving.batching`): one engine call for all of them, each caller its own answer; a
+    bad call alone refused; a customer twice decided one after the other, within the caps."""
+    import asyncio
+    import threading
+
+    from nba.serving.batching import DecideBatcher
+    from nba.serving.bundle import load_engine
+    from nba.serving.engine import DecisionRequest, RequestError
+
+    work = tmp_path / "var"  # the bank's features and bundle, a log and contact state of its own
+    work.mkdir()
+    for name in ("feature_repo", "sim", "bentoml", "bundle"):
+        if (served.work / name).exists():
+            (work / name).symlink_to(served.work / name, target_is_directory=True)
+    own = served.model_copy(update={"work_dir": work})
+    engine = load_engine(own)
+    busy = threading.Event()  # while clear, the decider is held, as by a long decision
+
+    def decide(reqs):
+        busy.wait(30)
+        return engine.decide(reqs)
+
+    batcher = DecideBatcher(decide)
+    ids = [int(c) for c in _not_holdout(own, customers)[:8]]
+
+    async def together(reqs):
+        busy.clear()
+        calls = [asyncio.ensure_future(batcher.decide(r)) for r in reqs]
+        await asyncio.sleep(0)  # one turn of the loop: every call has queued (or is with the held decider)
+        assert batcher.waiting >= 1
+        busy.set()
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    try:
+        out = asyncio.run(together([DecisionRequest(c, "web", {}, float(DECISION_EPOCH), 1) for c in ids]))
+        assert batcher.calls == 8 and batcher.batches <= 2  # 8 alone would be 8
+        assert sum(1 / d["timing"]["batch"] for d in out) == pytest.approx(batcher.batches)
+        assert [d["customer_id"] for d in out] == ids and len({d["decision_id"] for d in out}) == 8
+        assert engine.log.count() == 8
+
+        bad = [DecisionRequest(c, "web", {}, float(DECISION_EPOCH), 1) for c in ids[:3]]
+        bad.insert(2, DecisionRequest(ids[3], "fax", {}, float(DECISION_EPOCH), 1))
+        out = asyncio.run(together(bad))
+        assert isinstance(out[2], RequestError) and out[2].field == "channel" and "'fax'" in str(out[2])
+        assert [d["customer_id"] for i, d in enumerate(out) if i != 2] == ids[:3]
+        assert engine.log.count() == 11  # the three good ones, once each
+
+        # one customer three times in one call: each decision sees the one before (an action
+        # at most once in 7 days), so the three show different actions
+        out = engine.decide([DecisionRequest(ids[4], "web", {}, float(DECISION_EPOCH + 60), 1)] * 3)
+        shown = [d["actions"][0]["action_id"] for d in out if d["actions"]]
+        assert len(shown) >= 2 and len(set(shown)) == len(shown), shown
+        assert engine.log.count() == 14
+    finally:
+        engine.log.close()
+
+
 def test_a_decision_follows_the_contract_and_is_logged(server, served, customers):
     cid = int(_not_holdout(served, customers)[3])
     status, d = call(server.url, "/decide", {"customer_id": cid, "channel": "web", "k": 3,

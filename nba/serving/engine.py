@@ -441,8 +441,23 @@ class DecisionEngine:
         t0 = time.perf_counter()
         for r in requests:
             self.check(r)
-        now = np.array([r.timestamp if r.timestamp is not None else _now() for r in requests], dtype=np.float64)
         ids = [int(r.customer_id) for r in requests]
+        if not preview and len(set(ids)) < len(ids):
+            # a customer twice in one call: decided one after the other (in waves of distinct
+            # customers), so the second decision sees the first one's contact and no cap is
+            # exceeded within the call
+            seen: dict[int, int] = {}
+            wave = []  # which occurrence of its customer each request is
+            for c in ids:
+                wave.append(seen.get(c, 0))
+                seen[c] = wave[-1] + 1
+            out: list[dict[str, Any] | None] = [None] * len(ids)
+            for w in range(max(wave) + 1):
+                at = [i for i, x in enumerate(wave) if x == w]
+                for i, resp in zip(at, self.decide([requests[i] for i in at], source=source), strict=True):
+                    out[i] = resp
+            return out  # type: ignore[return-value]
+        now = np.array([r.timestamp if r.timestamp is not None else _now() for r in requests], dtype=np.float64)
         try:
             cols, found = self.features.read(ids, [int(t) for t in now])
         except NbaError as exc:
@@ -538,7 +553,7 @@ class DecisionEngine:
         t_end = time.perf_counter()
         timing = {"features_ms": round((t_features - t0) * 1e3, 3), "decide_ms": round((t_decide - t_features) * 1e3, 3),
                   "policy_ms": round((t_policy - t_decide) * 1e3, 3), "log_ms": round((t_end - t_policy) * 1e3, 3),
-                  "total_ms": round((t_end - t0) * 1e3, 3)}
+                  "total_ms": round((t_end - t0) * 1e3, 3), "batch": n}  # decided together with batch - 1 others
         for resp in responses:
             resp["timing"] = timing
         if deliver.any():  # what was put in the outbox (a trigger's answer names it)

@@ -369,6 +369,11 @@ class ModelSet:
         self._group_of = np.full(len(self.action_ids), -1, dtype=np.int64)  # action -> its group (-1: cold)
         for gi, (_, js) in enumerate(self.groups):
             self._group_of[js] = gi
+        # models of one feature layout share one column list, so `propensity` builds each
+        # layout's matrix once per call (per-action models: 16 lists of 2 layouts here)
+        layouts: dict[tuple[tuple[str, Any], ...], Any] = {}
+        for model, _ in self.groups:
+            model.columns = layouts.setdefault(tuple((c.name, c.category) for c in model.columns), model.columns)
         # pooled models: the one-hot column of each action's id in the shared encoding
         self._onehot: dict[str, dict[int, int]] = {}
         for model, js in self.groups:

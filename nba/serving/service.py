@@ -41,6 +41,7 @@ from starlette.responses import JSONResponse, Response
 from nba import records
 from nba.console import one_line_client_errors
 from nba.records import model_fields
+from nba.serving.batching import DecideBatcher
 from nba.serving.gate import Gate
 from nba.settings import Settings, disable_telemetry
 
@@ -305,6 +306,7 @@ class DecisionService:
         settings = Settings()
         self.engine = load_engine(settings, bundle_location(settings))
         self.engine.warm()
+        self.batcher = DecideBatcher(self.engine.decide, max_batch=settings.serve_batch)  # concurrent calls together
         catalog = self.engine.catalog
         # the gate's (nba.serving.gate): keys checked against the catalog's channels, at start
         self.keyring_settings = settings
@@ -357,8 +359,8 @@ class DecisionService:
                ) -> Decision:  # type: ignore[valid-type]
         """The next best action(s) for one customer in one channel, with the reasons."""
         try:
-            out = self.engine.decide([_decision_request(customer_id, channel, context, timestamp, k, channels,
-                                                        actions)])[0]
+            out = await self.batcher.decide(_decision_request(customer_id, channel, context, timestamp, k, channels,
+                                                              actions))
         except Exception as exc:
             return _error(exc)  # type: ignore[return-value]
         return Response(json.dumps(out), media_type="application/json")  # type: ignore[return-value]
