@@ -17,7 +17,7 @@ decisions/s >= 40 % of the floor's, p99 <= 50 ms; production >= 80 % of embedded
 replicas are two `bentoml serve` processes on two ports, the clients split between them.
 
     python benchmarks/bench_load.py [--work var] [--seconds 15] [--clients 16,64]
-        [--profiles embedded,production] [--replicas 1,2] [--workers 2]
+        [--profiles embedded,production] [--replicas 1,2] [--workers 2] [--stagger-ms 0]
 
 A profile suffixed `:alone` (`--profiles embedded:alone,embedded`) runs with
 `NBA_SERVE_BATCH=1`: each `/decide` call decided alone, as before `nba.serving.batching`; the
@@ -88,14 +88,17 @@ def worker_cpu(procs: list) -> list[float]:
     return out
 
 
-async def load(ports: list[int], customers: list[int], clients: int, seconds: float) -> tuple[int, list[float], int]:
-    """`clients` keep-alive clients, split over the ports, for `seconds`."""
+async def load(ports: list[int], customers: list[int], clients: int, seconds: float,
+               stagger_ms: float = 0.0) -> tuple[int, list[float], int]:
+    """`clients` keep-alive clients, split over the ports, for `seconds`; each opens its
+    connection `stagger_ms` after the one before (0: all at once, a burst one worker may take)."""
     stop = time.perf_counter() + seconds
     lat: list[float] = []
     errors = 0
 
     async def client(i: int) -> None:
         nonlocal errors
+        await asyncio.sleep(i * stagger_ms / 1e3)
         reader, writer = await asyncio.open_connection("127.0.0.1", ports[i % len(ports)])
         gen = bodies(customers, 500 + i)
         while time.perf_counter() < stop:
@@ -165,6 +168,9 @@ def main() -> None:
     parser.add_argument("--profiles", default="embedded,production")
     parser.add_argument("--replicas", default="1,2")
     parser.add_argument("--workers", type=int, default=2, help="workers per replica")
+    parser.add_argument("--stagger-ms", type=float, default=0.0,
+                        help="open the clients' connections this far apart (a worker keeps the connections it "
+                             "accepts, and the first awake can take a whole burst: the CPU split shows it)")
     args = parser.parse_args()
     bank = prologue(args.work)
     from nba.serving.run import example_request
@@ -206,7 +212,7 @@ def main() -> None:
                             print(f"{name}: one client /decide p50 {one[name]:.2f} ms, p99 {q(dec, .99):.2f} ms")
                         for c in clients:
                             before = worker_cpu(procs)
-                            n, lat, errors = asyncio.run(load(ports, customers, c, args.seconds))
+                            n, lat, errors = asyncio.run(load(ports, customers, c, args.seconds, args.stagger_ms))
                             split = " / ".join(f"{b - a:.1f}" for a, b in zip(before, worker_cpu(procs), strict=True))
                             rows[(name, count, c)] = (n / args.seconds, q(lat, .5), q(lat, .99))
                             print(f"{name}, {count} replica(s), {c} clients: {n / args.seconds:,.0f} decisions/s, "
