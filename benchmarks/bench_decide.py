@@ -99,7 +99,9 @@ def q(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, int(p * len(s)))] * 1e3
 
 
-async def _request(reader, writer, path: str, body: bytes | None) -> tuple[int, bytes]:
+async def _request(reader, writer, path: str, body: bytes | None) -> tuple[int, bytes, bool]:
+    """One exchange on an open connection: the status, the body, and whether the server closes
+    the connection after it (`connection: close`)."""
     if body is None:
         writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
     else:
@@ -110,7 +112,34 @@ async def _request(reader, writer, path: str, body: bytes | None) -> tuple[int, 
     status = int(head.split(b" ", 2)[1])
     m = re.search(rb"content-length:\s*(\d+)", head, re.I)
     payload = await reader.readexactly(int(m.group(1))) if m else b""
-    return status, payload
+    return status, payload, re.search(rb"\r\nconnection:\s*close", head, re.I) is not None
+
+
+class Client:
+    """A keep-alive HTTP/1.1 client on raw sockets (about 0.1 ms of CPU per request) that opens
+    a new connection when the server closed the last one, as every HTTP client does (the
+    service recycles a connection after `NBA_SERVE_KEEPALIVE_REQUESTS` requests)."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.reconnects = 0
+
+    async def request(self, path: str, body: bytes | None) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        assert self.reader is not None
+        status, payload, closing = await _request(self.reader, self.writer, path, body)
+        if closing:
+            self.close()
+            self.reconnects += 1
+        return status, payload
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
 
 def bodies(customers: list[int], seed: int):
@@ -121,23 +150,23 @@ def bodies(customers: list[int], seed: int):
 
 
 async def sequential(port: int, customers: list[int], n: int) -> tuple[list[float], list[float], dict]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    conn = Client(port)
     gen = bodies(customers, 1)
     decide, health = [], []
     timings: dict[str, list[float]] = {}
     for i in range(n + 200):
         t0 = time.perf_counter()
-        status, payload = await _request(reader, writer, "/decide", next(gen))
+        status, payload = await conn.request("/decide", next(gen))
         t1 = time.perf_counter()
         assert status == 200, payload[:300]
-        await _request(reader, writer, "/healthz", None)
+        await conn.request("/healthz", None)
         t2 = time.perf_counter()
         if i >= 200:  # warm-up
             decide.append(t1 - t0)
             health.append(t2 - t1)
             for k, v in json.loads(payload)["timing"].items():
                 timings.setdefault(k, []).append(v)
-    writer.close()
+    conn.close()
     return decide, health, {k: statistics.median(v) for k, v in timings.items()}
 
 
@@ -148,14 +177,14 @@ async def concurrent(port: int, customers: list[int], clients: int, seconds: flo
 
     async def client(seed: int) -> None:
         nonlocal errors
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        conn = Client(port)
         gen = bodies(customers, seed)
         while time.perf_counter() < stop:
             t0 = time.perf_counter()
-            status, _ = await _request(reader, writer, "/decide", next(gen))
+            status, _ = await conn.request("/decide", next(gen))
             lat.append(time.perf_counter() - t0)
             errors += status != 200
-        writer.close()
+        conn.close()
 
     await asyncio.gather(*(client(100 + i) for i in range(clients)))
     return len(lat), lat, errors

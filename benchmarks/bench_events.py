@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_decide import _request, prologue, q, serving  # one HTTP client and one way to serve
+from bench_decide import Client, prologue, q, serving  # one HTTP client and one way to serve
 
 ROOT = Path(__file__).resolve().parents[1]
 NOW = 1_764_579_600.0  # 2025-12-01T09:00:00Z: the simulated bank's "now"
@@ -83,19 +83,19 @@ def event(rng: random.Random, customers: list[int], i: int) -> dict:
 
 async def lists(port: int, customers: list[int], size: int, seconds: float, start: int) -> tuple[int, list[float]]:
     rng = random.Random(1)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    conn = Client(port)
     stop = time.perf_counter() + seconds
     lat: list[float] = []
     n = start
     while time.perf_counter() < stop:
         body = json.dumps([event(rng, customers, n + j) for j in range(size)]).encode()
         t0 = time.perf_counter()
-        status, payload = await _request(reader, writer, "/events", body)
+        status, payload = await conn.request("/events", body)
         lat.append(time.perf_counter() - t0)
         assert status == 200, payload[:300]
         assert json.loads(payload)["stored"] == size
         n += size
-    writer.close()
+    conn.close()
     return n - start, lat
 
 
@@ -109,15 +109,15 @@ async def singles(port: int, customers: list[int], clients: int, seconds: float,
     async def client(seed: int) -> None:
         nonlocal errors
         rng = random.Random(seed)
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        conn = Client(port)
         while time.perf_counter() < stop:
             counter[0] += 1
             body = json.dumps(event(rng, customers, counter[0])).encode()
             t0 = time.perf_counter()
-            status, _ = await _request(reader, writer, "/events", body)
+            status, _ = await conn.request("/events", body)
             lat.append(time.perf_counter() - t0)
             errors += status != 200
-        writer.close()
+        conn.close()
 
     await asyncio.gather(*(client(100 + i) for i in range(clients)))
     return len(lat), lat, errors
@@ -126,7 +126,7 @@ async def singles(port: int, customers: list[int], clients: int, seconds: float,
 async def read_your_writes(port: int, customers: list[int], n: int) -> tuple[list[float], list[float], dict]:
     """A page view, then at once /decide; returns the POST latencies, event + decide latencies,
     and decision id -> the page views the customer had by then."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    conn = Client(port)
     seen: dict[int, int] = {}
     expected: dict[str, int] = {}
     ev_lat, total = [], []
@@ -135,10 +135,10 @@ async def read_your_writes(port: int, customers: list[int], n: int) -> tuple[lis
         body = json.dumps({"customer_id": cid, "type": "page_view", "timestamp": NOW - 3600 - i,
                            "event_id": f"ryw{i}", "properties": {"product": "home_insurance"}}).encode()
         t0 = time.perf_counter()
-        status, payload = await _request(reader, writer, "/events", body)
+        status, payload = await conn.request("/events", body)
         t1 = time.perf_counter()
         assert status == 200, payload[:300]
-        status, payload = await _request(reader, writer, "/decide", json.dumps(
+        status, payload = await conn.request("/decide", json.dumps(
             {"customer_id": cid, "channel": "web", "timestamp": TIMESTAMP}).encode())
         t2 = time.perf_counter()
         assert status == 200, payload[:300]
@@ -147,7 +147,7 @@ async def read_your_writes(port: int, customers: list[int], n: int) -> tuple[lis
         if i >= 20:  # warm-up
             ev_lat.append(t1 - t0)
             total.append(t2 - t0)
-    writer.close()
+    conn.close()
     return ev_lat, total, expected
 
 

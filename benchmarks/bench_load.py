@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_decide import _request, bodies, private_work, prologue, q, sequential  # noqa: E402
+from bench_decide import Client, bodies, private_work, prologue, q, sequential  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,14 +99,14 @@ async def load(ports: list[int], customers: list[int], clients: int, seconds: fl
     async def client(i: int) -> None:
         nonlocal errors
         await asyncio.sleep(i * stagger_ms / 1e3)
-        reader, writer = await asyncio.open_connection("127.0.0.1", ports[i % len(ports)])
+        conn = Client(ports[i % len(ports)])
         gen = bodies(customers, 500 + i)
         while time.perf_counter() < stop:
             t0 = time.perf_counter()
-            status, _ = await _request(reader, writer, "/decide", next(gen))
+            status, _ = await conn.request("/decide", next(gen))
             lat.append(time.perf_counter() - t0)
             errors += status != 200
-        writer.close()
+        conn.close()
 
     await asyncio.gather(*(client(i) for i in range(clients)))
     return len(lat), lat, errors

@@ -97,6 +97,10 @@ class Settings(BaseSettings):
         64, ge=1, description="concurrent /decide calls of one worker decided together, at most (1: each alone); "
                               "a call that arrives alone waits for nothing (nba.serving.batching)"
     )
+    serve_keepalive_requests: int = Field(
+        100, ge=0, description="requests a keep-alive connection carries before its answer says `connection: "
+                               "close`, so the client reconnects and the workers share the connections (0: no limit)"
+    )
     serve_metrics: bool = Field(
         False, description="BentoML's Prometheus metrics and tracing in the decision service (about a fifth of a "
                            "decision's CPU: off by default)"

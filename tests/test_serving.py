@@ -77,6 +77,25 @@ def test_health_readiness_and_the_openapi_page(server):
     assert status == 200 and {"/decide", "/decide_batch", "/respond"} <= set(spec["paths"])
 
 
+def test_a_keep_alive_connection_is_recycled_after_its_hundredth_request(server):
+    """Its answer says `connection: close`, so the client reconnects and the workers share the
+    connections (`nba.serving.connections`); the 99 before keep the connection open."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        closing = []
+        for _ in range(100):
+            conn.request("GET", "/livez")
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status == 200
+            closing.append(resp.getheader("connection"))
+        assert closing[:99] == [None] * 99 and closing[99] == "close"
+        conn.request("GET", "/livez")  # http.client reconnects by itself, as every client does
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()
+
+
 def test_a_server_is_ready_once_every_worker_is(tmp_path):
     """Two workers behind one port, as BentoML runs them: the second is still building its
     engine (503 "starting") for its first answers. Ready means both answered 200."""

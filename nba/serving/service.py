@@ -42,6 +42,7 @@ from nba import records
 from nba.console import one_line_client_errors
 from nba.records import model_fields
 from nba.serving.batching import DecideBatcher
+from nba.serving.connections import KeepAliveLimit
 from nba.serving.gate import Gate
 from nba.settings import Settings, disable_telemetry
 
@@ -396,7 +397,8 @@ class DecisionService:
         return Response(json.dumps(out), media_type="application/json")  # type: ignore[return-value]
 
 
-DecisionService.add_asgi_middleware(Gate)  # type: ignore[attr-defined]  # first: outermost of ours
+DecisionService.add_asgi_middleware(KeepAliveLimit)  # type: ignore[attr-defined]  # first: outermost of ours
+DecisionService.add_asgi_middleware(Gate)  # type: ignore[attr-defined]
 DecisionService.add_asgi_middleware(ReadinessMiddleware)  # type: ignore[attr-defined]
 DecisionService.add_asgi_middleware(EventsMiddleware)  # type: ignore[attr-defined]
 
