@@ -174,3 +174,12 @@ def call(url: str, path: str, body: Any = None, *, raw: bytes | None = None, met
         return status, json.loads(payload)
     except json.JSONDecodeError:
         return status, payload.decode(errors="replace")
+
+
+def reply_json(handler: Any, status: int, raw: bytes) -> None:
+    """A stdlib `BaseHTTPRequestHandler`'s JSON answer (the tests' small local servers)."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(raw)))
+    handler.end_headers()
+    handler.wfile.write(raw)

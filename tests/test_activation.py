@@ -35,7 +35,7 @@ from nba.stores.decisions.sqlite import DecisionLog
 from nba.stores.outbox import Outbox
 from nba.stores.outbox_postgres import open_outbox
 from tests.conftest import PROJECT_ROOT
-from tests.serving_env import free_port
+from tests.serving_env import free_port, reply_json
 from tests.test_decisioning import NOW, _bank, _batch, _customer
 
 REDIS_URL = "redis://127.0.0.1:6379/5"  # this module's Redis database (HELPERS.md)
@@ -81,11 +81,7 @@ class Receiver:
                         code = 200
                         receiver.effects.setdefault(key, json.loads(body))  # the dedup: one effect per key
                 answer = b'{"ok": true}' if code == 200 else b'{"error": "try later"}'
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
+                reply_json(self, code, answer)
 
             def log_message(self, *args: Any) -> None:
                 pass

@@ -23,7 +23,7 @@ from nba.settings import Settings
 from nba.stores.decisions import read_log
 from nba.stores.policy_state.redis import RedisPolicyStore
 from nba.stores.policy_state.sqlite import SqlitePolicyStore
-from tests.serving_env import DECISION_EPOCH, DECISION_TIME, build_served_bank, call, start_server
+from tests.serving_env import DECISION_EPOCH, DECISION_TIME, build_served_bank, call, reply_json, start_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -114,12 +114,7 @@ def test_a_server_is_ready_once_every_worker_is(tmp_path):
             body = {"ready": ready, "worker": worker,
                     "checks": {} if ready else {"engine": {"ok": False, "detail": "starting"}}}
             answered.append((worker, 200 if ready else 503))
-            raw = json.dumps(body).encode()
-            self.send_response(200 if ready else 503)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
+            reply_json(self, 200 if ready else 503, json.dumps(body).encode())
 
         def log_message(self, *args: Any) -> None:
             pass
