@@ -29,23 +29,22 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 MAX_BATCH = 64  # calls decided together at most; the rest wait for the next turn
-DECIDERS = 1  # batches in flight at once (two, one computing while the other waits on its fsync, were slower: 662/s against 848/s, the log commits serialised)
 
 
 class DecideBatcher:
-    """Decides the calls of one event loop together, in a thread of its own (module docstring)."""
+    """Decides the calls of one event loop together, in one thread of its own (module docstring;
+    two decider threads were slower, 662/s against 848/s: their log commits queued behind each
+    other)."""
 
-    def __init__(self, decide: Callable[[Sequence[Any]], list[dict[str, Any]]], *, max_batch: int = MAX_BATCH,
-                 threads: int = DECIDERS):
+    def __init__(self, decide: Callable[[Sequence[Any]], list[dict[str, Any]]], *, max_batch: int = MAX_BATCH):
         self._decide = decide
         self.max_batch = max_batch
-        self.threads = threads
         self._queue: list[tuple[Any, asyncio.Future]] = []
         self._lock = threading.Lock()
-        self._active = 0  # decider threads at work
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nba-decide")
-        self.batches = 0  # how many engine calls (for tests and the log)
-        self.calls = 0
+        self._deciding = False  # the decider thread is at work (it takes what is queued before it stops)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nba-decide")
+        self.batches = 0  # engine calls made (a refused batch's calls are then made again one by one)
+        self.calls = 0  # requests in those engine calls
 
     @property
     def waiting(self) -> int:
@@ -58,8 +57,7 @@ class DecideBatcher:
         fut: asyncio.Future = loop.create_future()
         with self._lock:
             self._queue.append((request, fut))
-            start = self._active < self.threads
-            self._active += start
+            start, self._deciding = not self._deciding, True
         if start:
             self._pool.submit(self._drain, loop)
         return await fut  # type: ignore[no-any-return]
@@ -70,11 +68,11 @@ class DecideBatcher:
             with self._lock:
                 batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
                 if not batch:
-                    self._active -= 1
+                    self._deciding = False
                     return
             answers: list[tuple[asyncio.Future, Any, BaseException | None]] = []
             self._run(batch, answers)
-            loop.call_soon_threadsafe(_settle_all, answers)
+            loop.call_soon_threadsafe(_settle, answers)
 
     def _run(self, batch: list[tuple[Any, asyncio.Future]],
              answers: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
@@ -86,8 +84,6 @@ class DecideBatcher:
             out = self._decide([r for r, _ in batch])
         except RequestError as exc:
             if len(batch) > 1:  # nothing was written: each call again, alone, for its own answer
-                self.batches -= 1
-                self.calls -= len(batch)
                 for item in batch:
                     self._run([item], answers)
                 return
@@ -98,15 +94,12 @@ class DecideBatcher:
             answers.extend((fut, result, None) for (_, fut), result in zip(batch, out, strict=True))
 
 
-def _settle_all(answers: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
+def _settle(answers: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
+    """On the event loop: each caller's answer (one that went away is skipped)."""
     for fut, result, exc in answers:
-        _settle(fut, result=result, exc=exc)
-
-
-def _settle(fut: asyncio.Future, *, result: Any = None, exc: BaseException | None = None) -> None:
-    if fut.done():
-        return
-    if exc is not None:
-        fut.set_exception(exc)
-    else:
-        fut.set_result(result)
+        if fut.done():
+            continue
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
