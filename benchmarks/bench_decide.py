@@ -124,7 +124,6 @@ class Client:
         self.port = port
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
-        self.reconnects = 0
 
     async def request(self, path: str, body: bytes | None) -> tuple[int, bytes]:
         if self.writer is None:
@@ -133,7 +132,6 @@ class Client:
         status, payload, closing = await _request(self.reader, self.writer, path, body)
         if closing:
             self.close()
-            self.reconnects += 1
         return status, payload
 
     def close(self) -> None:

@@ -52,7 +52,8 @@ def replicas(settings, logs: Path, count: int, *, workers: int, target: str | No
 
     from nba.serving.run import start, stop, wait_ready
 
-    procs, ports = [], []
+    procs: list = procs_out if procs_out is not None else []
+    ports: list[int] = []
     try:
         for i in range(count):
             with socket.socket() as sock:
@@ -61,8 +62,6 @@ def replicas(settings, logs: Path, count: int, *, workers: int, target: str | No
             proc = start(settings, port=port, workers=workers, log_file=logs / f"replica-{i}.log", target=target,
                          extra_env=env)
             procs.append(proc)
-            if procs_out is not None:
-                procs_out.append(proc)
             wait_ready(f"http://127.0.0.1:{port}", proc, timeout=240)
             ports.append(port)
         yield ports
@@ -190,7 +189,8 @@ def main() -> None:
         scenarios += [(p, None) for p in args.profiles.split(",")]
         for name, target in scenarios:
             profile, _, mode = name.partition(":")
-            work = private_work(bank, tmp / name.replace(":", "-"))
+            folder = tmp / name.replace(":", "-")
+            work = private_work(bank, folder)
             settings = base.model_copy(update={"work_dir": work})
             env = None
             cleanup = None
@@ -204,7 +204,7 @@ def main() -> None:
             try:
                 for count in (counts if name != "floor" else [1, *[c for c in counts if c > 1]]):
                     procs: list = []
-                    with replicas(settings, tmp / name.replace(":", "-"), count, workers=args.workers, target=target,
+                    with replicas(settings, folder, count, workers=args.workers, target=target,
                                   env=env, procs_out=procs) as ports:
                         if count == 1:
                             dec, _, _ = asyncio.run(sequential(ports[0], customers, args.requests))
