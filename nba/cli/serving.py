@@ -45,14 +45,17 @@ def bundle_show() -> None:
 def serve_cmd(
     port: Annotated[int, typer.Option(help="Port on localhost.", min=1, max=65535)] = 3000,
     host: Annotated[str, typer.Option(help="Interface to bind (loopback by default).")] = "127.0.0.1",
-    workers: Annotated[int | None, typer.Option(help="Worker processes [default: NBA_SERVE_WORKERS, 2].",
+    workers: Annotated[int | None, typer.Option(help="Worker processes [default: NBA_SERVE_WORKERS, 3].",
                                                  min=1)] = None,
     activation: Annotated[bool, typer.Option(help="Run the outbox's delivery worker beside the service "
                                                   "(nba activation run).")] = True,
 ) -> None:
     """Serve the built Bento (`nba bundle build`) with BentoML: /decide, /decide_batch,
     /respond, /healthz, /readyz; the OpenAPI page at /docs.json and the UI at /. The delivery
-    worker sends the outbox's messages meanwhile (--no-activation: not)."""
+    worker sends the outbox's messages meanwhile (--no-activation: not). It is ready once every
+    worker is. A worker decides the /decide calls that reach it while it decides together
+    (NBA_SERVE_BATCH), and closes a keep-alive connection after NBA_SERVE_KEEPALIVE_REQUESTS
+    answers, so the workers share the connections."""
     from nba.serving.run import serve
 
     serve(settings(), host=host, port=port, workers=workers, echo=echo, activation=activation)
