@@ -34,6 +34,7 @@ from nba.records import (
     BATCH_INDEX,
     CANDIDATE,
     DECISION,
+    ERASURE,
     EVENT,
     FILTERED,
     FLOAT,
@@ -180,7 +181,7 @@ class Migration:
 # live in Redis there)
 _V1_RECORDS = (DECISION, CANDIDATE, FILTERED, BATCH_INDEX, OUTCOME, OUTBOX, RECEIPT, EVENT, PREFERENCE,
                PREFERENCE_AUDIT)
-PG_RECORDS = (*_V1_RECORDS, TRIGGER_PENDING)
+PG_RECORDS = (*_V1_RECORDS, TRIGGER_PENDING, ERASURE)
 
 # The indexes are the SQLite log's: none on candidates and filtered (a 200-action catalog
 # writes ~200 filtered rows per decision; an index on them would double the write's work for
@@ -203,6 +204,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         create_table(TRIGGER_PENDING),
         f"CREATE INDEX IF NOT EXISTS trigger_pending_ingested ON {TRIGGER_PENDING.name} (ingested_at)",
     )),
+    Migration(3, "the erasure list, shared by the replicas (erasures)", (create_table(ERASURE),)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 _VERSION_TABLE = ("CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, description text NOT NULL, "
@@ -250,19 +252,21 @@ def applied_versions(conn: Any) -> list[int]:
 
 def migrate(dsn: str, *, component: str = "nba stores migrate", migrations: Sequence[Migration] = MIGRATIONS
             ) -> list[Migration]:
-    """Apply the migrations the database has not had, in order, each in its own transaction
-    under an advisory lock (two migrators at once: the second waits, then finds nothing to do).
-    Returns the ones applied. A database at a version newer than this release is refused."""
+    """Apply the migrations the database has not had, in order, each in its own transaction,
+    the whole run under one advisory lock of the session (two migrators at once: the second
+    waits for the first to finish, then finds nothing to do). Returns the ones applied. A
+    database at a version newer than this release is refused."""
     conn = connect(dsn, component)
     done: list[Migration] = []
     try:
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
+            # a session lock: held across the migrations' transactions (released when the
+            # connection closes), so two runs never interleave their versions
+            conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATE_LOCK,))
             conn.execute(_VERSION_TABLE)
         known = {m.version for m in migrations}
         for m in migrations:
             with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
                 have = applied_versions(conn)
                 unknown = [v for v in have if v not in known]
                 if unknown:
