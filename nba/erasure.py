@@ -1,10 +1,11 @@
 """Erasure of one customer (GDPR art. 17): every store that holds them, a receipt, the list.
 
-`erase_customer(settings, customer_id, by=...)` asks every erasable store, in turn, to forget
-the customer (`erase_customer(customer_id) -> int`, the rows removed or pseudonymised), then
-adds the id to the erasure list (`nba.stores.erasures`: every training frame excludes it) and
-writes a receipt (`<work>/privacy/receipts/<id>-<time>.json`: what each store removed, when,
-by whom). Running it again finds nothing left: the receipt says so and the call succeeds.
+`erase_customer(settings, customer_id, by=...)` adds the id to the erasure list
+(`nba.stores.erasures`: every training frame excludes it, the service makes no decision for it
+and stores none of its events), then asks every erasable store, in turn, to forget the customer
+(`erase_customer(customer_id) -> int`, the rows removed or pseudonymised), and writes a receipt
+(`<work>/privacy/receipts/<id>-<time>.json`: what each store removed, when, by whom). Running it
+again finds nothing left: the receipt says so and the call succeeds.
 
 What happens where, and why:
 
@@ -240,13 +241,26 @@ def _rows(result: Any) -> int:
 
 
 def erase_customer(settings: Settings, customer_id: int, *, by: str) -> dict[str, Any]:
-    """Erase the customer everywhere; returns the receipt (also written to a file)."""
-    from nba.stores.erasures import ErasureList
+    """Erase the customer everywhere; returns the receipt (also written to a file).
+
+    The id goes on the erasure list first: from then on the service refuses decisions for it and
+    stores none of its events, so nothing new of the customer arrives in a store while the
+    stores are being emptied (what arrived before is erased below)."""
+    from nba.stores.erasures import open_erasure_list
 
     cid = int(customer_id)
     if cid < 0:
         raise ValueError(f"customer_id {customer_id}: expected an id >= 0")
     started = time.time()
+    stamp = datetime.fromtimestamp(started, tz=UTC)
+    receipt_path = settings.privacy_dir / "receipts" / f"{cid}-{stamp.strftime('%Y%m%dT%H%M%S%fZ')}.json"
+    erasures = open_erasure_list(settings)
+    try:
+        before = erasures.get(cid)
+        erasures.add(cid, started, by, str(receipt_path))
+        where = erasures.where
+    finally:
+        erasures.close()
     stores: dict[str, Any] = {}
     for e in erasable_stores(settings):
         result = e.erase(cid)
@@ -254,24 +268,17 @@ def erase_customer(settings: Settings, customer_id: int, *, by: str) -> dict[str
                           **({"files": result} if isinstance(result, dict) and result else {})}
         logger.info("erasure of customer %d: %s %s %d rows", cid, e.name, e.treatment, _rows(result))
     total = sum(s["rows"] for s in stores.values())
-    erasures = ErasureList(settings.privacy_dir)
-    try:
-        before = erasures.get(cid)
-        stamp = datetime.fromtimestamp(started, tz=UTC)
-        receipt_path = settings.privacy_dir / "receipts" / f"{cid}-{stamp.strftime('%Y%m%dT%H%M%S%fZ')}.json"
-        receipt = {
-            "customer_id": cid, "erased_at": stamp.isoformat().replace("+00:00", "Z"), "erased_by": by,
-            "rows": total, "nothing_left": total == 0,
-            "previously_erased_at": (datetime.fromtimestamp(before["erased_at"], tz=UTC).isoformat()
-                                     .replace("+00:00", "Z") if before else None),
-            "stores": stores,
-            "erasure_list": str(erasures.path),
-            "note": "the erasure list and these receipts keep the id, as the record of the erasure; training "
-                    "frames exclude every listed id",
-        }
-        write_text(json.dumps(receipt, indent=2) + "\n", receipt_path)
-        erasures.add(cid, started, by, str(receipt_path))
-    finally:
-        erasures.close()
+    receipt = {
+        "customer_id": cid, "erased_at": stamp.isoformat().replace("+00:00", "Z"), "erased_by": by,
+        "rows": total, "nothing_left": total == 0,
+        "previously_erased_at": (datetime.fromtimestamp(before["erased_at"], tz=UTC).isoformat()
+                                 .replace("+00:00", "Z") if before else None),
+        "stores": stores,
+        "erasure_list": where,
+        "note": "the erasure list and these receipts keep the id, as the record of the erasure; training "
+                "frames exclude every listed id, and the service makes no decision for it and stores none of "
+                "its events",
+    }
+    write_text(json.dumps(receipt, indent=2) + "\n", receipt_path)
     receipt["receipt"] = str(receipt_path)
     return receipt

@@ -371,9 +371,8 @@ def test_the_openapi_document_is_exact(server, keys):
 def test_schemathesis_finds_nothing_in_a_short_run(server, served, keys, tmp_path):
     """Every check of schemathesis, its fuzzing and stateful phases, a few examples per
     operation: no 5xx, every response as documented, no refused call wrote a row. The coverage
-    phase (a minute and more of boundary cases) and erasure are the benchmark's: after an
-    erasure a later event or decision makes the customer known again, which schemathesis'
-    use-after-free check reports (a question for the erasure list, not for this gate)."""
+    phase (a minute and more of boundary cases) and erasure (it rewrites the served bank's
+    sources, which the module's other tests read) are the benchmark's."""
     from tests.fuzz_env import fuzz
 
     run = fuzz(server.url, keys["fuzz"][0], served.work, tmp_path / "fuzz", max_examples=10, seed=3,

@@ -411,6 +411,43 @@ def test_erasure_leaves_no_trace_and_the_next_model_never_sees_the_rows(customer
     assert params["frame.digest"] == frame_digest(frame.frame) != frame_digest(before.frame)
     assert params["frame.rows"] == str(len(frame.frame))
 
+    # nothing new is made of the erased customer: a decision is refused (410) before anything is
+    # written, their events are neither stored nor pushed, a batch skips them
+    decisions_before = len(read_log(settings.decision_log_dir).decisions)
+    status, body = call(customers_server.url, "/decide", {"customer_id": cid, "channel": "web",
+                                                          "timestamp": DECISION_TIME})
+    assert status == 410 and body["field"] == "customer_id", body
+    assert body["error"].startswith(f"customer {cid} was erased at 20") and "no decision is made" in body["error"]
+    status, body = call(customers_server.url, "/decide_batch", {"requests": [
+        {"customer_id": pool[23], "channel": "web", "timestamp": DECISION_TIME},
+        {"customer_id": cid, "channel": "web", "timestamp": DECISION_TIME}]})
+    assert status == 410 and f"customer {cid} was erased" in body["error"], body
+    status, ingested = call(customers_server.url, "/events", [
+        {"customer_id": cid, "type": "app_login", "timestamp": DECISION_TIME},
+        {"customer_id": pool[23], "type": "app_login", "timestamp": DECISION_TIME}])
+    assert status == 200, ingested
+    assert ingested["received"] == 2 and ingested["stored"] == 1 and ingested["erased_customers"] == [cid]
+    assert ingested["unknown_customers"] == []  # the erased one is not reported as a new customer
+    assert _online_rows(settings, cid) == 0
+    from nba.stores.events.sqlite import EventLog
+
+    events = EventLog(settings.event_log_path)
+    try:
+        assert events.history([cid]).get(cid, []) == [] and len(events.history([pool[23]])[pool[23]]) >= 1
+    finally:
+        events.close()
+    assert len(read_log(settings.decision_log_dir).decisions) == decisions_before  # the refused ones wrote nothing
+    pd.DataFrame({"customer_id": [cid, pool[24]]}).to_parquet(batch_in)
+    summary = decide_batch(settings, batch_in, "email", tmp_path / "batch_out2.parquet",
+                           timestamp=float(DECISION_EPOCH))
+    assert summary.erased == 1 and summary.customers == 1
+    assert pd.read_parquet(tmp_path / "batch_out2.parquet")["customer_id"].tolist() == [pool[24]]
+    pd.DataFrame({"customer_id": [cid]}).to_parquet(batch_in)
+    from nba.errors import DataFileError
+
+    with pytest.raises(DataFileError, match="every one of its 1 rows is an erased customer"):
+        decide_batch(settings, batch_in, "email", tmp_path / "batch_out3.parquet", timestamp=float(DECISION_EPOCH))
+
 
 def _delete(url: str, cid: int, auth: str) -> tuple[int, dict]:
     import urllib.error

@@ -37,6 +37,7 @@ import pytest
 from nba.records import NO_ACTION
 from nba.settings import Settings
 from nba.stores.decisions import log_location, read_log
+from tests.conftest import ADMIN_TOKEN
 from tests.pg_env import pg_database
 from tests.serving_env import DECISION_EPOCH, DECISION_TIME, call, free_port, start_server
 
@@ -361,7 +362,7 @@ def test_one_of_two_replicas_is_killed(customers_bank, own_redis, tmp_path):
         settings = _private(customers_bank, tmp_path / "var", policy_store="redis", redis_url=own_redis.url,
                             redis_prefix=prefix, log_store="postgres", log_dsn=dsn)
         env = {"NBA_POLICY_STORE": "redis", "NBA_REDIS_URL": own_redis.url, "NBA_REDIS_PREFIX": prefix,
-               "NBA_LOG_STORE": "postgres", "NBA_LOG_DSN": dsn}
+               "NBA_LOG_STORE": "postgres", "NBA_LOG_DSN": dsn, "NBA_ADMIN_TOKEN": ADMIN_TOKEN}
         _two_replicas(settings, env, own_redis, tmp_path)
 
 
@@ -402,6 +403,28 @@ def _one_customer_on_both(settings: Settings, url_one: str, url_two: str, own_re
     policy.close()
 
 
+def _erased_on_one_refused_on_the_other(settings: Settings, url_one: str, url_two: str, dsn: str) -> None:
+    """A customer erased through one replica is refused (410) by the other, which stores none
+    of their events: the erasure list is the replicas' Postgres table, not a file of either."""
+    import urllib.request
+
+    import psycopg
+
+    cid = next(c for c in range(401, 500) if call(url_two, f"/customers/{c}?at={DECISION_TIME}")[0] == 200)
+    req = urllib.request.Request(f"{url_one}/customers/{cid}", method="DELETE",
+                                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        assert resp.status == 200
+    status, body = call(url_two, "/decide", {"customer_id": cid, "channel": "email", "timestamp": DECISION_TIME})
+    assert status == 410 and body["field"] == "customer_id" and f"customer {cid} was erased" in body["error"], body
+    status, body = call(url_two, "/events", {"customer_id": cid, "type": "app_login", "timestamp": DECISION_TIME})
+    assert status == 200 and body["stored"] == 0 and body["erased_customers"] == [cid], body
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT customer_id FROM erasures").fetchall() == [(cid,)]
+        assert conn.execute("SELECT count(*) FROM events WHERE customer_id = %s", (cid,)).fetchone() == (0,)
+    assert not (settings.privacy_dir / "erasures.db").exists()
+
+
 def _two_replicas(settings: Settings, env: dict[str, str], own_redis: RedisServer, tmp_path: Path) -> None:
     from nba.serving.run import kill
     from nba.stores.policy_state.redis import RedisPolicyStore
@@ -411,6 +434,7 @@ def _two_replicas(settings: Settings, env: dict[str, str], own_redis: RedisServe
     two = start_server(settings, tmp_path / "two.log", extra_env=env)
     try:
         _one_customer_on_both(settings, one.url, two.url, own_redis, prefix)
+        _erased_on_one_refused_on_the_other(settings, one.url, two.url, env["NBA_LOG_DSN"])
         with Load([one.url, two.url], clients=8) as load:
             load.wait_for(lambda a: len({x[1] for x in a if x[2] == 200}) == 2, 60, "both replicas answering")
             # a decision made on one replica is responded to on the other

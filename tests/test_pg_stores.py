@@ -22,6 +22,7 @@ from nba.records import Coded, Columns
 from nba.settings import Settings
 from nba.stores.decisions import read_log
 from nba.stores.decisions.postgres import PostgresDecisionLog
+from nba.stores.erasures import erased_ids, open_erasure_list
 from nba.stores.postgres import (
     MIGRATIONS,
     PG_RECORDS,
@@ -78,19 +79,22 @@ def test_a_change_of_the_declaration_is_refused_until_migrated(dsn):
         check_schema(conn, dsn, "decision log", [changed])  # the migration's ALTER makes it the declaration
 
 
-def test_a_database_of_the_previous_release_is_refused_then_migrated_to_the_pending_triggers(tmp_path):
-    from nba.records import TRIGGER_PENDING
+def test_a_database_of_the_previous_release_is_refused_then_migrated(tmp_path):
+    from nba.records import ERASURE, TRIGGER_PENDING
     from nba.stores.events.postgres import PostgresEventLog
 
     with pg_database("test_pg_stores", migrated=False) as raw:
-        assert [m.version for m in migrate(raw, migrations=MIGRATIONS[:1])] == [1]  # what the last release made
-        with pytest.raises(SchemaVersionError, match=r"^event log: .* is at version 1, this release needs 2; "
-                                                     r"run `nba stores migrate`$"):
+        assert [m.version for m in migrate(raw, migrations=MIGRATIONS[:1])] == [1]  # two releases ago
+        with pytest.raises(SchemaVersionError, match=rf"^event log: .* is at version 1, this release needs "
+                                                     rf"{SCHEMA_VERSION}; run `nba stores migrate`$"):
             PostgresEventLog(raw)
-        assert [m.version for m in migrate(raw)] == [2]
+        assert [m.version for m in migrate(raw, migrations=MIGRATIONS[:2])] == [2]  # the last release
+        with pytest.raises(SchemaVersionError, match=r"is at version 2, this release needs 3"):
+            PostgresEventLog(raw)
+        assert [m.version for m in migrate(raw)] == [3]
         with psycopg.connect(raw) as conn:
-            assert _columns(conn, TRIGGER_PENDING.name) == [(c.name, PG_TYPES[c.kind], c.nullable)
-                                                           for c in TRIGGER_PENDING.columns]
+            for record in (TRIGGER_PENDING, ERASURE):
+                assert _columns(conn, record.name) == [(c.name, PG_TYPES[c.kind], c.nullable) for c in record.columns]
         PostgresEventLog(raw).close()
 
 
@@ -107,7 +111,7 @@ def test_an_unmigrated_or_unknown_schema_and_a_dead_dsn_are_one_line_at_start(tm
         with psycopg.connect(raw, autocommit=True) as conn:
             conn.execute("INSERT INTO schema_version VALUES (99, 'from the future', 0)")
         with pytest.raises(SchemaVersionError, match=r"^event log: .* is at version 99, which this release does not "
-                                                     r"know \(it knows up to 2\)"):
+                                                     rf"know \(it knows up to {SCHEMA_VERSION}\)"):
             from nba.stores.events.postgres import PostgresEventLog
 
             PostgresEventLog(raw)
@@ -138,9 +142,10 @@ def test_nba_stores_migrate_and_status(tmp_path):
         first = nba("migrate")
         assert first.returncode == 0, first.stderr
         assert "applied version 1" in first.stdout and "applied version 2: the events whose triggers" in first.stdout
+        assert "applied version 3: the erasure list, shared by the replicas" in first.stdout
         again = nba("migrate")
         assert "nothing to do" in again.stdout and "applied" not in again.stdout
-        assert "schema at version 2 (current)" in nba("status").stdout
+        assert "schema at version 3 (current)" in nba("status").stdout
         log = PostgresDecisionLog(raw, tmp_path / "var" / "decision_log")
         log.append(_tables(3))  # made on 2025-12-01: long before today's retention window
         log.close()
@@ -294,8 +299,27 @@ def test_erasure_covers_the_postgres_stores(dsn, tmp_path):
     assert feats.loc[erased["decision_id"].iloc[0]].isna().all()  # the erased decision's features are gone
     assert feats.loc["d0", "age"] == 20.0 and feats.loc["d2", "region"] == "north"
     assert PostgresOutbox(dsn).count() == 2
-    assert erase_customer(settings, 10, by="test")["nothing_left"]
+    again = erase_customer(settings, 10, by="test")
+    assert again["nothing_left"] and again["previously_erased_at"] == receipt["erased_at"]
     log.close()
+    # the erasure list is in Postgres, so another machine's replica (its own work folder) sees it
+    assert receipt["erasure_list"].startswith("postgresql://") and not (settings.privacy_dir / "erasures.db").exists()
+    elsewhere = Settings(home=PROJECT_ROOT, work_dir=tmp_path / "other", log_store="postgres", log_dsn=dsn)
+    assert erased_ids(elsewhere) == {10}
+    other = open_erasure_list(elsewhere)
+    try:
+        got = other.erased([10, 20, 10])
+        assert list(got) == [10] and abs(got[10] - _epoch(receipt)) < 1e-3
+        assert other.get(10)["erased_by"] == "test" and other.get(20) is None
+        assert other.add(10, 1.0, "again", "x") is False  # the first erasure's entry stays
+    finally:
+        other.close()
+
+
+def _epoch(receipt: dict) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(receipt["erased_at"].replace("Z", "+00:00")).timestamp()
 
 
 def test_a_write_after_postgres_dropped_the_connection_is_refused_then_recovers(dsn, tmp_path):
@@ -357,5 +381,6 @@ def test_two_migrators_at_once_apply_each_version_once():
             t.join()
         assert sorted(len(d) for d in done) == [0, len(MIGRATIONS)]  # the second found nothing to do
         with psycopg.connect(raw) as conn:
-            assert conn.execute("SELECT version FROM schema_version ORDER BY 1").fetchall() == [(1,), (2,)]
+            assert conn.execute("SELECT version FROM schema_version ORDER BY 1").fetchall() == [
+                (m.version,) for m in MIGRATIONS]
         PostgresDecisionLog(raw, Path("/nonexistent")).close()  # and the stores open on it

@@ -732,9 +732,9 @@ def test_the_production_profile_serves_from_redis_and_a_postgres_registry(served
 
         with pytest.raises(NbaError, match=r"^decision log: the Postgres schema at postgresql://.* is not migrated"):
             load_prod(prod, served.bundle_dir)  # the service refuses at start, naming what to run
-        from nba.stores.postgres import migrate
+        from nba.stores.postgres import MIGRATIONS, migrate
 
-        assert [m.version for m in migrate(prod.postgres_dsn)] == [1, 2]
+        assert [m.version for m in migrate(prod.postgres_dsn)] == [m.version for m in MIGRATIONS]
         srv = start_server(prod, tmp_path / "production.log", workers=1)
         status, ready = call(srv.url, "/readyz")
         assert status == 200 and ready["checks"]["policy_store"]["detail"] == "RedisPolicyStore"

@@ -43,8 +43,9 @@ def ingest_file(path: Path, *, chunk: int = 2_000, progress: bool = True, trigge
     ingest, types, engine = event_sink(settings(), triggers=triggers)
     total, chunks = read_event_file(path, types, chunk)
     out: dict[str, Any] = {"received": 0, "stored": 0, "duplicates": 0, "unknown_customers": 0,
-                           "customers_updated": 0}
+                           "erased_customers": 0, "customers_updated": 0}
     unknown: set[int] = set()
+    erased: set[int] = set()
     fired: list[dict[str, Any]] = []
     bar = console.progress(total, "events", "event", enabled=progress)
     try:
@@ -55,6 +56,7 @@ def ingest_file(path: Path, *, chunk: int = 2_000, progress: bool = True, trigge
             out["duplicates"] += len(r.duplicates)
             out["customers_updated"] += r.customers_pushed
             unknown.update(r.unknown_customers)
+            erased.update(r.erased_customers)
             fired += r.triggers
             bar.update(r.received)
     finally:
@@ -62,6 +64,7 @@ def ingest_file(path: Path, *, chunk: int = 2_000, progress: bool = True, trigge
         if engine is not None:
             engine.flush_triggered()
     out["unknown_customers"] = len(unknown)
+    out["erased_customers"] = len(erased)
     per = tally(fired)
     out["triggers"] = per
     out["decisions"] = sum(t["decisions"] for t in per.values())
@@ -91,7 +94,8 @@ def ingest_cmd(
         echo(json.dumps(out))
         return
     echo(f"{out['received']:,} events read from {file}: {out['stored']:,} stored, {out['duplicates']:,} duplicates, "
-         f"{out['unknown_customers']:,} unknown customers (stored, flagged)")
+         f"{out['unknown_customers']:,} unknown customers (stored, flagged)"
+         + (f", {out['erased_customers']:,} erased customers (not stored)" if out["erased_customers"] else ""))
     if no_triggers:
         return
     echo(f"triggers: {out['decisions']:,} decisions started, {out['outbox_messages']:,} outbox messages"

@@ -50,6 +50,7 @@ class BatchSummary:
     load_seconds: float  # loading the bundle's models and opening the stores
     action_counts: dict[str, int]
     messages: int = 0  # outbox messages written (deliver)
+    erased: int = 0  # rows of the file whose customer was erased (`nba.stores.erasures`): not decided
 
     def describe(self) -> str:
         lines = [f"{self.customers:,} decisions in {self.seconds:.2f} s ({self.customers / max(self.seconds, 1e-9):,.0f}/s) "
@@ -59,8 +60,25 @@ class BatchSummary:
                  f"ranked decisions -> {self.out}", f"decision log batch {self.batch_id}"]
         if self.messages:
             lines.append(f"{self.messages:,} outbox messages to deliver (nba activation run)")
+        if self.erased:
+            lines.append(f"{self.erased:,} rows of erased customers not decided (the erasure list)")
         lines += [f"  {a:<24} {c:>10,}" for a, c in sorted(self.action_counts.items(), key=lambda x: -x[1])]
         return "\n".join(lines)
+
+
+def without_erased(settings: Settings, frame: Any, path: Path) -> tuple[Any, int]:
+    """The customers file without the rows of erased customers (no decision is made for them),
+    and how many rows that removed; a file of erased customers only is refused."""
+    from nba.stores.erasures import erased_ids
+
+    gone = erased_ids(settings)
+    if not gone:
+        return frame, 0
+    drop = frame[schemas.ENTITY_KEY].isin(list(gone))
+    if drop.all():
+        raise DataFileError(f"customers file {path}: every one of its {len(frame):,} rows is an erased customer "
+                            "(the erasure list): nothing to decide")
+    return frame.loc[~drop].reset_index(drop=True), int(drop.sum())
 
 
 def read_customers(path: Path) -> Any:
@@ -95,7 +113,7 @@ def decide_batch(settings: Settings, customers: Path, channel: str, out: Path, *
     import pyarrow as pa
 
     t0 = time.perf_counter()
-    frame = read_customers(customers)  # a bad file fails before the models load
+    frame, erased = without_erased(settings, read_customers(customers), customers)  # a bad file fails first
     engine = engine or load_engine(settings, nthread=2)
     engine.check(DecisionRequest(0, channel, {}, timestamp, k))
     prefix = run_prefix(decision_prefix)
@@ -138,11 +156,11 @@ def decide_batch(settings: Settings, customers: Path, channel: str, out: Path, *
     write_parquet(ranked, Path(out))
     return summarise(dec, customers=len(frame), out=Path(out), batch_id=batch_id, seconds=time.perf_counter() - t_loaded,
                      load_seconds=t_loaded - t0, messages=sum(o.n for o in outbox),
-                     feature_source=feature_source)
+                     feature_source=feature_source, erased=erased)
 
 
 def summarise(dec: Any, *, customers: int, out: Path, batch_id: str, seconds: float, load_seconds: float,
-              feature_source: str, messages: int = 0) -> BatchSummary:
+              feature_source: str, messages: int = 0, erased: int = 0) -> BatchSummary:
     """The summary of a run from its decisions table (an Arrow table of the DECISION record)."""
     import pandas as pd
 
@@ -154,7 +172,7 @@ def summarise(dec: Any, *, customers: int, out: Path, batch_id: str, seconds: fl
         holdout=int((groups == "holdout").sum()), explore=int((groups == "explore").sum()),
         features_missing=int(dec.column("features_missing").to_numpy().sum()),
         feature_source=feature_source, out=out, batch_id=batch_id, seconds=seconds, load_seconds=load_seconds,
-        action_counts={str(a): int(c) for a, c in counts.items()}, messages=messages)
+        action_counts={str(a): int(c) for a, c in counts.items()}, messages=messages, erased=erased)
 
 
 @dataclass

@@ -154,12 +154,13 @@ class DecisionEngine:
 
     def __init__(self, settings: Settings, catalog: Catalog, *, models: Any, features: Any, policy: Any,
                  log: DecisionLogStore, model_versions: Mapping[str, str], bundle: str = "source",
-                 triggering: Any = None, preferences: Any = None, events: Any = None):
-        """`models`, `features`, `policy`, `preferences` and `events` are callables building the
-        `ModelSet`, the `OnlineFeatureReader`, the `PolicyStore`, the `PreferenceStore` and the
-        `EventIngestor` (or the objects themselves; preferences default to the work folder's
-        SQLite store; `events` None: this engine takes no events); `triggering` one taking the
-        engine and building its `Triggering` (None: no triggers)."""
+                 triggering: Any = None, preferences: Any = None, events: Any = None, erasures: Any = None):
+        """`models`, `features`, `policy`, `preferences`, `events` and `erasures` are callables
+        building the `ModelSet`, the `OnlineFeatureReader`, the `PolicyStore`, the
+        `PreferenceStore`, the `EventIngestor` and the `ErasureList` (or the objects themselves;
+        preferences and erasures default to the profile's stores; `events` None: this engine
+        takes no events); `triggering` one taking the engine and building its `Triggering`
+        (None: no triggers)."""
         self.settings = settings
         self.catalog = catalog
         self._models = _Lazy("the model set", models if callable(models) else (lambda: models))
@@ -173,6 +174,12 @@ class DecisionEngine:
                 return open_preference_store(settings)
         self._preferences = _Lazy("the preference store",
                                   preferences if callable(preferences) else (lambda: preferences))
+        if erasures is None:
+            def erasures() -> Any:
+                from nba.stores.erasures import open_erasure_list
+
+                return open_erasure_list(settings)
+        self._erasures = _Lazy("the erasure list", erasures if callable(erasures) else (lambda: erasures))
         self._events = None if events is None else _Lazy(
             "the event ingestion (event log and feature push)", events if callable(events) else (lambda: events))
         self.log = log
@@ -216,6 +223,30 @@ class DecisionEngine:
         parsed = {cid: loads(p.preferences, self.catalog) for cid, p in stored.items()}
         return [parsed.get(int(c)) for c in ids]
 
+    def refuse_erased(self, ids: Sequence[int], found: Sequence[bool]) -> None:
+        """A decision for an erased customer (`nba.stores.erasures`) is refused, 410, before
+        anything is written. Only the customers without online features are looked up: an
+        erasure deletes them there, and none of their events is stored to bring them back."""
+        unknown = [c for c, f in zip(ids, found, strict=True) if not f]
+        if not unknown:
+            return
+        try:
+            gone = self._erasures.get().erased(unknown)
+        except NbaError as exc:
+            raise Unavailable(str(exc)) from None
+        if gone:
+            cid = next(int(c) for c in ids if int(c) in gone)
+            raise RequestError(f"customer {cid} was erased at {iso(gone[cid])} (GDPR art. 17): no decision is made "
+                               "for an erased customer; a customer who comes back is given a new id",
+                               field="customer_id", status=410)
+
+    def erased(self, ids: Sequence[int]) -> dict[int, float]:
+        """Of these customers, those erased, with when (for the events: none of theirs is stored)."""
+        try:
+            return self._erasures.get().erased(ids) if ids else {}
+        except NbaError as exc:
+            raise Unavailable(str(exc)) from None
+
     @property
     def events(self) -> Any:
         if self._events is None:
@@ -225,7 +256,7 @@ class DecisionEngine:
     def warm(self, rows: int = 1) -> None:
         """Build every component and score `rows` made-up customers (the first calls of a model
         are slow: one row warms the numpy trees the service uses, a batch's size XGBoost)."""
-        for part in (self._models, self._features, self._policy, self._events):
+        for part in (self._models, self._features, self._policy, self._erasures, self._events):
             if part is None:
                 continue
             try:
@@ -473,6 +504,7 @@ class DecisionEngine:
         t0 = time.perf_counter() if t0 is None else t0
         n = len(requests)
         ids = [int(r.customer_id) for r in requests]
+        self.refuse_erased(ids, found)
         t_features = time.perf_counter()
         channel = np.array([self._channel_index.get(r.channel, 0) for r in requests], dtype=np.int64)
         k = max(r.k or self.catalog.default_k for r in requests)

@@ -27,6 +27,7 @@ from nba.errors import DataFileError
 from nba.events import EventError, EventsFile, from_flat, validate_events
 from nba.features import streaming
 from nba.settings import Settings
+from nba.stores.erasures import ErasureList
 from nba.stores.events import EventLogStore
 
 logger = logging.getLogger(__name__)
@@ -73,11 +74,13 @@ class IngestResult:
     # duplicates whose triggers had not run (a process killed between the append and them): as
     # stored, for the engine to run them now (`ingest(..., pending=True)` only)
     untriggered: list[dict[str, Any]] = field(default_factory=list)
+    # customers on the erasure list: their events were received, and neither stored nor pushed
+    erased_customers: list[int] = field(default_factory=list)
 
     def response(self) -> dict[str, Any]:
         return {"received": self.received, "stored": len(self.stored), "duplicates": self.duplicates,
-                "unknown_customers": self.unknown_customers, "features_updated": self.features_updated,
-                "customers_updated": self.customers_pushed,
+                "unknown_customers": self.unknown_customers, "erased_customers": self.erased_customers,
+                "features_updated": self.features_updated, "customers_updated": self.customers_pushed,
                 "event_ids": [e["event_id"] for e in self.stored], "timing": self.timing,
                 "triggers": self.triggers}
 
@@ -85,10 +88,12 @@ class IngestResult:
 class EventIngestor:
     """Validates, appends and pushes events; safe to share between threads."""
 
-    def __init__(self, types: EventsFile, log: EventLogStore, pusher: streaming.FeaturePusher):
+    def __init__(self, types: EventsFile, log: EventLogStore, pusher: streaming.FeaturePusher,
+                 erasures: ErasureList | None = None):
         self.types = types
         self.log = log
         self.pusher = pusher
+        self.erasures = erasures  # None: nobody is ever erased (a store of its own, in a test)
 
     def ingest(self, payload: Any, *, now: float | None = None, pending: bool = False,
                triggered: Sequence[str] = ()) -> IngestResult:
@@ -102,8 +107,17 @@ class EventIngestor:
         t0 = time.perf_counter()
         now = time.time() if now is None else now
         events = validate_events(payload, self.types, now)
+        received = len(events)
         customers = list(dict.fromkeys(e["customer_id"] for e in events))
         known = dict(zip(customers, self.pusher.known(customers), strict=True))
+        # an erased customer is not made known again: their events are neither stored nor pushed
+        # (the online store does not know them: only those are looked up)
+        gone = self.erasures.erased([c for c, k in known.items() if not k]) if self.erasures is not None else {}
+        if gone:
+            logger.info("%d event(s) of %d erased customer(s): not stored",
+                        sum(1 for e in events if e["customer_id"] in gone), len(gone))
+            events = [e for e in events if e["customer_id"] not in gone]
+            customers = [c for c in customers if c not in gone]
         for e in events:
             e["known_customer"] = known[e["customer_id"]]
         t_valid = time.perf_counter()
@@ -131,14 +145,14 @@ class EventIngestor:
         self.pusher.update(streaming.CONSENT_VIEW, streaming.CONSENT_PUSH, consent)
         t_push = time.perf_counter()
         updated = sorted({f for e in events for f in features_of(e, self.types)})
-        unknown = sorted(c for c, k in known.items() if not k)
+        unknown = sorted(c for c, k in known.items() if not k and c not in gone)
         if unknown:
             logger.info("%d event(s) for %d customer(s) the feature store does not know: stored, flagged",
                         sum(1 for e in events if not e["known_customer"]), len(unknown))
         timing = {"validate_ms": round((t_valid - t0) * 1e3, 3), "log_ms": round((t_log - t_valid) * 1e3, 3),
                   "push_ms": round((t_push - t_log) * 1e3, 3)}
-        return IngestResult(len(events), stored, list(res.duplicates), unknown, updated, len(rows), timing,
-                            untriggered=untriggered)
+        return IngestResult(received, stored, list(res.duplicates), unknown, updated, len(rows), timing,
+                            untriggered=untriggered, erased_customers=sorted(gone))
 
     def set_holding(self, customer_id: int, feature: str, when: float) -> bool:
         """An accepted product is held at once: its flag in the profile is set (and the product
@@ -157,11 +171,13 @@ def event_ingestor(settings: Settings, bundle_dir: Path | None = None, *, store:
     from the bundle (else the project's serving/events.yaml)."""
     from nba.events import events_path, load_event_types
     from nba.features.store import get_store
+    from nba.stores.erasures import open_erasure_list
     from nba.stores.events import open_event_log
 
     packed = Path(bundle_dir) / "events.yaml" if bundle_dir is not None else None
     types = load_event_types(packed if packed is not None and packed.is_file() else events_path(settings.home))
-    return EventIngestor(types, open_event_log(settings), streaming.FeaturePusher(store or get_store(settings)))
+    return EventIngestor(types, open_event_log(settings), streaming.FeaturePusher(store or get_store(settings)),
+                         open_erasure_list(settings))
 
 
 # --- files ----------------------------------------------------------------------------------

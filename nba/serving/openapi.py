@@ -44,6 +44,7 @@ STATUS_TEXT = {
     403: "the key lacks the scope this call needs (a channel, respond, events, customers, admin)",
     404: "unknown (the decision, the customer)",
     405: "the method is not served on this path",
+    410: "the customer was erased (GDPR art. 17): no decision is made for them",
     413: "the body is over the limit (`limit` in bytes)",
     415: "the body is not application/json",
     429: "the key is over its rate limit (Retry-After: seconds)",
@@ -134,12 +135,12 @@ def build_spec(models: Mapping[str, type[BaseModel]], *, title: str, version: st
     paths: dict[str, Any] = {
         "/decide": {"post": op(
             "the next best action(s) for one customer in one channel, with the reasons",
-            {"$ref": "#/components/schemas/DecideRequest"}, _json(decision), [400, 404, *common],
+            {"$ref": "#/components/schemas/DecideRequest"}, _json(decision), [400, 404, 410, *common],
             open_security, "decide:<channel> (channel best: every outbound channel)", max_body,
             operationId="decide")},
         "/decide_batch": {"post": op(
             "decisions for up to 1,000 customers in one call", batch_req,
-            _json({"type": "array", "items": decision}), [400, 404, *common], open_security,
+            _json({"type": "array", "items": decision}), [400, 404, 410, *common], open_security,
             "decide:<channel> for every channel of the list", max_batch_body, operationId="decide_batch")},
         "/respond": {"post": op(
             "record the outcome of a shown action (idempotent on decision and action)",
@@ -150,7 +151,11 @@ def build_spec(models: Mapping[str, type[BaseModel]], *, title: str, version: st
             {"anyOf": [{"$ref": "#/components/schemas/Event"},
                        {"type": "array", "minItems": 1, "maxItems": 10_000,
                         "items": {"$ref": "#/components/schemas/Event"}}]},
-            _json({"type": "object", "required": ["triggers"], "properties": {"triggers": {"type": "array"}}}),
+            _json({"type": "object", "required": ["triggers", "erased_customers"], "properties": {
+                "triggers": {"type": "array"},
+                "erased_customers": {"type": "array", "items": {"type": "integer"},
+                                     "description": "customers on the erasure list: their events neither stored nor "
+                                                    "pushed"}}}),
             [400, *common], open_security, "events", max_batch_body, operationId="events")},
         "/customers/{customer_id}": {
             "get": op("the customer 360 (as of now, or of `at`)", None,

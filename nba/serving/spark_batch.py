@@ -93,10 +93,17 @@ def decide_batch_spark(settings: Settings, customers: Path, channel: str, out: P
     from nba.serving.engine import DecisionRequest
     from nba.stores.decisions import BATCH_DIR
     from nba.stores.decisions.segments import part_files, publish_parts
+    from nba.stores.erasures import erased_ids
 
     t0 = time.perf_counter()
     spark = spark or nba_spark.session(settings)
     frame = read_customers(spark, customers)  # a bad file fails before the models load
+    gone = erased_ids(settings)
+    erased = 0
+    if gone:  # no decision for an erased customer (the erasure list), as in the embedded engine
+        is_gone = F.col(schemas.ENTITY_KEY).isin(sorted(gone))
+        erased = frame.filter(is_gone).count()
+        frame = frame.filter(~is_gone)
     engine = engine or load_engine(settings, nthread=1)
     engine.check(DecisionRequest(0, channel, {}, timestamp, k))
     prefix = run_prefix(decision_prefix)
@@ -131,7 +138,7 @@ def decide_batch_spark(settings: Settings, customers: Path, channel: str, out: P
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return summarise(dec, customers=total, out=Path(out), batch_id=batch_id, seconds=time.perf_counter() - t_loaded,
-                     load_seconds=t_loaded - t0,
+                     load_seconds=t_loaded - t0, erased=erased,
                      feature_source=("the file" if from_file else f"the online store ({engine.catalog.feature_service})")
                      + f" on Spark ({settings.spark_master}, {len(sizes)} partitions)")
 

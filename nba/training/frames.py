@@ -78,7 +78,7 @@ def _read_sim(settings: Settings, table: str, columns: list[str] | None = None) 
     if not path.is_file():
         raise ModelDataError(f"simulator table {path} not found: run `nba data simulate` first")
     frame = pd.read_parquet(path, columns=columns)
-    erased = erased_ids(settings.privacy_dir)
+    erased = erased_ids(settings)
     if erased and schemas.ENTITY_KEY in frame.columns:
         frame = frame.loc[~frame[schemas.ENTITY_KEY].isin(erased)].reset_index(drop=True)
     return frame
@@ -114,7 +114,7 @@ def _finish(settings: Settings, cfg: ModelConfig, entities: pd.DataFrame, what: 
     service = service or cfg.feature_service
     if entities.empty:
         raise ModelDataError(f"{what}: the training frame is empty")
-    erased = erased_ids(settings.privacy_dir)
+    erased = erased_ids(settings)
     if erased and entities[schemas.ENTITY_KEY].isin(erased).any():  # entities not read through _read_sim
         entities = entities.loc[~entities[schemas.ENTITY_KEY].isin(erased)].reset_index(drop=True)
     frame = store.training_frame(settings, service, entities)
@@ -136,7 +136,7 @@ def _finish(settings: Settings, cfg: ModelConfig, entities: pd.DataFrame, what: 
         "positives": int(frame["label"].gt(0).sum()),
         "features": len(feats),
         "digest": frame_digest(frame),
-        "erased_customers_excluded": len(erased_ids(settings.privacy_dir)),
+        "erased_customers_excluded": len(erased_ids(settings)),
         **extra_info,
     }
     return LabelledFrame(frame=frame, feature_columns=feats, is_holdout=holdout, info=info)
