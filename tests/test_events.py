@@ -700,7 +700,8 @@ def test_the_triggers_of_events_a_killed_process_stored_run_once_on_redelivery_o
     [held] = again.triggers
     assert held["decision"] is None and held["decision_id"] == did("b")  # found, not decided again
     assert [w["state"] for w in held["triggers"] if w["trigger_id"] == "payment_default"] == [
-        "decided before a restart (found in the decision log): not decided again"]
+        "decided before a restart, or by another process at the same moment (found in the decision log): "
+        "not decided again"]
     assert log.pending([f"{tag}-a"]) == []  # marked triggered in the transaction of this engine's next append
     assert engine.flush_triggered() == 1 and log.pending([f"{tag}-b"]) == []  # at a clean stop
     # 3. Stored and never delivered again (a POST /events whose client gave up): a consumer's
@@ -725,6 +726,52 @@ def test_the_triggers_of_events_a_killed_process_stored_run_once_on_redelivery_o
     assert sorted(dec["decision_id"]) == sorted(did(k) for k in "abc")
     assert sorted(m["decision_id"] for m in _outbox(served, [did(k) for k in "abc"])) == sorted(did(k) for k in "abc")
     log.close()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_two_processes_running_the_same_pending_events_at_once_decide_each_once(served, collections):
+    """Two engines (two consumers started together after a crash, two replicas given the same
+    redelivery) run the triggers of the same pending events at the same moment: both find no
+    decision logged, both decide, and the log refuses the second append of each derived id. The
+    loser answers with the winner's decision, gives its contacts back, and nobody sees an error."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nba.serving.bundle import load_engine
+    from nba.serving.triggering import trigger_decision_id
+
+    tag = uuid.uuid4().hex[:8]
+    who = collections[8:12]
+    assert len(who) == 4, "the bank has too few low-value customers in arrears"
+    events = [{"event_id": f"{tag}-{k}", "customer_id": c, "type": "payment_missed", "timestamp": iso(NOW - 60),
+               "properties": {"days_late": 45, "amount": 80.0}} for k, c in enumerate(who)]
+    dids = {trigger_decision_id("payment_default", e["event_id"]) for e in events}
+    load_engine(served).events.ingest(events, pending=True)  # stored, then the process was killed
+    engines = [load_engine(served), load_engine(served)]
+    for e in engines:
+        e.warm()
+    barrier = threading.Barrier(2)
+
+    def rerun(k: int) -> list[dict]:
+        pending = engines[k].events.log.pending([e["event_id"] for e in events])
+        barrier.wait()  # both have read the pending events; neither has decided
+        return engines[k].triggering.on_events(pending, again=[e["event_id"] for e in pending])
+
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(rerun, range(2)))  # an error in either is raised here
+    for got in answers:  # each engine answers for every event, with the one decision id
+        assert sorted(a["decision_id"] for a in got) == sorted(dids), got
+    made = [a["decision_id"] for got in answers for a in got if a["decision"] is not None]
+    assert sorted(made) == sorted(dids)  # each decided by exactly one of the two
+    dec = _triggered(served, who)
+    assert sorted(dec["decision_id"]) == sorted(dids)
+    shown = dec[dec["action_id"] != "do_nothing"]
+    assert len(shown) >= 1
+    # the contacts are the logged decisions' and nothing else (the losers gave theirs back)
+    h = engines[0].policy.history(who, since=NOW - 3600)
+    assert sorted(zip([who[r] for r in h.contact_row.tolist()], h.contact_action, strict=True)) == sorted(
+        zip(shown["customer_id"].astype(int).tolist(), shown["action_id"].astype(str).tolist(), strict=True))
 
 
 def test_an_action_holds_a_feature_of_the_feature_service(tmp_path: Path):

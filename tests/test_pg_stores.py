@@ -181,6 +181,24 @@ def _renamed(tables: records.DecisionTables, prefix: str) -> records.DecisionTab
                                   tables.model_versions)
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_decision_already_logged_is_refused_whole_by_both_logs(backend, dsn, tmp_path):
+    from nba.stores.decisions import AlreadyLogged
+    from nba.stores.decisions.sqlite import DecisionLog
+
+    log = DecisionLog(tmp_path / "log") if backend == "sqlite" else PostgresDecisionLog(dsn, tmp_path / "log")
+    try:
+        assert log.append(_tables(2)) == 2
+        with pytest.raises(AlreadyLogged, match=r"one of the decisions of this append \(d0, d1, d2\) is already "
+                                                r"logged; nothing of it was written") as e:
+            log.append(_tables(3))  # d0 and d1 again, and a new d2
+        assert e.value.decision_ids == ["d0", "d1", "d2"]
+        assert log.count() == 2 and len(read_log(tmp_path / "log", dsn=dsn if backend == "postgres" else None)
+                                        .candidates) == 2
+    finally:
+        log.close()
+
+
 def test_concurrent_appends_share_commits_and_a_bad_one_fails_alone(dsn, tmp_path):
     log = PostgresDecisionLog(dsn, tmp_path)
     log.append(_renamed(_tables(1), "dup"))

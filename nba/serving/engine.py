@@ -576,9 +576,9 @@ class DecisionEngine:
         else:
             try:
                 self.log.append(tables)
-            except NotWritten:
+            except NotWritten as exc:
                 with contextlib.suppress(Exception):  # not logged: not a contact (the error says why)
-                    self.policy.release(shown)
+                    self.policy.release(self._unlogged(shown, exc))
                 raise
             # any other failure (a commit cut short) may have logged it: the contact stays counted,
             # so a cap errs on the safe side
@@ -599,6 +599,19 @@ class DecisionEngine:
                 if flag:
                     resp["outbox"] = sent.get(resp["decision_id"])  # None: nothing to send
         return responses
+
+    def _unlogged(self, shown: list[tuple], exc: NotWritten) -> list[tuple]:
+        """The contacts to give back after an append that wrote nothing: all of them, except,
+        when another process logged the same decision ids first (`AlreadyLogged`: a trigger's
+        derived ids), those of the actions its decision showed: a contact is one entry per
+        customer, decision and action, so that entry is the other decision's, and stays."""
+        from nba.stores.decisions import AlreadyLogged
+
+        if not isinstance(exc, AlreadyLogged):
+            return shown
+        theirs = {(str(d), str(a)) for d, a, rank in self.log.select(
+            exc.decision_ids, ("decision_id", "action_id", "rank"), record=records.CANDIDATE) if rank > 0}
+        return [c for c in shown if (str(c[5]), str(c[1])) not in theirs]
 
     def _responses(self, d: core.Decisions, tables: DecisionTables, k: np.ndarray) -> list[dict[str, Any]]:
         """The decision responses: the logged decision rows, their ranked actions with the

@@ -24,6 +24,7 @@ import numpy as np
 
 from nba.catalog import Catalog
 from nba.decisioning.triggers import NONE, TriggerHits, evaluate, why
+from nba.stores.decisions import AlreadyLogged
 from nba.stores.trigger_state import Fire, TriggerStore
 from nba.triggers import CompiledTrigger, TriggerSet
 
@@ -120,20 +121,31 @@ class Triggering:
         decisions: dict[int, dict[str, Any]] = {}
         for j in sorted({int(hits.chosen[i]) for i in started}):
             t = trig[j]
-            sel = np.array([i for i in started if hits.chosen[i] == j and dids[i] not in logged], dtype=np.int64)
-            if not sel.size:
-                continue
-            fields = trigger_request_fields(cat, t)
-            reqs = [DecisionRequest(ids[i], BEST, timestamp=float(now[i]), event_id=evs[i].get("event_id"), **fields)
-                    for i in sel]
-            sub_cols = {k: [v[i] for i in sel] for k, v in cols.items()}
-            sub_env = subset(env, sel, n)
-            sub_missing = [int(k) for k, i in enumerate(sel) if i in set(missing)]
-            given = [dids[i] for i in sel]
-            out = eng.decide_read(reqs, now[sel], sub_cols, [found[i] for i in sel], source=f"trigger:{t.id}",
-                                  prepared=(sub_env, sub_missing),
-                                  decision_ids=given if all(d is not None for d in given) else None)
-            decisions.update({int(i): d for i, d in zip(sel, out, strict=True)})
+            for attempt in range(2):
+                sel = np.array([i for i in started if hits.chosen[i] == j and dids[i] not in logged], dtype=np.int64)
+                if not sel.size:
+                    break
+                fields = trigger_request_fields(cat, t)
+                reqs = [DecisionRequest(ids[i], BEST, timestamp=float(now[i]), event_id=evs[i].get("event_id"),
+                                        **fields) for i in sel]
+                sub_cols = {k: [v[i] for i in sel] for k, v in cols.items()}
+                sub_env = subset(env, sel, n)
+                sub_missing = [int(k) for k, i in enumerate(sel) if i in set(missing)]
+                given = [dids[i] for i in sel]
+                derived = all(d is not None for d in given)
+                try:
+                    out = eng.decide_read(reqs, now[sel], sub_cols, [found[i] for i in sel], source=f"trigger:{t.id}",
+                                          prepared=(sub_env, sub_missing), decision_ids=given if derived else None)
+                except AlreadyLogged:
+                    # another process ran the same events' triggers at the same moment and logged
+                    # first (nothing of this append was written, its contacts were given back):
+                    # its decisions stand, the others are decided once more
+                    if not derived or attempt:
+                        raise
+                    logged |= {r[0] for r in eng.log.select(given, ("decision_id",))}
+                    continue
+                decisions.update({int(i): d for i, d in zip(sel, out, strict=True)})
+                break
         before = {i: dids[i] for i in started if dids[i] in logged}
         result = _fired(evs, ids, trig, hits, decisions, started, before)
         logger.debug("%d events, %d decisions started in %.1f ms", n, len(decisions), (time.perf_counter() - t0) * 1e3)
@@ -169,7 +181,8 @@ def _fired(evs: Sequence[Mapping[str, Any]], ids: Sequence[int], trig: Sequence[
         if i in before:
             for w in states:
                 if w["trigger_id"] == trig[chosen].id:
-                    w["state"] = "decided before a restart (found in the decision log): not decided again"
+                    w["state"] = ("decided before a restart, or by another process at the same moment (found in the "
+                                  "decision log): not decided again")
         out.append({"event_id": e.get("event_id"), "customer_id": ids[i], "type": e["type"],
                     "trigger_id": trig[chosen].id if chosen != NONE and i in started else None,
                     "decision_id": decisions[i]["decision_id"] if i in decisions else before.get(i),

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from nba.errors import NbaError
+from nba.errors import NbaError, NotWritten
 from nba.records import CANDIDATE, DECISION, FILTERED, OUTCOME, Columns, DecisionTables, Record
 
 if TYPE_CHECKING:
@@ -61,6 +61,18 @@ class DecisionLogError(NbaError):
 
 class UnknownDecision(DecisionLogError):
     """An outcome names a decision id the log does not hold."""
+
+
+class AlreadyLogged(NotWritten):
+    """An append names a decision id the log already holds: nothing of the append was written.
+    A trigger's decision has an id derived from its event, so two processes that run the same
+    event's triggers at once make the same id, and the second one's append is refused."""
+
+    def __init__(self, decision_ids: Sequence[str], where: str):
+        shown = ", ".join(list(decision_ids)[:3]) + (", ..." if len(decision_ids) > 3 else "")
+        super().__init__(f"decision log {where}: one of the decisions of this append ({shown}) is already logged; "
+                         "nothing of it was written")
+        self.decision_ids = list(decision_ids)
 
 
 @dataclass(frozen=True)
@@ -97,8 +109,10 @@ class DecisionLogStore(Protocol):
 
     def count(self) -> int: ...
 
-    def select(self, decision_ids: Sequence[str], columns: Sequence[str]) -> list[tuple]:
-        """The named columns of these decisions (ids not in the log are left out)."""
+    def select(self, decision_ids: Sequence[str], columns: Sequence[str], *, record: Record = DECISION
+               ) -> list[tuple]:
+        """The named columns of these decisions' rows of `record` (DECISION, or CANDIDATE: each
+        decision's actions; ids not in the log are left out)."""
         ...
 
     def compact(self, before: float) -> int:

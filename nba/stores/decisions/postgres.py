@@ -16,9 +16,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nba.records import BATCH_INDEX, CANDIDATE, DECISION, FILTERED, OUTBOX, OUTCOME, Columns, DecisionTables
+from nba.records import (
+    BATCH_INDEX,
+    CANDIDATE,
+    DECISION,
+    FILTERED,
+    OUTBOX,
+    OUTCOME,
+    Columns,
+    DecisionTables,
+    Record,
+)
 from nba.stores.decisions import (
     BATCH_DIR,
+    AlreadyLogged,
     DecisionLogError,
     OutcomeResult,
     read_customer_decisions,
@@ -60,7 +71,14 @@ class PostgresDecisionLog:
                   _APPEND[FILTERED.name]: array_text(FILTERED, tables.filtered.values)}
         if tables.outbox is not None and tables.outbox.n:
             copies[_APPEND[OUTBOX.name]] = array_text(OUTBOX, tables.outbox.values)
-        return int(self.db.submit(copy=copies, result=n))
+        import psycopg
+
+        try:
+            return int(self.db.submit(copy=copies, result=n))
+        except psycopg.errors.UniqueViolation as exc:
+            if exc.diag.table_name == DECISION.name:
+                raise AlreadyLogged(list(tables.decisions.pylist("decision_id")), self.path) from None
+            raise
 
     def index_batch(self, batch_id: str, decision_ids: Sequence[str], customer_ids: Sequence[int], channel: str,
                     outbox: Sequence[Columns] = ()) -> int:
@@ -85,13 +103,14 @@ class PostgresDecisionLog:
     def count(self) -> int:
         return int(self.db.read(lambda c: c.execute(f"SELECT count(*) FROM {DECISION.name}").fetchone()[0]))
 
-    def select(self, decision_ids: Sequence[str], columns: Sequence[str]) -> list[tuple]:
+    def select(self, decision_ids: Sequence[str], columns: Sequence[str], *, record: Record = DECISION
+               ) -> list[tuple]:
         from nba.stores.decisions.sqlite import check_columns
 
-        check_columns(columns)
+        check_columns(columns, record)
         ids = list(dict.fromkeys(decision_ids))
         return list(self.db.read(lambda conn: conn.execute(
-            f"SELECT {', '.join(columns)} FROM {DECISION.name} WHERE decision_id = ANY(%s)", (ids,)).fetchall()))
+            f"SELECT {', '.join(columns)} FROM {record.name} WHERE decision_id = ANY(%s)", (ids,)).fetchall()))
 
     def has_customer(self, customer_id: int) -> bool:
         cid = int(customer_id)

@@ -28,11 +28,13 @@ from nba.records import (
     SEGMENT_RECORDS,
     Columns,
     DecisionTables,
+    Record,
     arrow_schema,
 )
 from nba.stores.decisions import (
     BATCH_DIR,
     DB_FILE,
+    AlreadyLogged,
     DecisionLogError,
     OutcomeResult,
     read_customer_decisions,
@@ -49,11 +51,14 @@ _INSERT_OUTCOME = insert_sql(OUTCOME, conflict="IGNORE")
 _INSERT_OUTBOX = insert_sql(OUTBOX)
 
 
-def check_columns(columns: Sequence[str]) -> None:
-    """Refuse a column `select` does not know (they are written into its SQL)."""
-    unknown = [c for c in columns if c not in DECISION.tabular_names]
+def check_columns(columns: Sequence[str], record: Record = DECISION) -> None:
+    """Refuse a record or a column `select` does not know (they are written into its SQL)."""
+    if record not in (DECISION, CANDIDATE):
+        raise DecisionLogError(f"select reads the {DECISION.name} or the {CANDIDATE.name}, not '{record.name}'")
+    unknown = [c for c in columns if c not in record.tabular_names]
     if unknown:
-        raise DecisionLogError(f"unknown decision column(s) {unknown}; expected any of {list(DECISION.tabular_names)}")
+        raise DecisionLogError(f"unknown {record.name} column(s) {unknown}; expected any of "
+                               f"{list(record.tabular_names)}")
 
 
 class DecisionLog:
@@ -99,7 +104,12 @@ class DecisionLog:
                 conn.executemany(_INSERT_OUTBOX, out_rows)
             return n
 
-        return self.db.submit(write)
+        try:
+            return self.db.submit(write)
+        except sqlite3.IntegrityError as exc:
+            if f"{DECISION.name}.decision_id" in str(exc):
+                raise AlreadyLogged(lists["decision_id"], str(self.path)) from None
+            raise
 
     def index_batch(self, batch_id: str, decision_ids: Sequence[str], customer_ids: Sequence[int], channel: str,
                     outbox: Sequence[Columns] = ()) -> int:
@@ -136,17 +146,19 @@ class DecisionLog:
     def count(self) -> int:
         return int(self.db.read(lambda conn: conn.execute(f"SELECT count(*) FROM {DECISION.name}").fetchone()[0]))
 
-    def select(self, decision_ids: Sequence[str], columns: Sequence[str]) -> list[tuple]:
-        """The named columns of these service decisions (ids not in the log are left out), for a
-        summary of a known set (a replayed day's triggered decisions) without reading the log."""
-        check_columns(columns)
+    def select(self, decision_ids: Sequence[str], columns: Sequence[str], *, record: Record = DECISION
+               ) -> list[tuple]:
+        """The named columns of these service decisions' rows of `record` (DECISION or CANDIDATE;
+        ids not in the log are left out), for a summary of a known set (a replayed day's
+        triggered decisions) without reading the log."""
+        check_columns(columns, record)
         ids = list(dict.fromkeys(decision_ids))
 
         def read(conn: sqlite3.Connection) -> list[tuple]:
             rows: list[tuple] = []
             for start in range(0, len(ids), 500):
                 part = ids[start:start + 500]
-                rows += conn.execute(f"SELECT {', '.join(columns)} FROM {DECISION.name} WHERE decision_id IN "
+                rows += conn.execute(f"SELECT {', '.join(columns)} FROM {record.name} WHERE decision_id IN "
                                      f"({','.join('?' * len(part))})", part).fetchall()
             return rows
 
