@@ -20,7 +20,7 @@ import pytest
 from nba import records
 from nba.records import Coded, Columns
 from nba.settings import Settings
-from nba.stores.decisions import read_log
+from nba.stores.decisions import AlreadyLogged, read_log
 from nba.stores.decisions.postgres import PostgresDecisionLog
 from nba.stores.erasures import erased_ids, open_erasure_list
 from nba.stores.postgres import (
@@ -183,7 +183,6 @@ def _renamed(tables: records.DecisionTables, prefix: str) -> records.DecisionTab
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_a_decision_already_logged_is_refused_whole_by_both_logs(backend, dsn, tmp_path):
-    from nba.stores.decisions import AlreadyLogged
     from nba.stores.decisions.sqlite import DecisionLog
 
     log = DecisionLog(tmp_path / "log") if backend == "sqlite" else PostgresDecisionLog(dsn, tmp_path / "log")
@@ -220,7 +219,7 @@ def test_concurrent_appends_share_commits_and_a_bad_one_fails_alone(dsn, tmp_pat
         t.start()
     for t in threads:
         t.join()
-    assert len(errors) == 1 and isinstance(errors[0], psycopg.errors.UniqueViolation)
+    assert len(errors) == 1 and isinstance(errors[0], AlreadyLogged)  # the duplicate id, named as such
     assert log.count() == 1 + writers * per - 1
     frames = read_log(tmp_path, dsn=dsn)
     assert len(frames.candidates) == len(frames.filtered) == writers * per  # every row of every acknowledged one
@@ -234,7 +233,7 @@ def test_the_outbox_message_commits_with_its_decision(dsn, tmp_path):
 
     log = PostgresDecisionLog(dsn, tmp_path)
     log.append(_with_outbox(_tables(2), ["d0", "d1"]))
-    with pytest.raises(psycopg.errors.UniqueViolation):  # d1 again: neither its rows nor its message
+    with pytest.raises(AlreadyLogged):  # d1 again: neither its rows nor its message
         log.append(_with_outbox(_tables(2), ["x0", "x1"]))
     box = PostgresOutbox(dsn)
     assert box.count() == 2 and log.count() == 2

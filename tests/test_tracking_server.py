@@ -124,6 +124,9 @@ def test_training_the_registry_and_the_bundle_go_through_the_tracking_server(fea
         (work / name).symlink_to(feature_env.work / name, target_is_directory=True)
     prod = Settings(home=make_home(root), work_dir=work, mlflow_dir=root / "mlflow", data_dir=feature_env.data_dir,
                     profile="production", mlflow_tracking_uri=server.uri, postgres_dsn=pg_database)
+    from nba.stores.postgres import migrate
+
+    migrate(pg_database)  # the production stores' schema: training frames read its erasure list
 
     trained = [*propensity.train_propensity(prod), train_churn(prod), train_clv(prod, "sim")]
     client = tracking.configure(prod)
