@@ -224,8 +224,8 @@ class DecisionEngine:
         return [parsed.get(int(c)) for c in ids]
 
     def refuse_erased(self, ids: Sequence[int], found: Sequence[bool]) -> None:
-        """A decision for an erased customer (`nba.stores.erasures`) is refused, 410, before
-        anything is written. Only the customers without online features are looked up: an
+        """A decision for an erased customer (`nba.stores.erasures`) is refused, 404 (as the
+        customer 360 answers for them), before anything is written. Only the customers without online features are looked up: an
         erasure deletes them there, and none of their events is stored to bring them back."""
         unknown = [c for c, f in zip(ids, found, strict=True) if not f]
         if not unknown:
@@ -238,7 +238,7 @@ class DecisionEngine:
             cid = next(int(c) for c in ids if int(c) in gone)
             raise RequestError(f"customer {cid} was erased at {iso(gone[cid])} (GDPR art. 17): no decision is made "
                                "for an erased customer; a customer who comes back is given a new id",
-                               field="customer_id", status=410)
+                               field="customer_id", status=404)
 
     def erased(self, ids: Sequence[int]) -> dict[int, float]:
         """Of these customers, those erased, with when (for the events: none of theirs is stored)."""

@@ -42,9 +42,8 @@ STATUS_TEXT = {
     400: "the request is malformed or names something the catalog does not have (the field is named)",
     401: "no API key, or one this service does not know (a key-free service: a caller not on loopback)",
     403: "the key lacks the scope this call needs (a channel, respond, events, customers, admin)",
-    404: "unknown (the decision, the customer)",
+    404: "unknown (the decision, the customer) or erased (the customer, GDPR art. 17)",
     405: "the method is not served on this path",
-    410: "the customer was erased (GDPR art. 17): no decision is made for them",
     413: "the body is over the limit (`limit` in bytes)",
     415: "the body is not application/json",
     429: "the key is over its rate limit (Retry-After: seconds)",
@@ -135,12 +134,12 @@ def build_spec(models: Mapping[str, type[BaseModel]], *, title: str, version: st
     paths: dict[str, Any] = {
         "/decide": {"post": op(
             "the next best action(s) for one customer in one channel, with the reasons",
-            {"$ref": "#/components/schemas/DecideRequest"}, _json(decision), [400, 404, 410, *common],
+            {"$ref": "#/components/schemas/DecideRequest"}, _json(decision), [400, 404, *common],
             open_security, "decide:<channel> (channel best: every outbound channel)", max_body,
             operationId="decide")},
         "/decide_batch": {"post": op(
             "decisions for up to 1,000 customers in one call", batch_req,
-            _json({"type": "array", "items": decision}), [400, 404, 410, *common], open_security,
+            _json({"type": "array", "items": decision}), [400, 404, *common], open_security,
             "decide:<channel> for every channel of the list", max_batch_body, operationId="decide_batch")},
         "/respond": {"post": op(
             "record the outcome of a shown action (idempotent on decision and action)",

@@ -2,7 +2,7 @@
 
 Training frames exclude these ids whatever the sources hold (a re-simulated or re-published
 source brings an erased customer back: the list keeps them out of every model), and the service
-makes nothing new of them: a decision for a listed id is refused (410), an event for one is not
+makes nothing new of them: a decision for a listed id is refused (404), an event for one is not
 stored. With the receipts beside it, it is the one place that still holds an erased id, as the
 record that the erasure was done.
 
