@@ -406,15 +406,13 @@ def _one_customer_on_both(settings: Settings, url_one: str, url_two: str, own_re
 def _erased_on_one_refused_on_the_other(settings: Settings, url_one: str, url_two: str, dsn: str) -> None:
     """A customer erased through one replica is refused (404) by the other, which stores none
     of their events: the erasure list is the replicas' Postgres table, not a file of either."""
-    import urllib.request
-
     import psycopg
 
+    from tests.test_customers import _delete
+
     cid = next(c for c in range(401, 500) if call(url_two, f"/customers/{c}?at={DECISION_TIME}")[0] == 200)
-    req = urllib.request.Request(f"{url_one}/customers/{cid}", method="DELETE",
-                                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-    with urllib.request.urlopen(req, timeout=120) as resp:
-        assert resp.status == 200
+    status, receipt = _delete(url_one, cid, f"Bearer {ADMIN_TOKEN}")
+    assert status == 200 and receipt["customer_id"] == cid, receipt
     status, body = call(url_two, "/decide", {"customer_id": cid, "channel": "email", "timestamp": DECISION_TIME})
     assert status == 404 and body["field"] == "customer_id" and f"customer {cid} was erased" in body["error"], body
     status, body = call(url_two, "/events", {"customer_id": cid, "type": "app_login", "timestamp": DECISION_TIME})

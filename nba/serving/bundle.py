@@ -475,7 +475,8 @@ def load_engine(settings: Settings, bundle_dir: Path | None = None, *, nthread: 
                           log=open_decision_log(settings), model_versions=versions,
                           bundle=manifest.get("bento") or _bento_of(bundle_dir) or str(bundle_dir),
                           triggering=lambda eng: load_triggering(settings, eng, bundle_dir),
-                          events=lambda: event_ingestor(settings, bundle_dir, store=engine.features.store))
+                          events=lambda: event_ingestor(settings, bundle_dir, store=engine.features.store,
+                                                        erasures=engine.erasures))
     return engine
 
 

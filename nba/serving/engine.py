@@ -223,15 +223,21 @@ class DecisionEngine:
         parsed = {cid: loads(p.preferences, self.catalog) for cid, p in stored.items()}
         return [parsed.get(int(c)) for c in ids]
 
+    @property
+    def erasures(self) -> Any:
+        """The `ErasureList` (the engine's event ingestion shares it)."""
+        return self._erasures.get()
+
     def refuse_erased(self, ids: Sequence[int], found: Sequence[bool]) -> None:
         """A decision for an erased customer (`nba.stores.erasures`) is refused, 404 (as the
-        customer 360 answers for them), before anything is written. Only the customers without online features are looked up: an
-        erasure deletes them there, and none of their events is stored to bring them back."""
+        customer 360 answers for them), before anything is written. Only the customers without
+        online features are looked up: an erasure deletes them there, and none of their events
+        is stored to bring them back."""
         unknown = [c for c, f in zip(ids, found, strict=True) if not f]
         if not unknown:
             return
         try:
-            gone = self._erasures.get().erased(unknown)
+            gone = self.erasures.erased(unknown)
         except NbaError as exc:
             raise Unavailable(str(exc)) from None
         if gone:
@@ -239,13 +245,6 @@ class DecisionEngine:
             raise RequestError(f"customer {cid} was erased at {iso(gone[cid])} (GDPR art. 17): no decision is made "
                                "for an erased customer; a customer who comes back is given a new id",
                                field="customer_id", status=404)
-
-    def erased(self, ids: Sequence[int]) -> dict[int, float]:
-        """Of these customers, those erased, with when (for the events: none of theirs is stored)."""
-        try:
-            return self._erasures.get().erased(ids) if ids else {}
-        except NbaError as exc:
-            raise Unavailable(str(exc)) from None
 
     @property
     def events(self) -> Any:

@@ -166,9 +166,11 @@ class EventIngestor:
         return bool(done)
 
 
-def event_ingestor(settings: Settings, bundle_dir: Path | None = None, *, store: Any = None) -> EventIngestor:
+def event_ingestor(settings: Settings, bundle_dir: Path | None = None, *, store: Any = None,
+                   erasures: ErasureList | None = None) -> EventIngestor:
     """The event ingestion over the work folder's event log and feature store; the declaration
-    from the bundle (else the project's serving/events.yaml)."""
+    from the bundle (else the project's serving/events.yaml); `erasures` the erasure list to
+    share (an engine's), else the profile's is opened."""
     from nba.events import events_path, load_event_types
     from nba.features.store import get_store
     from nba.stores.erasures import open_erasure_list
@@ -177,7 +179,7 @@ def event_ingestor(settings: Settings, bundle_dir: Path | None = None, *, store:
     packed = Path(bundle_dir) / "events.yaml" if bundle_dir is not None else None
     types = load_event_types(packed if packed is not None and packed.is_file() else events_path(settings.home))
     return EventIngestor(types, open_event_log(settings), streaming.FeaturePusher(store or get_store(settings)),
-                         open_erasure_list(settings))
+                         open_erasure_list(settings) if erasures is None else erasures)
 
 
 # --- files ----------------------------------------------------------------------------------

@@ -121,11 +121,11 @@ class Triggering:
         decisions: dict[int, dict[str, Any]] = {}
         for j in sorted({int(hits.chosen[i]) for i in started}):
             t = trig[j]
+            fields = trigger_request_fields(cat, t)
             for attempt in range(2):
                 sel = np.array([i for i in started if hits.chosen[i] == j and dids[i] not in logged], dtype=np.int64)
                 if not sel.size:
                     break
-                fields = trigger_request_fields(cat, t)
                 reqs = [DecisionRequest(ids[i], BEST, timestamp=float(now[i]), event_id=evs[i].get("event_id"),
                                         **fields) for i in sel]
                 sub_cols = {k: [v[i] for i in sel] for k, v in cols.items()}

@@ -51,18 +51,19 @@ class ErasureList(Protocol):
 
 
 class _Listed:
-    """What both backends ask of the table, in their SQL (`P` the parameter marker) and their
-    connection (`_rows`); an id found listed is remembered for the process's life (an erasure is
+    """What both backends ask of the table, in their SQL (`P` the parameter marker) over their
+    database (`db`); an id found listed is remembered for the process's life (an erasure is
     never undone), one found unlisted is asked again next time."""
 
     P = "?"
+    db: Any  # a `SqliteFile` or a `PgDatabase`: both `read(fn(connection))`
 
     def __init__(self) -> None:
         self._known: dict[int, float] = {}
         self._lock = threading.Lock()
 
     def _rows(self, sql: str, args: Sequence[Any]) -> list[tuple]:
-        raise NotImplementedError
+        return self.db.read(lambda conn: conn.execute(sql, args).fetchall())
 
     def _any(self, ids: list[int]) -> tuple[str, Sequence[Any]]:
         """`customer_id IN (...)` for these ids, and its arguments."""
@@ -96,9 +97,6 @@ class SqliteErasureList(_Listed):
         self.where = str(self.path)
         self.db = SqliteFile(self.path, synchronous="FULL", schema=create_table(ERASURE))
 
-    def _rows(self, sql: str, args: Sequence[Any]) -> list[tuple]:
-        return self.db.read(lambda conn: conn.execute(sql, args).fetchall())
-
     def add(self, customer_id: int, at: float, by: str, receipt: str) -> bool:
         return self.db.submit(lambda conn: conn.execute(_INSERT, (int(customer_id), float(at), by, receipt)).rowcount
                               == 1)
@@ -118,9 +116,6 @@ class PostgresErasureList(_Listed):
         self.db = pg.PgDatabase(dsn, component)
         self.where = self.db.address
         self._insert = pg.insert_sql(ERASURE, conflict="nothing")
-
-    def _rows(self, sql: str, args: Sequence[Any]) -> list[tuple]:
-        return self.db.read(lambda conn: conn.execute(sql, args).fetchall())
 
     def _any(self, ids: list[int]) -> tuple[str, Sequence[Any]]:
         return f"{ENTITY_KEY} = ANY(%s)", (ids,)
