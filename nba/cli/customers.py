@@ -20,9 +20,12 @@ def erase_cmd(
     by: Annotated[str | None, typer.Option(help="Who asks (the receipt names them) [default: the OS user].")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the receipt as JSON.")] = False,
 ) -> None:
-    """Remove the customer from the online store, the offline sources (rewritten), the decision
-    log (pseudonymised), the contact-policy state and the preferences; list the id for every
-    training frame to exclude; write a receipt. Erasing twice reports that nothing was left."""
+    """List the id on the erasure list first (training frames exclude it; the service answers
+    404 to a decision for it and stores none of its events), then remove the customer from the
+    online store, the offline sources (rewritten), the decision log (pseudonymised), the
+    contact-policy and trigger state, the preferences, the event log and the outbox; write a
+    receipt.
+    Erasing twice reports that nothing was left."""
     from nba.erasure import erase_customer
 
     receipt = erase_customer(settings(), customer_id, by=by or f"cli:{getpass.getuser()}")
