@@ -21,7 +21,10 @@ replicas are two `bentoml serve` processes on two ports, the clients split betwe
 
 A profile suffixed `:alone` (`--profiles embedded:alone,embedded`) runs with
 `NBA_SERVE_BATCH=1`: each `/decide` call decided alone, as before `nba.serving.batching`; the
-before and after of that change in one run, one after the other.
+before and after of that change in one run, one after the other. A profile suffixed `@TAG`
+(`--profiles embedded@4fkekchr3c3aiax4,embedded`) serves that Bento of the bank's model store
+(`nba_decision:TAG`, built by an earlier `nba bundle build`) instead of the latest: code before
+and after a change, in one run.
 """
 
 from __future__ import annotations
@@ -186,10 +189,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="nba-load-") as tmp_s:
         tmp = Path(tmp_s)
         scenarios: list[tuple[str, str | None]] = [("floor", "benchmarks.floor_service:FloorService")]
-        scenarios += [(p, None) for p in args.profiles.split(",")]
+        for p in args.profiles.split(","):
+            tag = p.partition("@")[2]
+            scenarios.append((p, f"nba_decision:{tag}" if tag else None))
         for name, target in scenarios:
-            profile, _, mode = name.partition(":")
-            folder = tmp / name.replace(":", "-")
+            profile, _, mode = name.partition("@")[0].partition(":")
+            folder = tmp / name.replace(":", "-").replace("@", "-")
             work = private_work(bank, folder)
             settings = base.model_copy(update={"work_dir": work})
             env = None
@@ -229,9 +234,8 @@ def main() -> None:
         if floor:
             print(f"  {name}, {count} replica(s): {rate / floor[0]:.0%} of the floor's decisions/s (target >= 40 %), "
                   f"p99 {p99:.1f} ms (target <= 50 ms)")
-        profile, _, mode = name.partition(":")
-        embedded = ("embedded" + (":" + mode if mode else ""), count, 16)
-        if profile == "production" and embedded in rows:
+        embedded = (name.replace("production", "embedded", 1), count, 16)  # with the same suffixes
+        if name.startswith("production") and embedded in rows:
             print(f"  {name} / {embedded[0]}, {count} replica(s): {rate / rows[embedded][0]:.0%} (target >= 80 %)")
     for name in one:
         if name != "floor" and "floor" in one:

@@ -12,7 +12,18 @@ import pytest
 from onnx import helper
 
 from nba.serving.bundle import BundleError, check_onnx
-from nba.serving.models import ONNX_TOLERANCE, SMALL, FastModel, to_onnx
+from nba.serving.models import (
+    JOINT_TREES_PER_CALL,
+    ONNX_TOLERANCE,
+    SMALL,
+    FastModel,
+    JointTrees,
+    JointTreesMismatch,
+    ModelLoadError,
+    ModelSet,
+    feature_matrix,
+    to_onnx,
+)
 from nba.training.models import ActionBoundClassifier, CalibratedXGBClassifier, XGBRegressorOnFrame
 
 ACTIONS = ["card", "loan", "savings"]
@@ -107,3 +118,67 @@ def test_the_bundle_build_refuses_a_graph_that_disagrees_with_xgboost(kind: str)
     assert f"(tolerance {ONNX_TOLERANCE:g})" in msg and "the bundle is not built" in msg
     diff = float(msg.split("by up to ")[1].split(" ")[0])
     assert diff > ONNX_TOLERANCE
+
+
+def _per_action_models() -> dict[str, FastModel]:
+    """Three per-action models on two column layouts, calibrated two ways."""
+    frame = _frame(1, 3_000).drop(columns="action_id")
+    y = _label(frame, 2)
+    fits = {"card": (CalibratedXGBClassifier({"n_estimators": 120, "max_depth": 3}, calibration="sigmoid", n_jobs=1),
+                     frame),
+            "loan": (CalibratedXGBClassifier({"n_estimators": 80, "max_depth": 5}, calibration="isotonic", n_jobs=1),
+                     frame.drop(columns=["x7", "segment"])),
+            "savings": (CalibratedXGBClassifier({"n_estimators": 200, "max_depth": 2}, calibration="sigmoid",
+                                                n_jobs=1), frame)}
+    out = {}
+    for action, (model, features) in fits.items():
+        model.fit(features, y)
+        out[action] = FastModel(f"nba-propensity-{action}", model, to_onnx(model))
+    return out
+
+
+def test_a_joint_graph_scores_each_per_action_model_as_its_own_graph_does():
+    """One ONNX Runtime call for the per-action models of a customer's row: the same numbers,
+    bit for bit, as each model scored on its own; and the ModelSet's propensities with and
+    without it are equal wherever the joint call is used or not."""
+    models = _per_action_models()
+    joint = JointTrees(list(models.values()))  # merged and checked against each model's own graph
+    assert len(joint.columns) == len(models["card"].columns)  # the union of the two layouts
+    test = _frame(3, 60).drop(columns="action_id")
+    env = {c: test[c].to_numpy(dtype=object if c == "segment" else np.float64) for c in test.columns}
+    X = feature_matrix(joint.columns, env, len(test))
+    for rows in (1, 7, 60):
+        scored = joint.predict(X[:rows])
+        assert scored.shape == (rows, 3)
+        for t, m in enumerate(joint.models):
+            assert np.array_equal(scored[:, t], m.predict(feature_matrix(m.columns, env, len(test))[:rows])), m.name
+    apart = ModelSet(ACTIONS, models, {})
+    together = ModelSet(ACTIONS, models, {}, joint=([m.name for m in apart.joint_models()], joint.graph))
+    assert apart.joint is None and together.joint is not None
+    calls = []
+    predict = together.joint.predict
+    together.joint.predict = lambda X: calls.append(len(X)) or predict(X)  # type: ignore[method-assign]
+    one = {c: v[0] for c, v in env.items()}  # one customer (scalars): one joint call for 3 models
+    rows, cols = np.zeros(3, dtype=np.int64), np.array([2, 0, 1])
+    assert np.array_equal(together.propensity(one, 1, rows, cols), apart.propensity(one, 1, rows, cols))
+    assert calls == [1]
+    # 60 customers x 3 models > JOINT_TREES_PER_CALL x the 2 calls it would save: each model on its own
+    rows, cols = np.repeat(np.arange(60), 2), np.tile([0, 2], 60)
+    assert np.array_equal(together.propensity(env, 60, rows, cols), apart.propensity(env, 60, rows, cols))
+    assert calls == [1] and JOINT_TREES_PER_CALL < 60 * 3 / 2
+    p = together.propensity(one, 1, np.zeros(1, dtype=np.int64), np.array([1]))
+    assert np.array_equal(p, models["loan"].predict(feature_matrix(models["loan"].columns, one, 1)))
+
+
+def test_a_joint_graph_that_disagrees_or_holds_other_models_is_refused():
+    models = _per_action_models()
+    joint = JointTrees(list(models.values()))
+    with pytest.raises(ModelLoadError, match=r"the bundle's joint graph holds models .*nba-propensity-savings.*"
+                                             r"rebuild the bundle"):
+        ModelSet(ACTIONS, models, {}, joint=(["nba-propensity-card", "nba-propensity-loan"], joint.graph))
+    bad = _corrupt_a_threshold(joint.graph, models["card"])
+    with pytest.raises(JointTreesMismatch, match=r"model nba-propensity-card: the joint graph's margins differ "
+                                                 r"from its own by up to [0-9.e-]+"):
+        JointTrees(list(models.values()), bad).check()
+    with pytest.raises(ModelLoadError, match="the joint graph reads .* columns into 3 models, its models .* into 2"):
+        JointTrees([models["card"], models["loan"]], joint.graph)

@@ -319,6 +319,12 @@ def write_bundle(settings: Settings, cat: catalog_mod.Catalog, fields: list[dict
         cold = cold_start_state(settings, cat, cold_actions(cat, models))
         if cold is not None:
             manifest["cold_start"] = cold
+        joint = write_joint(settings, cat, manifest, tmp)
+        if joint is not None:
+            manifest["joint"] = joint
+            if progress:
+                progress(f"joint graph of {len(joint['models'])} per-action models: one ONNX Runtime call for a "
+                         "customer's row, checked equal to each model's own")
         write_text(json.dumps(manifest, indent=2) + "\n", tmp / MANIFEST)
         if target.exists():
             shutil.rmtree(target)
@@ -328,6 +334,23 @@ def write_bundle(settings: Settings, cat: catalog_mod.Catalog, fields: list[dict
         if tmp.exists():
             shutil.rmtree(tmp)
     return target
+
+
+def write_joint(settings: Settings, cat: catalog_mod.Catalog, manifest: dict[str, Any],
+                folder: Path) -> dict[str, Any] | None:
+    """The joint graph of the bundle's per-action propensity models (`JointTrees`: one call
+    scores a customer's row for all of them), written to `folder` and checked against each
+    model's own graph: its manifest entry, or None with fewer than two such models."""
+    from nba.serving.models import JointTrees
+
+    models = load_models(settings, cat, manifest, folder).joint_models()
+    if not models:
+        return None
+    graph = JointTrees(models).graph
+    digest = hashlib.sha256(graph).hexdigest()
+    file = f"joint-{digest[:16]}.onnx"
+    (folder / file).write_bytes(graph)
+    return {"file": file, "sha256": digest, "models": [m.name for m in models]}
 
 
 def read_manifest(bundle_dir: Path) -> dict[str, Any]:
@@ -422,7 +445,10 @@ def load_models(settings: Settings, cat: catalog_mod.Catalog, manifest: dict[str
                 scores[who] = fast[name]
             elif kind == "uplift":
                 uplift[who] = loaded[name]
-    models = ModelSet(cat.action_ids, prop, scores, uplift, cold_start=cold_start_of(cat, manifest.get("cold_start")))
+    joint = manifest.get("joint")  # bundles built before it score each model on its own
+    models = ModelSet(cat.action_ids, prop, scores, uplift, cold_start=cold_start_of(cat, manifest.get("cold_start")),
+                      joint=None if joint is None else (joint["models"], _onnx_bytes(bundle_dir, "the per-action models together",
+                                                                                    {"onnx": joint})))
     unknown = sorted(models.inputs - set(cat.feature_names))
     if unknown:
         raise ModelLoadError(f"the models read feature(s) {unknown} that feature service {cat.feature_service} "

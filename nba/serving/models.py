@@ -96,6 +96,11 @@ _LINKS = {
 # for bit, so the switch changes the time, never a score.
 SWITCH_WORK = 80_000
 SMALL = 256  # the most rows any model scores through ONNX Runtime
+# A `JointTrees` call scores every per-action model on every row of the call. For one customer
+# it replaces one call per model the decision reads (about 60-80 us each) with one that walks
+# every model's trees; it is used while rows x models <= JOINT_TREES_PER_CALL x the calls it
+# replaces (benchmarks/RESULTS.md, "One call for the models of a row").
+JOINT_TREES_PER_CALL = 4
 ONNX_TOLERANCE = 1e-6  # |ONNX - XGBoost| on final probabilities and values, checked at bundle build
 
 
@@ -159,7 +164,7 @@ def to_onnx(model: Any) -> bytes:
     transform: its margins equal XGBoost's bit for bit (tests/test_onnx_scoring.py), and the
     link and the calibration are applied in numpy to either (`FastModel.finish`).
     """
-    from onnx import TensorProto, helper
+    from onnx import helper
     from onnxmltools.convert import convert_xgboost
     from onnxmltools.convert.common.data_types import FloatTensorType
 
@@ -189,12 +194,7 @@ def to_onnx(model: Any) -> bytes:
         target_ids=[0] * (1 + len(attrs[out + "ids"])),
         target_weights=[float(_base_margin(xgb_model, link)), *attrs[out + "weights"]],
         n_targets=1, aggregate_function="SUM", post_transform="NONE", base_values=[0.0])
-    graph = helper.make_graph([node], "nba_trees", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, n])],
-                              [helper.make_tensor_value_info("margin", TensorProto.FLOAT, [None, 1])])
-    onx = helper.make_model(graph, producer_name="nba", opset_imports=[helper.make_opsetid("", 17),
-                                                                       helper.make_opsetid("ai.onnx.ml", 3)])
-    onx.ir_version = 8
-    return onx.SerializeToString()
+    return _tree_graph(node, n, 1)
 
 
 def onnx_session(onnx_model: bytes, nthread: int = 1) -> Any:
@@ -248,6 +248,8 @@ class FastModel:
         depth = int(xgb_model.get_xgb_params().get("max_depth") or 6)  # XGBoost's default depth is 6
         trees = (self.iteration_range[1] or self.booster.num_boosted_rounds()) - self.iteration_range[0]
         self.small = max(1, min(SMALL, SWITCH_WORK // max(1, trees * depth)))  # rows ONNX Runtime scores
+        self.onnx_model = onnx_model  # a `JointTrees` merges the graphs of the models one row feeds
+        self.nthread = nthread
         self.session = onnx_session(onnx_model, nthread)
         width = self.session.get_inputs()[0].shape[1]
         if width != len(self.columns):
@@ -332,19 +334,169 @@ def sample_rows(booster: Any, width: int, rows: int = 512, seed: int = 0, missin
     return X
 
 
+class JointTrees:
+    """Models that read one row per customer (per-action propensity models, churn, CLV),
+    scored together in one ONNX Runtime call.
+
+    Scored one by one, a model costs a call for a single customer: about 60-80 us each with
+    its feature row and its link, of which its trees are about 10 (`benchmarks/RESULTS.md`,
+    "One call for the models of a row"). Here one graph holds every model's trees, each model
+    one target of a `TreeEnsembleRegressor` (its base margin its target's first one-leaf tree,
+    as in its own graph, its features renumbered into the union of the models' columns), so
+    one call gives every model's margin; the links and the calibrations are applied in numpy,
+    per group of models finished alike. A target's float32 sum runs over its trees in the same
+    order as in the model's own graph: the margins are the models' own bit for bit, which the
+    constructor checks on sample rows (`check`) (`JointTreesMismatch` else).
+    """
+
+    def __init__(self, models: Sequence[FastModel], graph: bytes | None = None):
+        """`graph`: the joint graph of these models as `nba bundle build` wrote it; None: merged
+        from the models' own graphs and checked against them here (the bundle build does)."""
+        if len(models) < 2:
+            raise ValueError("a joint graph merges at least two models")
+        self.models = tuple(models)
+        union: dict[tuple[str, Any], int] = {}
+        for m in models:
+            for c in m.columns:
+                union.setdefault((c.name, c.category), len(union))
+        self.columns = tuple(Column(name, category) for name, category in union)
+        built = graph is None
+        self.graph = self._merge(union) if graph is None else graph
+        self.session = onnx_session(self.graph, models[0].nthread)
+        width, targets = self.session.get_inputs()[0].shape[1], self.session.get_outputs()[0].shape[1]
+        if (width, targets) != (len(self.columns), len(models)):
+            raise ModelLoadError(f"the joint graph reads {width} columns into {targets} models, its models "
+                                 f"{len(self.columns)} into {len(models)}; rebuild the bundle with `nba bundle build`")
+        self._input = self.session.get_inputs()[0].name
+        # the models finished alike, as one block of columns each: (columns, link, calibration, a, b)
+        finishes: dict[tuple[str, str | None], list[int]] = {}
+        for t, m in enumerate(models):
+            finishes.setdefault((m.link, m.calibration if m.kind == "classifier" else None), []).append(t)
+        self._finishes = []
+        for (link, calibration), ts in finishes.items():
+            at = np.array(ts, dtype=np.int64)
+            if calibration == "sigmoid":
+                a = np.array([models[t].coef for t in ts])
+                b = np.array([models[t].intercept for t in ts])
+            else:  # isotonic: the models themselves; a regressor: nothing
+                a, b = tuple(models[t] for t in ts), None
+            self._finishes.append((at, link, calibration, a, b))
+        if built:
+            self.check()
+
+    def _merge(self, union: Mapping[tuple[str, Any], int]) -> bytes:
+        from onnx import helper
+
+        merged: dict[str, list[Any]] = {}
+        offset = 0
+        for t, m in enumerate(self.models):
+            attrs = _tree_attributes(m.onnx_model)
+            remap = np.array([union[(c.name, c.category)] for c in m.columns], dtype=np.int64)
+            for key, values in attrs.items():
+                if key in ("nodes_treeids", "target_treeids"):
+                    values = [v + offset for v in values]
+                elif key == "nodes_featureids":
+                    values = remap[np.asarray(values, dtype=np.int64)].tolist()
+                elif key == "target_ids":
+                    values = [t] * len(values)
+                merged.setdefault(key, []).extend(values)
+            offset += max(attrs["nodes_treeids"]) + 1
+        node = helper.make_node("TreeEnsembleRegressor", ["X"], ["margin"], domain="ai.onnx.ml", **merged,
+                                n_targets=len(self.models), aggregate_function="SUM", post_transform="NONE",
+                                base_values=[0.0] * len(self.models))
+        return _tree_graph(node, len(union), len(self.models))
+
+    def margin(self, X: np.ndarray) -> np.ndarray:
+        """(rows, models) margins of rows in the union's columns."""
+        return self.session.run(None, {self._input: np.ascontiguousarray(X, dtype=np.float32)})[0].astype(np.float64)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """(rows, models): each model's probabilities (classifier) or values (regressor)."""
+        margin = self.margin(X)
+        if len(self._finishes) == 1:
+            return self._finish(margin, *self._finishes[0][1:])
+        out = np.empty_like(margin)
+        for at, link, calibration, a, b in self._finishes:
+            out[:, at] = self._finish(margin[:, at], link, calibration, a, b)
+        return out
+
+    def _finish(self, margin: np.ndarray, link: str, calibration: str | None, a: Any, b: Any) -> np.ndarray:
+        """`FastModel.finish` for a block of models finished alike (the same operations, so the
+        same numbers)."""
+        if link == "logit":
+            raw = 1.0 / (1.0 + np.exp(-margin))
+        elif link == "log":
+            raw = np.exp(margin)
+        else:
+            raw = margin
+        if calibration is None:
+            return np.maximum(raw, 0.0)
+        if calibration == "sigmoid":
+            r = np.clip(raw, 1e-6, 1 - 1e-6)
+            z = a * np.log(r / (1 - r)) + b
+            return 1.0 / (1.0 + np.exp(-z))
+        out = np.empty_like(raw)
+        for j, model in enumerate(a):  # isotonic: each model its own step table
+            out[:, j] = model.calibrate(raw[:, j])
+        return out
+
+    def check(self, rows: int = 64) -> None:
+        """Each model's margins on rows that take both sides of its splits (the other columns
+        standard normal), from the joint graph and from its own."""
+        rng = np.random.default_rng(1)
+        for t, m in enumerate(self.models):
+            own_rows = m.check_sample(rows, seed=t)
+            X = rng.normal(size=(rows, len(self.columns))).astype(np.float32)
+            X[:, [self.columns.index(c) for c in m.columns]] = own_rows
+            joint, own = self.margin(X)[:, t], m.margin_onnx(own_rows)
+            if not np.array_equal(joint, own):
+                raise JointTreesMismatch(f"model {m.name}: the joint graph's margins differ from its own by up to "
+                                         f"{float(np.max(np.abs(joint - own))):.3g}")
+
+
+class JointTreesMismatch(ModelLoadError):
+    """The joint graph does not reproduce a model's own margins (the models are scored apart)."""
+
+
+def _tree_attributes(onnx_model: bytes) -> dict[str, list[Any]]:
+    """The node and target attributes of the one `TreeEnsembleRegressor` of a `to_onnx` graph."""
+    from onnx import helper, load_from_string
+
+    graph = load_from_string(onnx_model).graph
+    nodes = [n for n in graph.node if n.op_type == "TreeEnsembleRegressor"]
+    if len(graph.node) != 1 or len(nodes) != 1:
+        raise ModelLoadError("expected a graph of one TreeEnsembleRegressor (rebuild the bundle with `nba bundle build`)")
+    return {a.name: list(helper.get_attribute_value(a)) for a in nodes[0].attribute
+            if a.name.startswith(("nodes_", "target_"))}
+
+
+def _tree_graph(node: Any, width: int, targets: int) -> bytes:
+    """A model of one tree-ensemble node reading X (rows, width) and giving (rows, targets)."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([node], "nba_trees", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, width])],
+                              [helper.make_tensor_value_info("margin", TensorProto.FLOAT, [None, targets])])
+    onx = helper.make_model(graph, producer_name="nba", opset_imports=[helper.make_opsetid("", 17),
+                                                                       helper.make_opsetid("ai.onnx.ml", 3)])
+    onx.ir_version = 8
+    return onx.SerializeToString()
+
+
 class ModelSet:
     """Every model the catalog reads, loaded once; implements the core's `Scorer`.
 
     `propensity[action_id]` and `scores[name]` (churn_risk, clv) are FastModels; `uplift` holds
-    the uplift learners by action. Pooled propensity models share one `FastModel` group.
+    the uplift learners by action. Pooled propensity models share one `FastModel` group; the
+    per-action models (each scoring the customer's own row) can share one `JointTrees` call.
     """
 
     def __init__(self, action_ids: Sequence[str], propensity: Mapping[str, FastModel],
                  scores: Mapping[str, FastModel], uplift: Mapping[str, Any] | None = None,
-                 cold_start: Any = None):
+                 cold_start: Any = None, joint: tuple[Sequence[str], bytes] | None = None):
         """`cold_start` (`nba.decisioning.coldstart.ColdStart`): the actions without a model
         (cold start) and their posteriors; their P is the posterior mean, and the core explores
-        them by Thompson sampling."""
+        them by Thompson sampling. `joint`: the names of the `joint_models()` and their joint
+        graph as the bundle build wrote it (None: each scored on its own)."""
         self.action_ids = tuple(action_ids)
         self.propensity_models = dict(propensity)
         self.score_models = dict(scores)
@@ -381,6 +533,25 @@ class ModelSet:
                 bound = [self.propensity_models[self.action_ids[j]] for j in js]
                 self._onehot[model.fingerprint] = {int(j): m.action_values[str(m.action)]
                                                    for j, m in zip(js, bound, strict=True)}
+        self.joint: JointTrees | None = None
+        self._joint_of = np.full(len(self.action_ids), -1, dtype=np.int64)  # action -> its joint target (-1: none)
+        if joint is not None:
+            names, graph = joint
+            own = [m.name for m in self.joint_models()]
+            if list(names) != own:
+                raise ModelLoadError(f"the bundle's joint graph holds models {list(names)}, its per-action models are "
+                                     f"{own}; rebuild the bundle with `nba bundle build`")
+            self.joint = JointTrees(self.joint_models(), graph)
+            target = {id(m): t for t, m in enumerate(self.joint.models)}
+            for model, js in self.groups:
+                if id(model) in target:
+                    self._joint_of[js] = target[id(model)]
+
+    def joint_models(self) -> list[FastModel]:
+        """The propensity models that score the customer's own row (not pooled), one per group,
+        in the groups' order: what a `JointTrees` can merge (none unless at least two)."""
+        models = [model for model, _ in self.groups if model.action is None]
+        return models if len(models) >= 2 else []
 
     @property
     def inputs(self) -> set[str]:
@@ -401,10 +572,20 @@ class ModelSet:
             hot = ~self._cold[cols]
             out[~hot] = self.cold_start.mean[cols[~hot]]
         single = len(self.groups) == 1 and self.cold_start is None
-        for gi, (model, _) in enumerate(self.groups):
-            at = np.arange(rows.size) if single else np.flatnonzero(self._group_of[cols] == gi)
-            if at.size == 0:
-                continue
+        group = self._group_of[cols]
+        needed = np.unique(group[group >= 0])
+        if self.joint is not None:
+            target = self._joint_of[cols]
+            jointly = target >= 0
+            # the joint call scores every per-action model on every row: worth it while that is
+            # at most JOINT_TREES_PER_CALL models' worth per call it saves (benchmarks/RESULTS.md)
+            if n * len(self.joint.models) <= JOINT_TREES_PER_CALL * np.unique(group[jointly]).size:
+                scored = self.joint.predict(feature_matrix(self.joint.columns, env, n))
+                out[jointly] = scored[rows[jointly], target[jointly]]
+                needed = np.unique(group[(group >= 0) & ~jointly])
+        for gi in needed:
+            model, _ = self.groups[gi]
+            at = np.arange(rows.size) if single else np.flatnonzero(group == gi)
             if id(model.columns) not in base:
                 base[id(model.columns)] = feature_matrix(model.columns, env, n)
             X = base[id(model.columns)][rows[at]]
