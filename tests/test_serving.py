@@ -726,6 +726,21 @@ def test_the_production_profile_serves_from_redis_and_a_postgres_registry(served
         assert str(from_redis.config.online_store.type) == "redis"
         assert from_redis.read([*ids, 987_654_321], DECISION_EPOCH) == \
             OnlineFeatureReader(served, "serving_v1").read([*ids, 987_654_321], DECISION_EPOCH)
+        # the adapter's one round trip (one HMGET per customer) and the provider's online_read (a
+        # pipeline per view) agree: for one customer, many, an unknown one, one asked for twice,
+        # and at request times past the views' TTL
+        public = OnlineFeatureReader(prod, "serving_v1", fast=False)
+        assert from_redis.fast and not public.fast
+        asked = [*ids, 987_654_321, ids[0]]
+        times = [DECISION_EPOCH if i % 2 else DECISION_EPOCH + 400 * 86400 for i in range(len(asked))]
+        mixed = from_redis.read(asked, times)
+        assert mixed == public.read(asked, times) and mixed[1] == [bool(i % 2) for i in range(len(ids))] + [False, True]
+        assert from_redis.read(ids[:1], DECISION_EPOCH) == public.read(ids[:1], DECISION_EPOCH)
+        assert from_redis.read(ids[:1], DECISION_EPOCH)[1] == [True]
+        from nba.features.streaming import FeaturePusher
+
+        for fast in (True, False):  # Feast's public online_read answers an unknown customer with an empty row
+            assert FeaturePusher(store.get_store(prod), fast=fast).known([ids[0], 987_654_321]) == [True, False]
 
         from nba.errors import NbaError
         from nba.serving.bundle import load_engine as load_prod

@@ -1,4 +1,5 @@
-"""The one place that reads Feast below its public API: the SQLite online store in one query.
+"""The one place that reads Feast below its public API: the SQLite online store in one query,
+the Redis one in one round trip.
 
 Feast's public online reads are `FeatureStore.get_online_features` (about 3 ms for the 39
 features of `serving_v1`, most of it building a response object feature by feature) and the
@@ -86,6 +87,12 @@ def value(proto: Any) -> Any:
     return list(val.val) if which.endswith("_list_val") else val
 
 
+def held(protos: Mapping[str, Any]) -> bool:
+    """Whether a row of the provider's `online_read` holds any value. Its Redis store answers
+    a customer it does not hold with a row of empty values stamped 1970, not with None."""
+    return any(p.WhichOneof("val") for p in protos.values())
+
+
 def _decode(raw: bytes) -> Any:
     from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
@@ -95,13 +102,21 @@ def _decode(raw: bytes) -> Any:
     return val
 
 
-def sqlite_views(config: Any, views: Sequence[Any], *, fast: bool = True) -> SqliteViews | None:
-    """The fast reader of `views` when it may run: the online store is SQLite, `fast` is not
-    switched off and the installed Feast is in the tested range. None otherwise (read through
-    the provider's `online_read`)."""
-    if not fast or str(config.online_store.type) != "sqlite" or not version_supported():
+def online_views(config: Any, views: Sequence[Any], *, fast: bool = True) -> SqliteViews | RedisViews | None:
+    """The fast reader of `views` when it may run: `fast` is not switched off, the installed
+    Feast is in the tested range and the online store is SQLite or a plain Redis (not a
+    cluster or a sentinel, and through redis-py). None otherwise (read through the provider's
+    `online_read`)."""
+    if not fast:
         return None
-    return SqliteViews(config, views)
+    kind = str(config.online_store.type)
+    if kind == "sqlite" and version_supported():
+        return SqliteViews(config, views)
+    store = config.online_store
+    if (kind == "redis" and str(getattr(store.redis_type, "value", store.redis_type)) == "redis"
+            and str(getattr(store.client, "value", store.client)) != "glide" and version_supported()):
+        return RedisViews(config, views)
+    return None
 
 
 class SqliteViews:
@@ -190,6 +205,96 @@ class SqliteViews:
                 t = datetime.fromtimestamp(int(t), tz=UTC) if t is not None else None
                 view_rows.append((t, found[vi][i]))
             out.append(view_rows)
+        return out
+
+
+_TIMES: dict[bytes, datetime] = {}  # serialised Timestamp -> its time: a materialisation stamps many rows alike
+
+
+def _time(raw: bytes) -> datetime:
+    t = _TIMES.get(raw)
+    if t is None:
+        from google.protobuf.timestamp_pb2 import Timestamp
+
+        ts = Timestamp.FromString(raw)
+        t = datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, tz=UTC)  # as Feast's online_read converts it
+        if len(_TIMES) < _DECODED_MAX:
+            _TIMES[raw] = t
+    return t
+
+
+class RedisViews:
+    """Every view of a feature service read from Feast's Redis online store in one round trip.
+
+    Feast 0.67 keeps one hash per entity, named by the serialised entity key and the project,
+    with a field per feature (the murmur3 hash of `view:feature`, `helpers._mmh3`) and a
+    `_ts:view` field per view holding its serialised event time. The provider's `online_read`
+    sends one pipeline per view and decodes every value; here one HMGET per customer asks for
+    every view's fields at once (one command for one customer, one pipeline for many), on the
+    provider's own client, and each distinct stored value is decoded once (`_DECODED`). A view
+    without its `_ts` field holds nothing for the customer: (None, None), as the SQLite read
+    gives (the public read gives an empty row stamped 1970, which the view's TTL drops).
+    """
+
+    def __init__(self, config: Any, views: Sequence[Any]):
+        from feast.infra.online_stores.helpers import _mmh3, compute_versioned_name
+
+        self.config = config
+        versioning = bool(getattr(config.registry, "enable_online_feature_view_versioning", False))
+        self.fields: list[bytes] = []
+        self.slots: list[tuple[int, str | None]] = []  # per field: (view index, feature; None: the view's time)
+        for vi, v in enumerate(views):
+            name = compute_versioned_name(v, versioning)
+            for f in v.features:
+                self.fields.append(_mmh3(f"{name}:{f.name}"))
+                self.slots.append((vi, f.name))
+            self.fields.append(f"_ts:{name}".encode())
+            self.slots.append((vi, None))
+        self.views = len(views)
+        self.project = config.project.encode("utf-8")
+        self._client: Any = None
+
+    def client(self) -> Any:
+        if self._client is None:
+            from feast.infra.online_stores.redis import RedisOnlineStore
+
+            self._client = RedisOnlineStore()._get_client(self.config.online_store)  # Feast's own connection settings
+        return self._client
+
+    def reset(self) -> None:
+        """Nothing to forget: redis-py reconnects on the next command."""
+
+    def read(self, keys: Sequence[Any]) -> list[list[tuple[Any, dict[str, Any] | None]]]:
+        """Per view, per key (`EntityKey` proto): (event time, feature -> value) or (None, None)."""
+        from feast.infra.key_encoding_utils import serialize_entity_key
+
+        version = self.config.entity_key_serialization_version
+        names = [serialize_entity_key(k, entity_key_serialization_version=version) + self.project for k in keys]
+        client = self.client()
+        if len(names) == 1:
+            replies = [client.hmget(names[0], self.fields)]
+        else:
+            unique = list(dict.fromkeys(names))
+            with client.pipeline(transaction=False) as pipe:
+                for name in unique:
+                    pipe.hmget(name, self.fields)
+                by_name = dict(zip(unique, pipe.execute(), strict=True))
+            replies = [by_name[name] for name in names]
+        cache = _DECODED
+        out: list[list[tuple[Any, dict[str, Any] | None]]] = [[] for _ in range(self.views)]
+        for reply in replies:
+            rows: list[dict[str, Any]] = [{} for _ in range(self.views)]
+            times: list[datetime | None] = [None] * self.views
+            for (vi, feature), raw in zip(self.slots, reply, strict=True):
+                if raw is None:
+                    continue
+                if feature is None:
+                    times[vi] = _time(raw)
+                    continue
+                val = cache.get(raw, _MISSING)
+                rows[vi][feature] = _decode(raw) if val is _MISSING else val
+            for vi in range(self.views):
+                out[vi].append((times[vi], rows[vi]) if times[vi] is not None else (None, None))
         return out
 
 

@@ -224,9 +224,9 @@ class FeaturePusher:
         keys = [EntityKey(join_keys=[schemas.ENTITY_KEY], entity_values=[Value(int64_val=int(c))])
                 for c in customer_ids]
         if view_name not in self._readers:
-            self._readers[view_name] = feast_adapter.sqlite_views(self.store.config, [view], fast=self.fast)
+            self._readers[view_name] = feast_adapter.online_views(self.store.config, [view], fast=self.fast)
         fast_reader = self._readers[view_name]
-        if fast_reader is not None:  # the adapter's one-query read of Feast's SQLite store (decoded)
+        if fast_reader is not None:  # the adapter's one-query read of Feast's SQLite or Redis store (decoded)
             try:
                 return fast_reader.read(keys)[0]
             except Exception as exc:
@@ -238,7 +238,8 @@ class FeaturePusher:
                                                        requested_features=[f.name for f in view.features])
         except Exception as exc:
             raise FeatureStoreError(f"online read of {view_name} failed: {type(exc).__name__}: {exc}") from exc
-        return [(ts, {k: value(v) for k, v in vals.items()} if vals is not None else None) for ts, vals in rows]
+        return [(ts, {k: value(v) for k, v in vals.items()}) if vals is not None and feast_adapter.held(vals)
+                else (None, None) for ts, vals in rows]
 
     def known(self, customer_ids: Sequence[int]) -> list[bool]:
         """Whether the bank's profile (a snapshot) holds each customer, whatever its age."""
