@@ -63,8 +63,11 @@ def _receiver(conn) -> None:  # a process of its own: the receiver does not shar
         def log_message(self, *args) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 128  # as a real receiver (the standard library's 5 drops concurrent first handshakes)
+        daemon_threads = True
+
+    server = Server(("127.0.0.1", 0), Handler)
     conn.send(server.server_address[1])
     server.serve_forever()
 

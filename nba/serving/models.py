@@ -372,9 +372,11 @@ class JointTrees:
         finishes: dict[tuple[str, str | None], list[int]] = {}
         for t, m in enumerate(models):
             finishes.setdefault((m.link, m.calibration if m.kind == "classifier" else None), []).append(t)
-        self._finishes = []
+        self._finishes: list[tuple[np.ndarray, str, str | None, Any, Any]] = []
         for (link, calibration), ts in finishes.items():
             at = np.array(ts, dtype=np.int64)
+            a: Any
+            b: Any
             if calibration == "sigmoid":
                 a = np.array([models[t].coef for t in ts])
                 b = np.array([models[t].intercept for t in ts])
@@ -401,9 +403,9 @@ class JointTrees:
                     values = [t] * len(values)
                 merged.setdefault(key, []).extend(values)
             offset += max(attrs["nodes_treeids"]) + 1
-        node = helper.make_node("TreeEnsembleRegressor", ["X"], ["margin"], domain="ai.onnx.ml", **merged,
-                                n_targets=len(self.models), aggregate_function="SUM", post_transform="NONE",
-                                base_values=[0.0] * len(self.models))
+        attributes: dict[str, Any] = {**merged, "n_targets": len(self.models), "aggregate_function": "SUM",
+                                      "post_transform": "NONE", "base_values": [0.0] * len(self.models)}
+        node = helper.make_node("TreeEnsembleRegressor", ["X"], ["margin"], domain="ai.onnx.ml", **attributes)
         return _tree_graph(node, len(union), len(self.models))
 
     def margin(self, X: np.ndarray) -> np.ndarray:
