@@ -557,6 +557,7 @@ def test_the_fast_paths_equal_feast_and_the_models_own_predictions(served, custo
 
     big = {k: np.tile(v, 20) for k, v in env.items()}  # 400 customers: XGBoost's own predictor
     kinds: Counter[str] = Counter()
+    expected_of: dict[int, np.ndarray] = {}
     for j, action in enumerate(cat.action_ids):
         bento = manifest["models"][cat.actions[j].model]["bento_model"]
         import bentoml
@@ -575,7 +576,19 @@ def test_the_fast_paths_equal_feast_and_the_models_own_predictions(served, custo
         assert np.allclose(few, expected, rtol=1e-5, atol=1e-7), action
         assert np.allclose(one, expected, rtol=1e-5, atol=1e-7), action
         assert np.allclose(many, np.tile(expected, 20), rtol=1e-5, atol=1e-7), action
+        expected_of[j] = expected
     assert kinds["CalibratedXGBClassifier"] >= 8 and sum(kinds.values()) == len(cat.action_ids), kinds
+    # one customer's every action: the per-action models in the bundle's one joint graph, one call
+    assert manifest["joint"]["models"] == [m.name for m in models.joint_models()] and models.joint is not None
+    calls = []
+    predict = models.joint.predict
+    models.joint.predict = lambda X: calls.append(len(X)) or predict(X)
+    A = len(cat.action_ids)
+    for i in range(5):
+        every = models.propensity({k: (v[i] if k not in numbers else float(v[i])) for k, v in env.items()}, 1,
+                                  np.zeros(A, int), np.arange(A))
+        assert np.allclose(every, [expected_of[j][i] for j in range(A)], rtol=1e-5, atol=1e-7), i
+    assert calls == [1] * 5
     for name, model in models.score_models.items():
         own = mlflow.sklearn.load_model(bentoml.models.get(manifest["models"][model.name]["bento_model"])
                                         .path_of("mlflow_model"))

@@ -23,13 +23,17 @@ def bundle_build() -> None:
     the MLflow registry first: a bad rule, an unknown feature or model fails here, naming the
     action, the rule and the reason.
     """
-    from nba.serving.bundle import build
+    from nba.serving.bundle import build, read_manifest
 
     s = settings()
     result = build(s, progress=lambda tag: echo(f"  imported {tag}"))
     echo(f"bundle {result.bundle_dir} (catalog {result.catalog_version})")
     for m in result.models:
         echo(f"  {m.name:<40} v{m.version:<4} {', '.join(m.roles)}")
+    joint = read_manifest(result.bundle_dir).get("joint")
+    if joint:
+        echo(f"  the {len(joint['models'])} per-action propensity models in one ONNX graph ({joint['file']}): one "
+             "call scores a customer's actions; each output checked equal to the model's own")
     echo(f"Bento {result.bento_tag} in {s.bentoml_home}; serve it with `nba serve`")
 
 

@@ -322,9 +322,6 @@ def write_bundle(settings: Settings, cat: catalog_mod.Catalog, fields: list[dict
         joint = write_joint(settings, cat, manifest, tmp)
         if joint is not None:
             manifest["joint"] = joint
-            if progress:
-                progress(f"joint graph of {len(joint['models'])} per-action models: one ONNX Runtime call for a "
-                         "customer's row, checked equal to each model's own")
         write_text(json.dumps(manifest, indent=2) + "\n", tmp / MANIFEST)
         if target.exists():
             shutil.rmtree(target)
