@@ -169,7 +169,7 @@ def test_concurrent_decide_calls_are_decided_together_each_with_its_own_answer(s
         await asyncio.sleep(0)  # one turn of the loop: every call has queued (or is with the held decider)
         assert batcher.waiting >= 1
         busy.set()
-        return await asyncio.gather(*calls, return_exceptions=True)
+        return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 60)  # a lost answer fails
 
     try:
         out = asyncio.run(together([DecisionRequest(c, "web", {}, float(DECISION_EPOCH), 1) for c in ids]))
@@ -797,3 +797,52 @@ def test_the_production_profile_serves_from_redis_and_a_postgres_registry(served
             store.get_store(prod).teardown()  # the online store's keys and the registry's tables
         with psycopg.connect(served.postgres_dsn, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+def test_a_batcher_answers_each_call_on_its_own_event_loop():
+    """Two event loops share one batcher in turn: a call queued from the second while the
+    decider is busy with the first's is answered on its own loop. It used to be settled on the
+    first loop, closed by then, and its caller waited forever (the CI run of 2026-12-07 hung
+    on it in the test above)."""
+    import asyncio
+    import threading
+
+    from nba.serving.batching import DecideBatcher
+
+    first_in, release, first_done = threading.Event(), threading.Event(), threading.Event()
+
+    def decide(reqs):
+        if reqs == ["a"]:
+            first_in.set()
+            release.wait(10)  # until "b" is queued behind it
+        else:
+            first_done.wait(10)  # until the first loop is closed
+        return [f"answer {r}" for r in reqs]
+
+    batcher = DecideBatcher(decide)
+    second: list = []
+
+    def other_loop() -> None:
+        first_in.wait(10)
+
+        async def call():
+            waiting = asyncio.ensure_future(batcher.decide("b"))
+            await asyncio.sleep(0.05)  # queued: the decider, busy with "a", takes it next
+            release.set()
+            return await asyncio.wait_for(waiting, 10)
+
+        try:
+            second.append(asyncio.run(call()))
+        except Exception as exc:  # TimeoutError: the answer was lost
+            second.append(exc)
+
+    t = threading.Thread(target=other_loop)
+    t.start()
+
+    async def first():
+        return await asyncio.wait_for(batcher.decide("a"), 10)
+
+    assert asyncio.run(first()) == "answer a"
+    first_done.set()
+    t.join(30)
+    assert second == ["answer b"] and batcher.batches == 2

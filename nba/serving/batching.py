@@ -53,17 +53,19 @@ class DecideBatcher:
             return len(self._queue)
 
     async def decide(self, request: Any) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future = loop.create_future()
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
         with self._lock:
             self._queue.append((request, fut))
             start, self._deciding = not self._deciding, True
         if start:
-            self._pool.submit(self._drain, loop)
+            self._pool.submit(self._drain)
         return await fut  # type: ignore[no-any-return]
 
-    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
-        """In the decider thread: decide what is queued, batch after batch, until nothing is."""
+    def _drain(self) -> None:
+        """In the decider thread: decide what is queued, batch after batch, until nothing is.
+        Each answer is settled on its caller's own event loop: a drain that started for one
+        loop may take calls queued from another (a batcher used by two `asyncio.run`s in turn),
+        and settling those on the first, closed loop lost them (the caller waited forever)."""
         while True:
             with self._lock:
                 batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
@@ -72,7 +74,11 @@ class DecideBatcher:
                     return
             answers: list[tuple[asyncio.Future, Any, BaseException | None]] = []
             self._run(batch, answers)
-            loop.call_soon_threadsafe(_settle, answers)
+            loops: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any, BaseException | None]]] = {}
+            for answer in answers:
+                loops.setdefault(answer[0].get_loop(), []).append(answer)
+            for loop, theirs in loops.items():
+                loop.call_soon_threadsafe(_settle, theirs)
 
     def _run(self, batch: list[tuple[Any, asyncio.Future]],
              answers: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
