@@ -442,10 +442,11 @@ def load_models(settings: Settings, cat: catalog_mod.Catalog, manifest: dict[str
                 scores[who] = fast[name]
             elif kind == "uplift":
                 uplift[who] = loaded[name]
-    joint = manifest.get("joint")  # bundles built before it score each model on its own
+    entry = manifest.get("joint")  # bundles built before it score each model on its own
+    joint = None if entry is None else (entry["models"], _onnx_bytes(bundle_dir, "the per-action models together",
+                                                                     {"onnx": entry}))
     models = ModelSet(cat.action_ids, prop, scores, uplift, cold_start=cold_start_of(cat, manifest.get("cold_start")),
-                      joint=None if joint is None else (joint["models"], _onnx_bytes(bundle_dir, "the per-action models together",
-                                                                                    {"onnx": joint})))
+                      joint=joint)
     unknown = sorted(models.inputs - set(cat.feature_names))
     if unknown:
         raise ModelLoadError(f"the models read feature(s) {unknown} that feature service {cat.feature_service} "

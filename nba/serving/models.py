@@ -209,6 +209,23 @@ def onnx_session(onnx_model: bytes, nthread: int = 1) -> Any:
     return ort.InferenceSession(onnx_model, opts, providers=["CPUExecutionProvider"])
 
 
+def _linked(margin: np.ndarray, link: str) -> np.ndarray:
+    """XGBoost's link from margin to prediction."""
+    if link == "logit":
+        return 1.0 / (1.0 + np.exp(-margin))
+    if link == "log":
+        return np.exp(margin)
+    return margin
+
+
+def _platt(raw: np.ndarray, coef: Any, intercept: Any) -> np.ndarray:
+    """Platt calibration of probabilities (`coef` and `intercept` numbers, or arrays broadcast
+    over a block of models' columns)."""
+    r = np.clip(raw, 1e-6, 1 - 1e-6)
+    z = coef * np.log(r / (1 - r)) + intercept
+    return 1.0 / (1.0 + np.exp(-z))
+
+
 class FastModel:
     """A classifier or regressor of `nba.training.models`, scored on numpy arrays.
 
@@ -286,21 +303,14 @@ class FastModel:
 
     def finish(self, margin: np.ndarray) -> np.ndarray:
         """Link and calibration: probabilities (classifier) or non-negative values (regressor)."""
-        if self.link == "logit":
-            raw = 1.0 / (1.0 + np.exp(-margin))
-        elif self.link == "log":
-            raw = np.exp(margin)
-        else:
-            raw = margin
+        raw = _linked(margin, self.link)
         if self.kind == "classifier":
             return self.calibrate(raw)
         return np.maximum(raw, 0.0)
 
     def calibrate(self, raw: np.ndarray) -> np.ndarray:
         if self.calibration == "sigmoid":
-            r = np.clip(raw, 1e-6, 1 - 1e-6)
-            z = self.coef * np.log(r / (1 - r)) + self.intercept
-            return 1.0 / (1.0 + np.exp(-z))
+            return _platt(raw, self.coef, self.intercept)
         return np.clip(np.interp(raw, self.x_thr, self.y_thr), 0.0, 1.0)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
@@ -335,8 +345,8 @@ def sample_rows(booster: Any, width: int, rows: int = 512, seed: int = 0, missin
 
 
 class JointTrees:
-    """Models that read one row per customer (per-action propensity models, churn, CLV),
-    scored together in one ONNX Runtime call.
+    """Models that read one row per customer (the per-action propensity models), scored
+    together in one ONNX Runtime call.
 
     Scored one by one, a model costs a call for a single customer: about 60-80 us each with
     its feature row and its link, of which its trees are about 10 (`benchmarks/RESULTS.md`,
@@ -423,20 +433,13 @@ class JointTrees:
         return out
 
     def _finish(self, margin: np.ndarray, link: str, calibration: str | None, a: Any, b: Any) -> np.ndarray:
-        """`FastModel.finish` for a block of models finished alike (the same operations, so the
+        """`FastModel.finish` for a block of models finished alike (the same functions, so the
         same numbers)."""
-        if link == "logit":
-            raw = 1.0 / (1.0 + np.exp(-margin))
-        elif link == "log":
-            raw = np.exp(margin)
-        else:
-            raw = margin
+        raw = _linked(margin, link)
         if calibration is None:
             return np.maximum(raw, 0.0)
         if calibration == "sigmoid":
-            r = np.clip(raw, 1e-6, 1 - 1e-6)
-            z = a * np.log(r / (1 - r)) + b
-            return 1.0 / (1.0 + np.exp(-z))
+            return _platt(raw, a, b)
         out = np.empty_like(raw)
         for j, model in enumerate(a):  # isotonic: each model its own step table
             out[:, j] = model.calibrate(raw[:, j])
@@ -539,11 +542,11 @@ class ModelSet:
         self._joint_of = np.full(len(self.action_ids), -1, dtype=np.int64)  # action -> its joint target (-1: none)
         if joint is not None:
             names, graph = joint
-            own = [m.name for m in self.joint_models()]
-            if list(names) != own:
+            mergeable = self.joint_models()
+            if list(names) != [m.name for m in mergeable]:
                 raise ModelLoadError(f"the bundle's joint graph holds models {list(names)}, its per-action models are "
-                                     f"{own}; rebuild the bundle with `nba bundle build`")
-            self.joint = JointTrees(self.joint_models(), graph)
+                                     f"{[m.name for m in mergeable]}; rebuild the bundle with `nba bundle build`")
+            self.joint = JointTrees(mergeable, graph)
             target = {id(m): t for t, m in enumerate(self.joint.models)}
             for model, js in self.groups:
                 if id(model) in target:
