@@ -21,7 +21,10 @@ def bundle_build() -> None:
 
     Compiles serving/actions.yaml and serving/policies.yaml against the feature service and
     the MLflow registry first: a bad rule, an unknown feature or model fails here, naming the
-    action, the rule and the reason.
+    action, the rule and the reason. Each model's trees are converted to ONNX and checked
+    against XGBoost; the per-action propensity models are also merged into one graph, each
+    output checked equal to its model's own, so a decision scores a customer's actions in one
+    call.
     """
     from nba.serving.bundle import build, read_manifest
 
