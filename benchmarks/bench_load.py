@@ -21,7 +21,9 @@ replicas are two `bentoml serve` processes on two ports, the clients split betwe
 
 A profile suffixed `:alone` (`--profiles embedded:alone,embedded`) runs with
 `NBA_SERVE_BATCH=1`: each `/decide` call decided alone, as before `nba.serving.batching`; the
-before and after of that change in one run, one after the other. A profile suffixed `@TAG`
+before and after of that change in one run, one after the other; suffixed `:inline`, with
+`NBA_SERVE_COMMIT_THREADS=0` (the decider waits for each batch's commit, the embedded default),
+and `:deferred`, with 1 (a commit thread, the production default). A profile suffixed `@TAG`
 (`--profiles embedded@4fkekchr3c3aiax4,embedded`) serves that Bento of the bank's model store
 (`nba_decision:TAG`, built by an earlier `nba bundle build`) instead of the latest: code before
 and after a change, in one run.
@@ -192,9 +194,9 @@ def main() -> None:
         for p in args.profiles.split(","):
             tag = p.partition("@")[2]
             scenarios.append((p, f"nba_decision:{tag}" if tag else None))
-        for name, target in scenarios:
+        for index, (name, target) in enumerate(scenarios):  # a profile may be named twice: runs alternated
             profile, _, mode = name.partition("@")[0].partition(":")
-            folder = tmp / name.replace(":", "-").replace("@", "-")
+            folder = tmp / f"{index}-{name.replace(':', '-').replace('@', '-')}"
             work = private_work(bank, folder)
             settings = base.model_copy(update={"work_dir": work})
             env = None
@@ -204,8 +206,10 @@ def main() -> None:
                 cleanup = (settings, dbname)
             if mode == "alone":
                 env = {**(env or {}), "NBA_SERVE_BATCH": "1"}
+            elif mode in ("inline", "deferred"):
+                env = {**(env or {}), "NBA_SERVE_COMMIT_THREADS": "0" if mode == "inline" else "1"}
             elif mode:
-                raise SystemExit(f"--profiles: '{name}': the only suffix is ':alone'")
+                raise SystemExit(f"--profiles: '{name}': the suffixes are ':alone', ':inline' and ':deferred'")
             try:
                 for count in (counts if name != "floor" else [1, *[c for c in counts if c > 1]]):
                     procs: list = []

@@ -97,6 +97,11 @@ class Settings(BaseSettings):
         64, ge=1, description="concurrent /decide calls of one worker decided together, at most (1: each alone); "
                               "a call that arrives alone waits for nothing (nba.serving.batching)"
     )
+    serve_commit_threads: int | None = Field(
+        None, ge=0, description="threads of one worker that commit decided batches to the log while its decider "
+                                "decides the next (0: the decider waits for each commit; nba.serving.batching); "
+                                "default 1 under the production profile, 0 under the embedded one"
+    )
     serve_keepalive_requests: int = Field(
         100, ge=0, description="requests a keep-alive connection carries before its answer says `connection: "
                                "close`, so the client reconnects and the workers share the connections (0: no limit)"

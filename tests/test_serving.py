@@ -191,6 +191,16 @@ def test_concurrent_decide_calls_are_decided_together_each_with_its_own_answer(s
         shown = [d["actions"][0]["action_id"] for d in out if d["actions"]]
         assert len(shown) >= 2 and len(set(shown)) == len(shown), shown
         assert engine.log.count() == 14
+
+        # decided, its contact reserved, not yet logged: the commit is the function returned
+        req = DecisionRequest(ids[5], "web", {}, float(DECISION_EPOCH + 120), 1)
+        commit = engine.begin_decide([req])
+        assert engine.log.count() == 14
+        again = engine.decide([req])  # the same customer meanwhile sees the first one's contact
+        (first,) = commit()
+        assert engine.log.count() == 16 and first["timing"]["commit_wait_ms"] >= 0
+        assert first["actions"], first  # and the one decided meanwhile did not show it again
+        assert first["actions"][0]["action_id"] not in [a["action_id"] for a in again[0]["actions"]]
     finally:
         engine.log.close()
 
@@ -846,3 +856,56 @@ def test_a_batcher_answers_each_call_on_its_own_event_loop():
     first_done.set()
     t.join(30)
     assert second == ["answer b"] and batcher.batches == 2
+
+
+def test_a_batcher_decides_the_next_batch_while_the_last_commits_and_answers_only_once_committed():
+    """With a commit thread, the decider hands a decided batch's commit over and decides the
+    next one while it is in flight; no caller is answered before its own batch is committed,
+    and a failed commit is the answer of every call of its batch (not of the next one)."""
+    import asyncio
+    import threading
+
+    from nba.errors import NotWritten
+    from nba.serving.batching import DecideBatcher
+
+    decided: list[list[str]] = []
+    committed: list[list[str]] = []
+    hold_first, second_decided = threading.Event(), threading.Event()
+
+    def begin(reqs):
+        decided.append(list(reqs))
+        if len(decided) == 2:
+            second_decided.set()
+
+        def commit():
+            if reqs == ["a"]:
+                assert hold_first.wait(10)  # the first commit is in flight until released
+            if "bad" in reqs:
+                raise NotWritten("the log refused the batch")
+            committed.append(list(reqs))
+            return [f"answer {r}" for r in reqs]
+
+        return commit
+
+    batcher = DecideBatcher(begin, commits=1)
+
+    async def run():
+        first = asyncio.ensure_future(batcher.decide("a"))
+        await asyncio.sleep(0.05)  # the decider took "a" and its commit is held
+        second = asyncio.ensure_future(batcher.decide("b"))
+        # "b" is decided while "a" is still committing ...
+        assert await asyncio.get_running_loop().run_in_executor(None, second_decided.wait, 10)
+        await asyncio.sleep(0.05)
+        assert not first.done() and not second.done() and committed == []  # ... and nobody is answered yet
+        hold_first.set()
+        out = await asyncio.wait_for(asyncio.gather(first, second), 10)
+        bad = await asyncio.wait_for(asyncio.gather(batcher.decide("bad"), return_exceptions=True), 10)
+        after = await asyncio.wait_for(batcher.decide("c"), 10)
+        return out, bad, after
+
+    out, bad, after = asyncio.run(run())
+    assert out == ["answer a", "answer b"] and decided[:2] == [["a"], ["b"]] and committed[:2] == [["a"], ["b"]]
+    assert isinstance(bad[0], NotWritten) and "refused" in str(bad[0])
+    assert after == "answer c" and batcher.batches == 4
+    with pytest.raises(ValueError, match="commits: -1"):
+        DecideBatcher(begin, commits=-1)

@@ -61,8 +61,9 @@ def serve_cmd(
     /respond, /healthz, /readyz; the OpenAPI page at /docs.json and the UI at /. The delivery
     worker sends the outbox's messages meanwhile (--no-activation: not). It is ready once every
     worker is. A worker decides the /decide calls that reach it while it decides together
-    (NBA_SERVE_BATCH), and closes a keep-alive connection after NBA_SERVE_KEEPALIVE_REQUESTS
-    answers, so the workers share the connections."""
+    (NBA_SERVE_BATCH), commits a batch to the log while it decides the next
+    (NBA_SERVE_COMMIT_THREADS), and closes a keep-alive connection after
+    NBA_SERVE_KEEPALIVE_REQUESTS answers, so the workers share the connections."""
     from nba.serving.run import serve
 
     serve(settings(), host=host, port=port, workers=workers, echo=echo, activation=activation)

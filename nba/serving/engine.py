@@ -27,7 +27,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -468,6 +468,15 @@ class DecisionEngine:
 
         `preview`: the same decisions, neither logged nor counted as contacts (no outcome can
         be reported against them: their `decision_id` is None, `preview` true)."""
+        return self.begin_decide(requests, source=source, preview=preview)()
+
+    def begin_decide(self, requests: Sequence[DecisionRequest], *, source: str = "api",
+                     preview: bool = False) -> Callable[[], list[dict[str, Any]]]:
+        """`decide` up to the log: the decisions are made and their contacts reserved; the
+        function returned appends them to the log (the commit) and returns the responses. A
+        caller may decide the next requests while that commit is in flight (the service's
+        decider thread: `nba.serving.batching`); nobody sees a response before its commit.
+        Raises what `decide` raises before the log (a refused request: nothing reserved)."""
         t0 = time.perf_counter()
         for r in requests:
             self.check(r)
@@ -486,20 +495,28 @@ class DecisionEngine:
                 at = [i for i, x in enumerate(wave) if x == w]
                 for i, resp in zip(at, self.decide([requests[i] for i in at], source=source), strict=True):
                     out[i] = resp
-            return out  # type: ignore[return-value]
+            return lambda: out  # type: ignore[return-value]  # each wave logged before the next
         now = np.array([r.timestamp if r.timestamp is not None else _now() for r in requests], dtype=np.float64)
         try:
             cols, found = self.features.read(ids, [int(t) for t in now])
         except NbaError as exc:
             raise Unavailable(str(exc)) from None
-        return self.decide_read(requests, now, cols, found, source=source, t0=t0, preview=preview)
+        return self.begin_decide_read(requests, now, cols, found, source=source, t0=t0, preview=preview)
 
     def decide_read(self, requests: Sequence[DecisionRequest], now: np.ndarray, cols: dict[str, list[Any]],
-                    found: Sequence[bool], *, source: str = "api", t0: float | None = None,
+                    found: Sequence[bool], *, source: str = "api",
                     prepared: tuple[dict[str, Any], list[int]] | None = None,
                     preview: bool = False, decision_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """`decide` once the features are read (a trigger has read them to evaluate its
         condition); `decision_ids` the decisions' ids when the caller derives them (a trigger's)."""
+        return self.begin_decide_read(requests, now, cols, found, source=source, prepared=prepared, preview=preview,
+                                      decision_ids=decision_ids)()
+
+    def begin_decide_read(self, requests: Sequence[DecisionRequest], now: np.ndarray, cols: dict[str, list[Any]],
+                          found: Sequence[bool], *, source: str = "api", t0: float | None = None,
+                          prepared: tuple[dict[str, Any], list[int]] | None = None, preview: bool = False,
+                          decision_ids: Sequence[str] | None = None) -> Callable[[], list[dict[str, Any]]]:
+        """`decide_read` up to the log, as `begin_decide` is `decide`'s."""
         t0 = time.perf_counter() if t0 is None else t0
         n = len(requests)
         ids = [int(r.customer_id) for r in requests]
@@ -572,21 +589,6 @@ class DecisionEngine:
             for resp in responses:
                 resp["decision_id"] = None
                 resp["preview"] = True
-        else:
-            try:
-                self.log.append(tables)
-            except NotWritten as exc:
-                with contextlib.suppress(Exception):  # not logged: not a contact (the error says why)
-                    self.policy.release(self._unlogged(shown, exc))
-                raise
-            # any other failure (a commit cut short) may have logged it: the contact stays counted,
-            # so a cap errs on the safe side
-        t_end = time.perf_counter()
-        timing = {"features_ms": round((t_features - t0) * 1e3, 3), "decide_ms": round((t_decide - t_features) * 1e3, 3),
-                  "policy_ms": round((t_policy - t_decide) * 1e3, 3), "log_ms": round((t_end - t_policy) * 1e3, 3),
-                  "total_ms": round((t_end - t0) * 1e3, 3), "batch": n}  # decided together with batch - 1 others
-        for resp in responses:
-            resp["timing"] = timing
         if deliver.any():  # what was put in the outbox (a trigger's answer names it)
             sent = {}
             if tables.outbox is not None:
@@ -597,7 +599,32 @@ class DecisionEngine:
             for resp, flag in zip(responses, deliver.tolist(), strict=True):
                 if flag:
                     resp["outbox"] = sent.get(resp["decision_id"])  # None: nothing to send
-        return responses
+        t_ready = time.perf_counter()
+
+        def commit() -> list[dict[str, Any]]:
+            t_log = time.perf_counter()
+            if not preview:
+                try:
+                    self.log.append(tables)
+                except NotWritten as exc:
+                    with contextlib.suppress(Exception):  # not logged: not a contact (the error says why)
+                        self.policy.release(self._unlogged(shown, exc))
+                    raise
+                # any other failure (a commit cut short) may have logged it: the contact stays
+                # counted, so a cap errs on the safe side
+            t_end = time.perf_counter()
+            timing = {"features_ms": round((t_features - t0) * 1e3, 3),
+                      "decide_ms": round((t_decide - t_features) * 1e3, 3),
+                      "policy_ms": round((t_policy - t_decide) * 1e3, 3), "log_ms": round((t_end - t_log) * 1e3, 3),
+                      # the engine's own time; the wait for a commit thread is beside it
+                      "total_ms": round((t_ready - t0 + t_end - t_log) * 1e3, 3),
+                      "commit_wait_ms": round((t_log - t_ready) * 1e3, 3),
+                      "batch": n}  # decided together with batch - 1 others
+            for resp in responses:
+                resp["timing"] = timing
+            return responses
+
+        return commit
 
     def _unlogged(self, shown: list[tuple], exc: NotWritten) -> list[tuple]:
         """The contacts to give back after an append that wrote nothing: all of them, except,

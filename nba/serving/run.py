@@ -55,6 +55,8 @@ def server_env(settings: Settings, workers: int | None = None, extra: dict[str, 
     })
     if settings.policy_store:
         env["NBA_POLICY_STORE"] = settings.policy_store
+    if settings.serve_commit_threads is not None:
+        env["NBA_SERVE_COMMIT_THREADS"] = str(settings.serve_commit_threads)
     if settings.serve_bundle is not None:
         env["NBA_BUNDLE_DIR"] = str(settings.path(settings.serve_bundle))
     if settings.data_dir is not None:
