@@ -91,7 +91,9 @@ class Settings(BaseSettings):
     )
     redis_prefix: str = Field("nba", description="prefix of every Redis key the platform writes")
     serve_workers: int = Field(
-        3, ge=1, description="worker processes of the decision service (cores + 1: one waits on its log fsync)"
+        default_factory=lambda: usable_cores(), ge=1,
+        description="worker processes of the decision service (default: the cores this process may use; a worker "
+                    "more than the cores made smaller batches and fewer decisions/s, RESULTS.md)"
     )
     serve_batch: int = Field(
         64, ge=1, description="concurrent /decide calls of one worker decided together, at most (1: each alone); "
@@ -255,6 +257,14 @@ class Settings(BaseSettings):
         if not d.is_dir():
             raise DataFileError(f"data folder {d} (NBA_DATA_DIR) does not exist or is not a folder")
         return d
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity; a container's limit shows there)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def disable_telemetry() -> None:

@@ -52,7 +52,7 @@ def bundle_show() -> None:
 def serve_cmd(
     port: Annotated[int, typer.Option(help="Port on localhost.", min=1, max=65535)] = 3000,
     host: Annotated[str, typer.Option(help="Interface to bind (loopback by default).")] = "127.0.0.1",
-    workers: Annotated[int | None, typer.Option(help="Worker processes [default: NBA_SERVE_WORKERS, 3].",
+    workers: Annotated[int | None, typer.Option(help="Worker processes [default: NBA_SERVE_WORKERS, else the cores].",
                                                  min=1)] = None,
     activation: Annotated[bool, typer.Option(help="Run the outbox's delivery worker beside the service "
                                                   "(nba activation run).")] = True,
