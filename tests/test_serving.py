@@ -5,6 +5,7 @@ log and the contact-policy state on disk (and in Redis)."""
 from __future__ import annotations
 
 import http.client
+import json
 import math
 import shutil
 import uuid
@@ -799,6 +800,21 @@ def test_the_production_profile_serves_from_redis_and_a_postgres_registry(served
             assert a[cid]["filtered"] == b[cid]["filtered"], cid
             assert list(a[cid]["candidates"].index) == list(b[cid]["candidates"].index), cid
             assert np.allclose(a[cid]["candidates"], b[cid]["candidates"], rtol=1e-6, equal_nan=True), cid
+
+        # under the production profile (preferences in Postgres), what the customer set in the
+        # preference centre a moment ago is what the next decision obeys
+        eng = load_prod(prod, served.bundle_dir)
+        try:
+            t = float(DECISION_EPOCH + 30 * 86400)  # past the email decisions' cool-downs
+            cid, before = next((c, d) for c in ids for d in eng.decide([DecisionRequest(c, "web", {}, t, 3)])
+                               if d["actions"])
+            issues = sorted({x["issue"] for x in before["actions"]})
+            eng.preferences.put(cid, json.dumps({"topics_blocked": issues}), "customer", t)
+            after = eng.decide([DecisionRequest(cid, "web", {}, t + 60, 3)])[0]
+            assert not {x["issue"] for x in after["actions"]} & set(issues), after["actions"]
+            assert {f["stage"] for f in after["filtered"]} >= {"preference"}
+        finally:
+            eng.log.close()
     finally:
         if srv is not None:
             srv.stop()
