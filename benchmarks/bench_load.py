@@ -23,7 +23,8 @@ A profile suffixed `:alone` (`--profiles embedded:alone,embedded`) runs with
 `NBA_SERVE_BATCH=1`: each `/decide` call decided alone, as before `nba.serving.batching`; the
 before and after of that change in one run, one after the other; suffixed `:inline`, with
 `NBA_SERVE_COMMIT_THREADS=0` (the decider waits for each batch's commit, the embedded default),
-and `:deferred`, with 1 (a commit thread, the production default). A profile suffixed `@TAG`
+and `:deferred`, with 1 (a commit thread, the production default); suffixed `:workers=N`, with
+N workers per replica instead of `--workers`. A profile suffixed `@TAG`
 (`--profiles embedded@4fkekchr3c3aiax4,embedded`) serves that Bento of the bank's model store
 (`nba_decision:TAG`, built by an earlier `nba bundle build`) instead of the latest: code before
 and after a change, in one run.
@@ -201,6 +202,7 @@ def main() -> None:
             settings = base.model_copy(update={"work_dir": work})
             env = None
             cleanup = None
+            workers = args.workers
             if profile == "production":
                 settings, env, dbname = production_env(settings, uuid.uuid4().hex[:8])
                 cleanup = (settings, dbname)
@@ -208,12 +210,15 @@ def main() -> None:
                 env = {**(env or {}), "NBA_SERVE_BATCH": "1"}
             elif mode in ("inline", "deferred"):
                 env = {**(env or {}), "NBA_SERVE_COMMIT_THREADS": "0" if mode == "inline" else "1"}
+            elif mode.startswith("workers=") and mode[8:].isdigit() and int(mode[8:]) > 0:
+                workers = int(mode[8:])
             elif mode:
-                raise SystemExit(f"--profiles: '{name}': the suffixes are ':alone', ':inline' and ':deferred'")
+                raise SystemExit(f"--profiles: '{name}': the suffixes are ':alone', ':inline', ':deferred' and "
+                                 "':workers=N'")
             try:
                 for count in (counts if name != "floor" else [1, *[c for c in counts if c > 1]]):
                     procs: list = []
-                    with replicas(settings, folder, count, workers=args.workers, target=target,
+                    with replicas(settings, folder, count, workers=workers, target=target,
                                   env=env, procs_out=procs) as ports:
                         if count == 1:
                             dec, _, _ = asyncio.run(sequential(ports[0], customers, args.requests))
