@@ -24,7 +24,9 @@ A profile suffixed `:alone` (`--profiles embedded:alone,embedded`) runs with
 before and after of that change in one run, one after the other; suffixed `:inline`, with
 `NBA_SERVE_COMMIT_THREADS=0` (the decider waits for each batch's commit, the embedded default),
 and `:deferred`, with 1 (a commit thread, the production default); suffixed `:workers=N`, with
-N workers per replica instead of `--workers`. A profile suffixed `@TAG`
+N workers per replica instead of `--workers`; suffixed `:nofreeze`, with
+`NBA_SERVE_GC_FREEZE=0` (the workers' loaded heap left to the full garbage collections, as
+before). A profile suffixed `@TAG`
 (`--profiles embedded@4fkekchr3c3aiax4,embedded`) serves that Bento of the bank's model store
 (`nba_decision:TAG`, built by an earlier `nba bundle build`) instead of the latest: code before
 and after a change, in one run.
@@ -210,11 +212,13 @@ def main() -> None:
                 env = {**(env or {}), "NBA_SERVE_BATCH": "1"}
             elif mode in ("inline", "deferred"):
                 env = {**(env or {}), "NBA_SERVE_COMMIT_THREADS": "0" if mode == "inline" else "1"}
+            elif mode == "nofreeze":
+                env = {**(env or {}), "NBA_SERVE_GC_FREEZE": "0"}
             elif mode.startswith("workers=") and mode[8:].isdigit() and int(mode[8:]) > 0:
                 workers = int(mode[8:])
             elif mode:
-                raise SystemExit(f"--profiles: '{name}': the suffixes are ':alone', ':inline', ':deferred' and "
-                                 "':workers=N'")
+                raise SystemExit(f"--profiles: '{name}': the suffixes are ':alone', ':inline', ':deferred', "
+                                 "':nofreeze' and ':workers=N'")
             try:
                 for count in (counts if name != "floor" else [1, *[c for c in counts if c > 1]]):
                     procs: list = []

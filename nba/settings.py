@@ -104,6 +104,10 @@ class Settings(BaseSettings):
                                 "decides the next (0: the decider waits for each commit; nba.serving.batching); "
                                 "default 1 under the production profile, 0 under the embedded one"
     )
+    serve_gc_freeze: bool = Field(
+        True, description="a warm worker exempts what it has loaded from Python's full garbage collections, "
+                          "which otherwise walk it for about 0.2 s every few seconds under load (gc.freeze)"
+    )
     serve_keepalive_requests: int = Field(
         100, ge=0, description="requests a keep-alive connection carries before its answer says `connection: "
                                "close`, so the client reconnects and the workers share the connections (0: no limit)"

@@ -925,3 +925,33 @@ def test_a_batcher_decides_the_next_batch_while_the_last_commits_and_answers_onl
     assert after == "answer c" and batcher.batches == 4
     with pytest.raises(ValueError, match="commits: -1"):
         DecideBatcher(begin, commits=-1)
+
+
+def test_a_warm_worker_freezes_what_it_has_loaded_and_still_collects_what_comes_later():
+    """`freeze_loaded_heap` (a worker calls it once warm): the objects alive then leave the
+    collector's generations, so no full collection walks them again; garbage made afterwards,
+    cycles included, is still collected. In a process of its own (the freeze is for good)."""
+    import subprocess
+    import sys
+
+    code = """
+import gc, weakref
+from nba.serving.engine import freeze_loaded_heap
+
+class Node:
+    pass
+
+loaded = [Node() for _ in range(1000)]
+n = freeze_loaded_heap()
+tracked = {id(o) for o in gc.get_objects()}
+assert n >= 1000 and not any(id(o) in tracked for o in loaded), n
+later = Node(); later.self = later  # a cycle made after the freeze
+gone = weakref.ref(later)
+del later
+gc.collect()
+assert gone() is None
+print("frozen", n)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.split()[-1]) >= 1000

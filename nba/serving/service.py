@@ -302,6 +302,7 @@ class DecisionService:
         at all stops the worker with the reason in its log."""
         from nba.serving.auth import load_keyring
         from nba.serving.bundle import load_engine
+        from nba.serving.engine import freeze_loaded_heap
         from nba.stores.ratelimit import rate_limiter
 
         settings = Settings()
@@ -322,6 +323,8 @@ class DecisionService:
         self.limiter = rate_limiter(kind, redis_url=settings.redis_url, prefix=settings.redis_prefix)
         self.outbound_channels = tuple(c.name for c in catalog.channels if c.direction == "outbound")
         self._openapi: bytes | None = None
+        if settings.serve_gc_freeze:
+            freeze_loaded_heap()  # loaded for good: no full collection walks it again
 
     def openapi_json(self) -> bytes:
         """The exact OpenAPI document of this bundle (`nba.serving.openapi`), built once."""
