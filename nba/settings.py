@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     serve_commit_threads: int | None = Field(
         None, ge=0, description="threads of one worker that commit decided batches to the log while its decider "
                                 "decides the next (0: the decider waits for each commit; nba.serving.batching); "
-                                "default 1 under the production profile, 0 under the embedded one"
+                                "default 1 with the logs on Postgres (production), 0 on SQLite"
     )
     serve_gc_freeze: bool = Field(
         True, description="a warm worker exempts what it has loaded from Python's full garbage collections, "
@@ -190,6 +190,15 @@ class Settings(BaseSettings):
     def log_backend(self) -> Literal["sqlite", "postgres"]:
         """Where the logs live: the setting, else SQLite files (local) or Postgres (production)."""
         return self.log_store or ("postgres" if self.profile == "production" else "sqlite")
+
+    @property
+    def commit_threads(self) -> int:
+        """A worker's commit threads: the setting, else 1 with the logs on Postgres (a commit
+        waits for its WAL flush, 1-3 ms, which the decider need not) and 0 on SQLite (a short
+        commit; a second thread would only take the GIL from the decider)."""
+        if self.serve_commit_threads is not None:
+            return self.serve_commit_threads
+        return 1 if self.log_backend == "postgres" else 0
 
     @property
     def decision_log_dsn(self) -> str:

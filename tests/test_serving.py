@@ -157,11 +157,11 @@ def test_concurrent_decide_calls_are_decided_together_each_with_its_own_answer(s
     engine = load_engine(own)
     busy = threading.Event()  # while clear, the decider is held, as by a long decision
 
-    def decide(reqs):
+    def begin(reqs):
         busy.wait(30)
-        return engine.decide(reqs)
+        return engine.begin_decide(reqs)
 
-    batcher = DecideBatcher(decide)
+    batcher = DecideBatcher(begin)  # no commit thread: each batch committed by the decider
     ids = [int(c) for c in _not_holdout(own, customers)[:8]]
 
     async def together(reqs):
@@ -837,15 +837,15 @@ def test_a_batcher_answers_each_call_on_its_own_event_loop():
 
     first_in, release, first_done = threading.Event(), threading.Event(), threading.Event()
 
-    def decide(reqs):
+    def begin(reqs):
         if reqs == ["a"]:
             first_in.set()
             release.wait(10)  # until "b" is queued behind it
         else:
             first_done.wait(10)  # until the first loop is closed
-        return [f"answer {r}" for r in reqs]
+        return lambda: [f"answer {r}" for r in reqs]
 
-    batcher = DecideBatcher(decide)
+    batcher = DecideBatcher(begin)
     second: list = []
 
     def other_loop() -> None:
@@ -955,3 +955,16 @@ print("frozen", n)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.split()[-1]) >= 1000
+
+
+def test_a_worker_commits_beside_its_decider_when_the_logs_are_on_postgres(tmp_path):
+    """`Settings.commit_threads`: one commit thread with the logs on Postgres (the production
+    profile's, or chosen with NBA_LOG_STORE), none on SQLite; NBA_SERVE_COMMIT_THREADS wins."""
+    from nba.settings import Settings
+
+    def threads(**kw):
+        return Settings(work_dir=tmp_path, **kw).commit_threads
+
+    assert threads() == 0 and threads(profile="production") == 1
+    assert threads(log_store="postgres") == 1 and threads(profile="production", log_store="sqlite") == 0
+    assert threads(profile="production", serve_commit_threads=0) == 0 and threads(serve_commit_threads=2) == 2

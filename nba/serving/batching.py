@@ -43,13 +43,14 @@ class DecideBatcher:
     two decider threads were slower, 662/s against 848/s: their log commits queued behind each
     other)."""
 
-    def __init__(self, decide: Callable[[Sequence[Any]], Any], *, max_batch: int = MAX_BATCH, commits: int = 0):
-        """`decide(requests)` returns the answers; with `commits` > 0 it returns a function that
-        commits the batch and returns the answers (`DecisionEngine.begin_decide`), run on one of
-        `commits` commit threads while the decider goes on."""
+    def __init__(self, begin: Callable[[Sequence[Any]], Callable[[], list[Any]]], *, max_batch: int = MAX_BATCH,
+                 commits: int = 0):
+        """`begin(requests)` decides them and returns a function that commits them and returns
+        the answers (`DecisionEngine.begin_decide`). `commits` threads run those functions while
+        the decider goes on; with 0, the decider runs each itself before the next batch."""
         if commits < 0:
             raise ValueError(f"commits: {commits} (expected 0 or more)")
-        self._decide = decide
+        self._begin = begin
         self.max_batch = max_batch
         self._queue: list[tuple[Any, asyncio.Future]] = []
         self._lock = threading.Lock()
@@ -85,21 +86,23 @@ class DecideBatcher:
                     self._deciding = False
                     return
             answers: list[Answer] = []
-            pending: list[tuple[list[asyncio.Future], Callable[[], list[dict[str, Any]]]]] = []
+            pending: list[tuple[list[asyncio.Future], Callable[[], list[Any]]]] = []
             self._run(batch, answers, pending)
             _hand(answers)
             for futs, commit in pending:
-                assert self._commits is not None
-                self._commits.submit(_commit, futs, commit)
+                if self._commits is not None:
+                    self._commits.submit(_commit, futs, commit)
+                else:
+                    _commit(futs, commit)
 
     def _run(self, batch: list[tuple[Any, asyncio.Future]], answers: list[Answer],
-             pending: list[tuple[list[asyncio.Future], Callable[[], list[dict[str, Any]]]]]) -> None:
+             pending: list[tuple[list[asyncio.Future], Callable[[], list[Any]]]]) -> None:
         from nba.serving.engine import RequestError
 
         self.batches += 1
         self.calls += len(batch)
         try:
-            out = self._decide([r for r, _ in batch])
+            commit = self._begin([r for r, _ in batch])
         except RequestError as exc:
             if len(batch) > 1:  # nothing was written: each call again, alone, for its own answer
                 for item in batch:
@@ -109,18 +112,15 @@ class DecideBatcher:
         except Exception as exc:  # a store down: every call's answer (each alone would have had it)
             answers.extend((fut, None, exc) for _, fut in batch)
         else:
-            if self._commits is not None:
-                pending.append(([fut for _, fut in batch], out))
-            else:
-                answers.extend((fut, result, None) for (_, fut), result in zip(batch, out, strict=True))
+            pending.append(([fut for _, fut in batch], commit))
 
 
 Answer = tuple[asyncio.Future, Any, BaseException | None]
 
 
-def _commit(futs: list[asyncio.Future], commit: Callable[[], list[dict[str, Any]]]) -> None:
-    """In a commit thread: commit one batch, then hand its callers their answers (a failed
-    commit is every call's answer, as the decider hands a store that is down)."""
+def _commit(futs: list[asyncio.Future], commit: Callable[[], list[Any]]) -> None:
+    """In a commit thread (or the decider's): commit one batch, then hand its callers their
+    answers (a failed commit is every call's answer, as the decider hands a store that is down)."""
     try:
         out = commit()
     except BaseException as exc:  # noqa: BLE001  # the callers get it

@@ -308,13 +308,9 @@ class DecisionService:
         settings = Settings()
         self.engine = load_engine(settings, bundle_location(settings))
         self.engine.warm()
-        # concurrent calls together; on Postgres committed while the next are decided (its commit waits
-        # for a WAL flush: 1-3 ms); SQLite's commit is short, and its thread would only take the GIL
-        commits = settings.serve_commit_threads
-        if commits is None:
-            commits = 1 if settings.profile == "production" else 0
-        self.batcher = DecideBatcher(self.engine.begin_decide if commits else self.engine.decide,
-                                     max_batch=settings.serve_batch, commits=commits)
+        # concurrent calls together, committed while the next are decided (Settings.commit_threads)
+        self.batcher = DecideBatcher(self.engine.begin_decide, max_batch=settings.serve_batch,
+                                     commits=settings.commit_threads)
         catalog = self.engine.catalog
         # the gate's (nba.serving.gate): keys checked against the catalog's channels, at start
         self.keyring_settings = settings
